@@ -1,0 +1,488 @@
+"""Funnel events into labelled samples: impressions, delayed labels, sampled negatives.
+
+One :class:`LabelResolver` sits between the event stream and every learner
+(the quality bench and the stream worker share it). It is pure: no clock, no
+I/O; event time is the only time it knows (the largest ``ts`` seen, or what
+:meth:`LabelResolver.advance` is told).
+
+What a caller gets
+------------------
+``observe(event)`` returns a :class:`Resolution` with two lists:
+
+- ``new``: samples that exist from now on. Score them *now*, before anything
+  of theirs is learned (prequential evaluation). Learn whatever labels they
+  already carry (an impression carries none yet; a click without an
+  impression carries ``click=1``; a sampled negative carries all three zeros).
+- ``resolved``: label updates of samples emitted earlier, with the same
+  ``key``. Learn them. Only the labels resolved *now* are set; the others are
+  ``None`` (already learned, or still pending).
+
+Each (key, task) label is emitted exactly once over the stream, so nothing is
+learned twice. Labels are entire-space (``cart=1`` means clicked and carted)
+and follow one rule a learner may rely on: **a stage's label is emitted after
+its predecessor's only if the predecessor was 1**. A 0 always comes with 0s
+for every later stage in the same emission. So an update with ``click=None``
+and ``cart`` set belongs to a clicked sample, and an update with ``cart=None``
+and ``purchase`` set to a carted one: conditional models (``p(cart|click)``)
+can learn from updates alone.
+
+With impressions (``LabelConfig.impressions=True``)
+    Each impression opens a sample. A click on that (user, item) within
+    ``click_window_ms`` of event time resolves ``click=1`` at once; cart and
+    purchase within ``conversion_window_ms`` of the click resolve to 1 when
+    they arrive. When a window closes, every label still open resolves to 0.
+    A cart or purchase with no click seen implies the click (and a purchase
+    with no cart seen implies the cart): the missing stages resolve to 1
+    together. A funnel event with no open sample at all opens a new sample
+    whose labels up to that stage are 1.
+Without impressions (``impressions=False``)
+    Each click (or implied click) is a new positive sample and
+    ``negatives_per_click`` negatives are sampled for the same user, time and
+    device, all labels 0. Impression events, if any arrive, are ignored.
+
+Negative sampling and its correction
+------------------------------------
+Negatives are drawn **uniformly from a pool of distinct, recently seen
+items** (the last ``negative_pool_items`` distinct items to appear in funnel
+events; an item re-enters when seen again), never the clicked item itself nor
+an item the user has an open sample for. Weights stay 1: no importance
+correction is applied, deliberately. With uniform negatives a classifier's
+Bayes-optimal logit is ``log(q(i|u)) + log(D/k)`` where ``q(i|u)`` is the
+share of the user's clicks that go to item ``i`` (exposure times click
+propensity) and ``D`` the pool size, so the learned score *ranks* items by how
+likely the user is to click them in this shop -- the ranking target -- without
+correction. (Popularity-weighted negatives would instead cancel item
+popularity from the score and need a ``+log Q(i)`` logit correction at
+serving time, which the Learner protocol cannot express.) The probability
+*scale* is not a real click rate: the training positive rate is
+``1 / (1 + negatives_per_click)`` and predictions sit around it. Scores from a
+no-impression stream are ranking scores; calibration against observed rates
+is meaningful only with impressions.
+
+Bounded memory
+--------------
+Open samples are closed (labels to 0) when their window passes in event time,
+or earliest-deadline first when more than ``max_pending`` are open. Event ids
+are remembered for the last ``dedupe_events`` events (a duplicate within that
+span is applied once). The item catalog keeps the ``max_catalog_items`` most
+recently updated items. The negative pool holds ``negative_pool_items`` ids.
+
+Example
+-------
+>>> from producers.contract import Event, ItemContent
+>>> resolver = LabelResolver(LabelConfig(click_window_ms=1_000, conversion_window_ms=5_000))
+>>> phone = ItemContent(category="electronics.phone", brand="acme", price=199.0)
+>>> shown = resolver.observe(Event("e1", 1_000, "impression", "u1", "i9", item=phone))
+>>> [(s.key, s.labels()) for s in shown.new]
+[(0, (None, None, None))]
+>>> clicked = resolver.observe(Event("e2", 1_500, "click", "u1", "i9"))
+>>> [(s.key, s.labels(), s.category) for s in clicked.resolved]
+[(0, (1.0, None, None), 'electronics.phone')]
+>>> resolver.observe(Event("e2", 1_500, "click", "u1", "i9")).resolved  # duplicate
+[]
+>>> [(s.key, s.labels()) for s in resolver.advance(10_000)]  # window closed
+[(0, (None, 0.0, 0.0))]
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from online_models.base import Sample
+from producers.contract import CatalogItem, Event, ItemContent
+
+SHOWN, CLICKED, CARTED, PURCHASED = 0, 1, 2, 3
+"""Funnel stages of an open sample; a stage's number is how many labels are 1."""
+
+STAGE_OF_EVENT: dict[str, int] = {"click": CLICKED, "cart": CARTED, "purchase": PURCHASED}
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConfig:
+    """How events become samples (see the module docstring for the rules).
+
+    Attributes
+    ----------
+    impressions
+        True when the stream carries impressions (true negatives).
+    click_window_ms
+        Event time after an impression during which a click is attributed to it.
+    conversion_window_ms
+        Event time after a click during which its cart and purchase count.
+    negatives_per_click
+        Sampled negatives per click, without impressions.
+    negative_pool_items
+        Distinct recently seen items that negatives are drawn from.
+    dedupe_events
+        How many recent event ids are remembered to drop duplicates.
+    max_pending
+        Open samples kept at most; beyond it the earliest deadline closes first.
+    max_catalog_items
+        Item contents kept at most (least recently updated dropped first).
+    seed
+        Seed of the negative sampler.
+    """
+
+    impressions: bool = True
+    click_window_ms: int = 10 * 60_000
+    conversion_window_ms: int = 60 * 60_000
+    negatives_per_click: int = 4
+    negative_pool_items: int = 50_000
+    dedupe_events: int = 200_000
+    max_pending: int = 500_000
+    max_catalog_items: int = 1_000_000
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class TrackedSample(Sample):
+    """A :class:`Sample` with the ``key`` its later label updates share."""
+
+    key: int = -1
+
+
+@dataclass(slots=True)
+class Resolution:
+    """What one observed event (or a clock advance) produced.
+
+    ``new`` are to be scored now, then their known labels learned;
+    ``resolved`` are label updates of earlier samples, to be learned;
+    ``duplicate`` is True when the event was seen before and ignored.
+    """
+
+    new: list[TrackedSample] = field(default_factory=list)
+    resolved: list[TrackedSample] = field(default_factory=list)
+    duplicate: bool = False
+
+    def to_learn(self) -> list[TrackedSample]:
+        """The samples carrying at least one label: new ones first, then updates."""
+        return [s for s in self.new if any(x is not None for x in s.labels())] + self.resolved
+
+
+@dataclass(slots=True)
+class _Open:
+    """A sample whose later labels are still pending."""
+
+    sample: TrackedSample
+    stage: int
+    deadline: int
+
+
+class LabelResolver:
+    """Turns events into :class:`TrackedSample` s and resolves their delayed labels.
+
+    Parameters
+    ----------
+    config
+        The windows, sampling and memory bounds.
+    """
+
+    def __init__(self, config: LabelConfig | None = None) -> None:
+        self.config = config or LabelConfig()
+        self._rng = random.Random(self.config.seed)
+        self._next_key = 0
+        self._watermark = -1
+        self._open: dict[int, _Open] = {}
+        self._open_by_pair: dict[tuple[str, str], list[int]] = {}
+        self._deadlines: list[tuple[int, int]] = []
+        self._seen_ids: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self._catalog: dict[str, ItemContent] = {}
+        self._pool: list[str] = []
+        self._pool_slot: dict[str, int] = {}
+        self._pool_next = 0
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("duplicates", "repeats", "negatives", "ignored_impressions", "forced_closes"), 0
+        )
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def open_samples(self) -> int:
+        """How many samples still wait for labels."""
+        return len(self._open)
+
+    @property
+    def watermark(self) -> int:
+        """The event time reached so far (ms), -1 before the first event."""
+        return self._watermark
+
+    def observe_catalog(self, item: CatalogItem) -> None:
+        """Remember an item's content for samples of it that come without one."""
+        self._remember_content(item.item_id, item.content)
+
+    def observe(self, event: Event) -> Resolution:
+        """Apply one event: windows it closes first, then the event itself."""
+        out = Resolution()
+        if self._is_duplicate(event.event_id):
+            self.counts["duplicates"] += 1
+            out.duplicate = True
+            return out
+        out.resolved.extend(self.advance(event.ts))
+        if event.item is not None:
+            self._remember_content(event.item_id, event.item)
+        if event.type == "impression":
+            if self.config.impressions:
+                sample = self._new_sample(event, (None, None, None))
+                self._keep_open(sample, SHOWN, event.ts + self.config.click_window_ms, out)
+                out.new.append(sample)
+            else:
+                self.counts["ignored_impressions"] += 1
+        else:
+            self._apply_funnel_event(event, STAGE_OF_EVENT[event.type], out)
+        return out
+
+    def advance(self, now_ms: int) -> list[TrackedSample]:
+        """Move event time to ``now_ms`` and close every window that has passed."""
+        self._watermark = max(self._watermark, now_ms)
+        closed: list[TrackedSample] = []
+        while self._deadlines and self._deadlines[0][0] < self._watermark:
+            self._close_earliest(closed)
+        return closed
+
+    def flush(self) -> list[TrackedSample]:
+        """Close every open sample now (end of a finite stream)."""
+        closed: list[TrackedSample] = []
+        while self._deadlines:
+            self._close_earliest(closed)
+        return closed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue, as plain values."""
+        return {
+            "next_key": self._next_key,
+            "watermark": self._watermark,
+            "open": [_open_to_row(o) for o in self._open.values()],
+            "seen_ids": list(self._seen_order),
+            "catalog": {k: [c.category, c.brand, c.price] for k, c in self._catalog.items()},
+            "pool": list(self._pool),
+            "pool_next": self._pool_next,
+            "rng": _rng_state_to_plain(self._rng.getstate()),
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (same config assumed)."""
+        self._next_key = int(state["next_key"])
+        self._watermark = int(state["watermark"])
+        self._open, self._open_by_pair, self._deadlines = {}, {}, []
+        for row in state["open"]:
+            entry = _open_from_row(row)
+            key = entry.sample.key
+            self._open[key] = entry
+            self._open_by_pair.setdefault((entry.sample.user_id, entry.sample.item_id), []).append(
+                key
+            )
+            self._deadlines.append((entry.deadline, key))
+        heapq.heapify(self._deadlines)
+        self._seen_order = deque(state["seen_ids"])
+        self._seen_ids = set(self._seen_order)
+        self._catalog = {k: ItemContent(*v) for k, v in state["catalog"].items()}
+        self._pool = list(state["pool"])
+        self._pool_slot = {item: slot for slot, item in enumerate(self._pool)}
+        self._pool_next = int(state["pool_next"])
+        self._rng.setstate(_rng_state_from_plain(state["rng"]))
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
+
+    # ------------------------------------------------------------ events
+
+    def _apply_funnel_event(self, event: Event, stage: int, out: Resolution) -> None:
+        pair = (event.user_id, event.item_id)
+        entry = self._open_entry_below(pair, stage)
+        if entry is not None:
+            out.resolved.append(_update(entry.sample, entry.stage, stage, 1.0))
+            if stage == PURCHASED:
+                self._forget(entry.sample.key)
+            else:
+                if entry.stage == SHOWN:
+                    entry.deadline = event.ts + self.config.conversion_window_ms
+                    heapq.heappush(self._deadlines, (entry.deadline, entry.sample.key))
+                entry.stage = stage
+        elif pair in self._open_by_pair:
+            self.counts["repeats"] += 1
+        else:
+            labels = tuple(1.0 if s <= stage else None for s in (CLICKED, CARTED, PURCHASED))
+            sample = self._new_sample(event, labels)
+            out.new.append(sample)
+            if stage < PURCHASED:
+                self._keep_open(sample, stage, event.ts + self.config.conversion_window_ms, out)
+            if not self.config.impressions:
+                out.new.extend(self._sample_negatives(event))
+        if not self.config.impressions:
+            self._add_to_pool(event.item_id)
+
+    def _open_entry_below(self, pair: tuple[str, str], stage: int) -> _Open | None:
+        """The open sample of the pair furthest along the funnel but before ``stage``."""
+        best: _Open | None = None
+        for key in self._open_by_pair.get(pair, ()):
+            entry = self._open[key]
+            if entry.stage < stage and (best is None or entry.stage >= best.stage):
+                best = entry
+        return best
+
+    def _new_sample(
+        self, event: Event, labels: tuple[float | None, ...], item_id: str | None = None
+    ) -> TrackedSample:
+        """A sample of ``event`` (or of ``item_id`` shown in its place) with ``labels``."""
+        if item_id is None:
+            item_id = event.item_id
+            content = event.item or self._catalog.get(item_id) or ItemContent()
+        else:
+            content = self._catalog.get(item_id) or ItemContent()
+        sample = TrackedSample(
+            user_id=event.user_id,
+            item_id=item_id,
+            ts=event.ts,
+            category=content.category,
+            brand=content.brand,
+            price=content.price,
+            device=(event.context or {}).get("device"),
+            click=labels[0],
+            cart=labels[1],
+            purchase=labels[2],
+            key=self._next_key,
+        )
+        self._next_key += 1
+        return sample
+
+    def _sample_negatives(self, event: Event) -> list[TrackedSample]:
+        negatives: list[TrackedSample] = []
+        if not self._pool:
+            return negatives
+        for _ in range(self.config.negatives_per_click):
+            for _attempt in range(3):
+                item = self._pool[self._rng.randrange(len(self._pool))]
+                if item != event.item_id and (event.user_id, item) not in self._open_by_pair:
+                    break
+            else:
+                continue
+            negatives.append(self._new_sample(event, (0.0, 0.0, 0.0), item_id=item))
+        self.counts["negatives"] += len(negatives)
+        return negatives
+
+    # ------------------------------------------------------------ windows
+
+    def _keep_open(self, sample: TrackedSample, stage: int, deadline: int, out: Resolution) -> None:
+        key = sample.key
+        self._open[key] = _Open(_bare(sample), stage, deadline)
+        self._open_by_pair.setdefault((sample.user_id, sample.item_id), []).append(key)
+        heapq.heappush(self._deadlines, (deadline, key))
+        while len(self._open) > self.config.max_pending:
+            self.counts["forced_closes"] += 1
+            self._close_earliest(out.resolved)
+
+    def _close_earliest(self, closed: list[TrackedSample]) -> None:
+        deadline, key = heapq.heappop(self._deadlines)
+        entry = self._open.get(key)
+        if entry is None or entry.deadline != deadline:
+            return  # stale heap entry: already closed, or its deadline moved
+        closed.append(_update(entry.sample, entry.stage, PURCHASED, 0.0))
+        self._forget(key)
+
+    def _forget(self, key: int) -> None:
+        entry = self._open.pop(key)
+        pair = (entry.sample.user_id, entry.sample.item_id)
+        keys = self._open_by_pair[pair]
+        keys.remove(key)
+        if not keys:
+            del self._open_by_pair[pair]
+
+    # ------------------------------------------------------------ memory
+
+    def _is_duplicate(self, event_id: str) -> bool:
+        if event_id in self._seen_ids:
+            return True
+        self._seen_ids.add(event_id)
+        self._seen_order.append(event_id)
+        if len(self._seen_order) > self.config.dedupe_events:
+            self._seen_ids.discard(self._seen_order.popleft())
+        return False
+
+    def _remember_content(self, item_id: str, content: ItemContent) -> None:
+        self._catalog.pop(item_id, None)
+        self._catalog[item_id] = content
+        if len(self._catalog) > self.config.max_catalog_items:
+            del self._catalog[next(iter(self._catalog))]
+
+    def _add_to_pool(self, item_id: str) -> None:
+        if item_id in self._pool_slot:
+            return
+        if len(self._pool) < self.config.negative_pool_items:
+            self._pool_slot[item_id] = len(self._pool)
+            self._pool.append(item_id)
+            return
+        del self._pool_slot[self._pool[self._pool_next]]
+        self._pool[self._pool_next] = item_id
+        self._pool_slot[item_id] = self._pool_next
+        self._pool_next = (self._pool_next + 1) % len(self._pool)
+
+
+def _bare(sample: TrackedSample) -> TrackedSample:
+    """The sample's identity and features without labels (what open samples keep)."""
+    return TrackedSample(
+        user_id=sample.user_id,
+        item_id=sample.item_id,
+        ts=sample.ts,
+        category=sample.category,
+        brand=sample.brand,
+        price=sample.price,
+        device=sample.device,
+        weight=sample.weight,
+        key=sample.key,
+    )
+
+
+def _update(sample: TrackedSample, stage: int, upto: int, value: float) -> TrackedSample:
+    """An update of ``sample`` setting the labels after ``stage`` up to ``upto`` to ``value``."""
+    update = _bare(sample)
+    update.click = value if stage < CLICKED <= upto else None
+    update.cart = value if stage < CARTED <= upto else None
+    update.purchase = value if stage < PURCHASED <= upto else None
+    return update
+
+
+def _open_to_row(entry: _Open) -> list[Any]:
+    s = entry.sample
+    return [
+        s.key,
+        s.user_id,
+        s.item_id,
+        s.ts,
+        s.category,
+        s.brand,
+        s.price,
+        s.device,
+        s.weight,
+        entry.stage,
+        entry.deadline,
+    ]
+
+
+def _open_from_row(row: list[Any]) -> _Open:
+    key, user, item, ts, category, brand, price, device, weight, stage, deadline = row
+    sample = TrackedSample(
+        user_id=user,
+        item_id=item,
+        ts=int(ts),
+        category=category,
+        brand=brand,
+        price=price,
+        device=device,
+        weight=float(weight),
+        key=int(key),
+    )
+    return _Open(sample, int(stage), int(deadline))
+
+
+def _rng_state_to_plain(state: tuple[Any, ...]) -> list[Any]:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_state_from_plain(state: list[Any]) -> tuple[Any, ...]:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

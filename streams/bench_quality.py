@@ -1,0 +1,447 @@
+"""``recstream bench quality``: prequential replay comparing every model on one stream.
+
+One pass over the source (the simulator or a real log) builds ONE sample
+stream with :class:`~online_models.labels.LabelResolver`, cut into
+micro-batches of about ``batch_size`` samples. Every model then runs over the
+same micro-batches, test-then-train: it scores the batch's new samples,
+then learns the batch's labelled samples (new ones and delayed label
+updates). Scores are made before any of a sample's labels is learned.
+
+Reported per model (:func:`online_models.evaluation.prequential_metrics`):
+per-task AUC and log loss over samples that appeared in the second half of
+the stream, AUC on cold and warm items, and ``learn_events_per_s``: samples
+learned per second of the model's own predict + learn time. For the
+simulator the ``oracle`` scores every sample with the shop's true
+probabilities at the time it appeared. Drift detections come from the
+``mtl`` model's loss streams (:class:`~online_models.drift.ConceptDriftMonitor`);
+``injected_at`` lists the simulator's drift points (event indexes).
+
+Windows per source (event time): the simulator clicks 2-30 s after an
+impression and converts within 30 + 30 minutes, so click window 60 s and
+conversion window 60 min; REES46 converts within 30 minutes (99% of carts
+in the sample), Taobao within days (24 h).
+
+The command line (:mod:`streams.cli`) declares the flags (``--source
+--format --events --seed --no-impressions --no-drift --report --plot
+--batch-size --models``); :func:`options_from_args` reads them and
+:func:`run` does the work.
+
+Example
+-------
+>>> report = run(QualityOptions(events=1_500, models=("popularity",), progress=False))
+>>> sorted(report["models"]["popularity"]["tasks"]), report["drift"]["injected_at"]
+(['cart', 'click', 'purchase'], [900])
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from online_models.base import TASKS, Learner
+from online_models.baselines import Popularity, RiverFunnelLR
+from online_models.drift import ConceptDriftMonitor, FeatureDriftMonitor
+from online_models.evaluation import (
+    InteractionCounter,
+    SampleLog,
+    label_rows,
+    prequential_metrics,
+    rolling_auc,
+)
+from online_models.labels import LabelConfig, LabelResolver, TrackedSample
+from producers.contract import CatalogItem, Event
+from streams.progress import progress_bar
+
+MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "single_task", "id_only", "popularity")
+DRIFT_AT = 0.6
+"""The simulated taste shift happens after this share of the events."""
+MINUTE_MS = 60_000
+
+
+def _model_factories() -> dict[str, Callable[[], Learner]]:
+    from online_models.learner import id_only, mtl, single_task
+
+    return {
+        "mtl": mtl,
+        "river_lr": RiverFunnelLR,
+        "single_task": single_task,
+        "id_only": id_only,
+        "popularity": Popularity,
+    }
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """What to replay and which models to compare."""
+
+    source: str = "sim"
+    format: str | None = None
+    events: int | None = 200_000
+    seed: int = 7
+    impressions: bool = True
+    drift: bool = True
+    report: Path | None = None
+    plot: Path | None = None
+    batch_size: int = 512
+    models: tuple[str, ...] = MODEL_NAMES
+    progress: bool = True
+
+
+def options_from_args(args: argparse.Namespace) -> QualityOptions:
+    """Options from parsed source and bench flags."""
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {MODEL_NAMES}")
+    events = args.events if args.events is not None or args.source != "sim" else 200_000
+    return QualityOptions(
+        source=args.source,
+        format=args.format,
+        events=events,
+        seed=args.seed,
+        impressions=args.impressions,
+        drift=args.drift,
+        report=args.report,
+        plot=args.plot,
+        batch_size=args.batch_size,
+        models=models,
+    )
+
+
+# ------------------------------------------------------------------ the stream
+
+
+@dataclass
+class Step:
+    """One micro-batch: samples to score, samples to learn, the events behind them.
+
+    ``truth`` holds the simulator's entire-space probabilities of ``new``.
+    """
+
+    position: int
+    new: list[TrackedSample] = field(default_factory=list)
+    learn: list[TrackedSample] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    truth: np.ndarray | None = None
+
+
+@dataclass
+class SampleStream:
+    """The prepared stream every model runs over."""
+
+    steps: list[Step]
+    log: SampleLog
+    events: int
+    label_counts: dict[str, int]
+    oracle: np.ndarray | None
+    injected_at: list[int]
+
+
+def label_config(options: QualityOptions, fmt: str | None) -> LabelConfig:
+    """Attribution windows for the source (see the module docstring)."""
+    if options.source == "sim":
+        return LabelConfig(
+            impressions=options.impressions,
+            click_window_ms=MINUTE_MS,
+            conversion_window_ms=60 * MINUTE_MS,
+            seed=options.seed,
+        )
+    conversion = 30 * MINUTE_MS if fmt == "rees46" else 24 * 60 * MINUTE_MS
+    return LabelConfig(impressions=False, conversion_window_ms=conversion, seed=options.seed)
+
+
+def label_horizon_ms(config: LabelConfig) -> int:
+    """How long after a sample appears its last label may still change (ms)."""
+    click = config.click_window_ms if config.impressions else 0
+    return click + config.conversion_window_ms
+
+
+def build_stream(options: QualityOptions) -> SampleStream:
+    """Read the source once and turn it into micro-batches of samples.
+
+    The first ``options.events`` events make the samples. The source is then
+    read on, without new samples, until every window of those samples has
+    closed, so the last samples get their true labels too (the simulator is
+    asked for enough events); a log that ends sooner closes the windows it
+    cuts short at its end (:func:`_drain`).
+    """
+    fmt = None if options.source == "sim" else _log_format(options)
+    config = label_config(options, fmt)
+    records, shop, breaks = _open_source(options, fmt, label_horizon_ms(config))
+    resolver = LabelResolver(config)
+    counter = InteractionCounter()
+    sample_log = SampleLog()
+    steps: list[Step] = []
+    step = Step(position=0)
+    numbered = _numbered(records, resolver)
+    with _progress(options.progress, "prepare stream", options.events) as advance:
+        for index, event in numbered:
+            resolution = resolver.observe(event)
+            cold = [counter.is_cold(s.item_id) for s in resolution.new]
+            counter.observe(event)
+            sample_log.created(resolution.new, index, cold)
+            learn = resolution.to_learn()
+            sample_log.labelled(learn, index)
+            step.new += resolution.new
+            step.learn += learn
+            step.events.append(event)
+            step.position = index
+            last = options.events is not None and index + 1 >= options.events
+            if len(step.new) + len(step.learn) >= options.batch_size or index + 1 in breaks or last:
+                steps.append(step)
+                if shop is not None:
+                    step.truth = _truth(shop, step.new)
+                advance(len(step.events))
+                step = Step(position=index)
+            if last:
+                break
+        if step.events:
+            steps.append(step)
+            if shop is not None:
+                step.truth = _truth(shop, step.new)
+    _drain(numbered, resolver, sample_log, resolver.watermark + label_horizon_ms(config))
+    oracle = None
+    if shop is not None:
+        oracle = np.full((len(sample_log), 3), np.nan)
+        for done in steps:
+            oracle[[s.key for s in done.new]] = done.truth
+    return SampleStream(
+        steps=steps,
+        log=sample_log,
+        events=sum(len(s.events) for s in steps),
+        label_counts=dict(resolver.counts),
+        oracle=oracle,
+        injected_at=shop.drift_points if shop is not None else [],
+    )
+
+
+def _log_format(options: QualityOptions) -> str:
+    from producers.replay import guess_format
+
+    return options.format or guess_format(options.source)
+
+
+def _open_source(
+    options: QualityOptions, fmt: str | None, horizon_ms: int
+) -> tuple[Iterable[Event | CatalogItem], Any, set[int]]:
+    """The records, the shop (simulator only) and the event indexes where it drifts.
+
+    The simulated shop is asked for enough events beyond ``options.events``
+    to cover ``horizon_ms`` more event time (an upper bound: at most
+    ``slate_size`` impressions and three funnel events per shown item per
+    session); its new items are scaled with the total so the first
+    ``options.events`` events see the default arrival rate.
+    """
+    if options.source != "sim":
+        from producers.replay import replay
+
+        return replay(options.source, fmt), None, set()
+    from producers.simulator import Drift, Shop, ShopConfig
+
+    events = options.events or ShopConfig().events
+    drifts = (Drift(int(DRIFT_AT * events), "taste_shift"),) if options.drift else ()
+    default = ShopConfig()
+    per_second = default.sessions_per_second * default.slate_size[1] * 4
+    total = events + math.ceil(per_second * horizon_ms / 1000)
+    shop = Shop(
+        ShopConfig(
+            seed=options.seed,
+            events=total,
+            new_items=round(default.new_items * total / default.events),
+            impressions=options.impressions,
+            drifts=drifts,
+        )
+    )
+    return shop.records(), shop, {d.at_event for d in drifts}
+
+
+def _drain(
+    events: Iterator[tuple[int, Event]], resolver: LabelResolver, log: SampleLog, until_ms: int
+) -> None:
+    """Make every logged sample's labels final: read on until ``until_ms``, then close the rest.
+
+    Labels come from events up to ``until_ms`` (the end of every window); if
+    the source ends sooner, the windows it cut short are closed there: a
+    conversion after the end of a log is unknowable and counts as none.
+    """
+    logged = len(log)
+    index = -1
+    for index, event in events:
+        if event.ts > until_ms:
+            break
+        resolved = resolver.observe(event).resolved
+        log.labelled([s for s in resolved if s.key < logged], index)
+    log.labelled([s for s in resolver.flush() if s.key < logged], index)
+
+
+def _numbered(
+    records: Iterable[Event | CatalogItem], resolver: LabelResolver
+) -> Iterator[tuple[int, Event]]:
+    """Events with their stream index; catalog records go to the resolver on the way."""
+    index = 0
+    for record in records:
+        if isinstance(record, CatalogItem):
+            resolver.observe_catalog(record)
+            continue
+        yield index, record
+        index += 1
+
+
+def _truth(shop: Any, samples: list[TrackedSample]) -> np.ndarray:
+    """Entire-space true probabilities of samples, as the shop is now."""
+    if not samples:
+        return np.zeros((0, 3))
+    devices = [s.device for s in samples]
+    rows = shop.truth_many(
+        [s.user_id for s in samples],
+        [s.item_id for s in samples],
+        None if None in devices else devices,
+    )
+    return np.cumprod(rows, axis=1)
+
+
+# ------------------------------------------------------------------ the models
+
+
+@dataclass
+class ModelRun:
+    """A model's scores (one row per sample key) and its own time."""
+
+    scores: np.ndarray
+    seconds: float
+    learned: int
+
+
+def run_model(
+    model: Learner,
+    stream: SampleStream,
+    concept: ConceptDriftMonitor | None = None,
+    features: FeatureDriftMonitor | None = None,
+    advance: Callable[[float], None] | None = None,
+) -> ModelRun:
+    """Test-then-train over the stream; feed drift monitors if given."""
+    scores = np.full((len(stream.log), 3), np.nan)
+    seconds = 0.0
+    learned = 0
+    for step in stream.steps:
+        start = time.perf_counter()
+        if step.new:
+            scores[[s.key for s in step.new]] = model.predict(step.new)
+        if step.learn:
+            model.learn(step.learn)
+        seconds += time.perf_counter() - start
+        learned += len(step.learn)
+        if features is not None:
+            features.observe(step.events)
+        if concept is not None and step.learn:
+            keys, tasks, labels = label_rows(step.learn)
+            for task, name in enumerate(TASKS):
+                mine = tasks == task
+                if mine.any():
+                    predicted = scores[keys[mine], task]
+                    if concept.update(name, predicted, labels[mine], step.position) and features:
+                        features.rebase()
+        if advance is not None:
+            advance(len(step.events))
+    return ModelRun(scores=scores, seconds=seconds, learned=learned)
+
+
+def run(options: QualityOptions) -> dict[str, Any]:
+    """Build the stream, run every model, write the report (and plot); return the report."""
+    factories = _model_factories()
+    stream = build_stream(options)
+    from_position = stream.events // 2
+    concept, features = ConceptDriftMonitor(), FeatureDriftMonitor()
+    report: dict[str, Any] = {
+        "source": options.source,
+        "events": stream.events,
+        "impressions": bool(options.impressions and options.source == "sim"),
+        "samples": {"scored": len(stream.log), **stream.label_counts},
+        "models": {},
+    }
+    runs: dict[str, np.ndarray] = {}
+    for name in options.models:
+        model = factories[name]()
+        monitors = (concept, features) if name == "mtl" else (None, None)
+        with _progress(options.progress, name, stream.events) as advance:
+            result = run_model(model, stream, *monitors, advance)
+        metrics = prequential_metrics(result.scores, stream.log, from_position)
+        metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
+        report["models"][name] = metrics
+        runs[name] = result.scores
+    if stream.oracle is not None:
+        report["oracle"] = prequential_metrics(stream.oracle, stream.log, from_position)
+        runs["oracle"] = stream.oracle
+    report["drift"] = {
+        "injected_at": stream.injected_at,
+        "detections": concept.detections if "mtl" in options.models else [],
+        "psi": {"windows": features.history, "window_events": features.window_events},
+        "calibration": concept.calibration() if "mtl" in options.models else {},
+    }
+    report = _finite(report)
+    if options.report is not None:
+        options.report.write_text(json.dumps(report, indent=2) + "\n")
+    if options.plot is not None:
+        plot_rolling_auc(runs, stream, report["drift"], options.plot)
+    return report
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, label: str, total: int | None) -> Iterator[Callable[[float], None]]:
+    """A rich progress bar on stderr, or a silent stand-in."""
+    if not enabled:
+        yield lambda _: None
+        return
+    with progress_bar(label, total) as advance:
+        yield advance
+
+
+def _finite(value: Any) -> Any:
+    """The report with NaN (an AUC without both classes) as ``null``: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def plot_rolling_auc(
+    runs: dict[str, np.ndarray], stream: SampleStream, drift: dict[str, Any], path: Path
+) -> None:
+    """One panel per task: rolling AUC of each model along the stream, drifts marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(TASKS), 1, figsize=(11, 9), sharex=True)
+    for task, (axis, name) in enumerate(zip(axes, TASKS, strict=True)):
+        labelled = int((~np.isnan(stream.log.labels[: len(stream.log), task])).sum())
+        window = max(2_000, labelled // 25)
+        for model, scores in runs.items():
+            positions, values = rolling_auc(scores, stream.log, task, window)
+            style = "--" if model == "oracle" else "-"
+            axis.plot(positions, values, style, label=model, linewidth=1.2)
+        for at in drift["injected_at"]:
+            axis.axvline(at, color="red", linestyle="--", linewidth=1)
+        for detection in drift["detections"]:
+            axis.axvline(detection["event"], color="black", linestyle=":", linewidth=1)
+        axis.set_ylabel(f"{name} AUC\n(last {window:,} labels)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", ncol=3, fontsize=8)
+    axes[0].set_title("Prequential rolling AUC (red dashed: injected drift, dotted: detected)")
+    axes[-1].set_xlabel("event index")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,169 @@
+"""Checkpoints: everything the worker knows, with the input offsets it covers, written atomically.
+
+A checkpoint is one file holding a dict of plain values and tensors, saved with
+``torch.save`` and read back with ``torch.load(weights_only=True)``, so loading
+never runs code from the file. It is written to a temporary file, flushed to
+disk and renamed into place, so a crash leaves either the old or the new file,
+never half of one. The newest few are kept; on start the newest *valid* one
+wins, and every file refused on the way is reported with its reason.
+
+Example
+-------
+>>> import tempfile
+>>> store = CheckpointStore(tempfile.mkdtemp(), owner="events")
+>>> path = store.save({"events_applied": 3}, offsets={0: 17, 1: 4})
+>>> found, refused = store.load_latest()
+>>> found.offsets, found.state["events_applied"], refused
+({0: 17, 1: 4}, 3, [])
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NDARRAY = "__ndarray__"
+FORMAT = "recstream-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be trusted: corrupt, foreign or of another version."""
+
+
+@dataclass
+class Checkpoint:
+    """What a valid checkpoint holds: state, and the next offset to read per partition."""
+
+    path: Path
+    state: dict[str, Any]
+    offsets: dict[int, int]
+    created_unix: float
+
+
+class CheckpointStore:
+    """Numbered checkpoint files in ``directory``, for one input (``owner``: the events topic)."""
+
+    def __init__(self, directory: str | Path, owner: str, keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.owner = owner
+        self.keep = keep
+
+    def save(self, state: dict[str, Any], offsets: dict[int, int]) -> Path:
+        """Write a new checkpoint atomically and prune old ones; return its path."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = self._files()
+        number = _number(existing[-1]) + 1 if existing else 1
+        path = self.directory / f"checkpoint-{number:09d}.pt"
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "owner": self.owner,
+            "created_unix": time.time(),
+            "offsets": {int(p): int(o) for p, o in offsets.items()},
+            "state": to_loadable(state),
+        }
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as out:
+            torch.save(payload, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(self.directory)
+        for old in self._files()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load(self, path: Path) -> Checkpoint:
+        """Read one checkpoint, or raise :class:`CheckpointError` saying why it is refused."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many kinds for corrupt or unsafe files
+            reason = _first_line(err)
+            raise CheckpointError(f"{path.name}: unreadable or unsafe ({reason})") from err
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise CheckpointError(f"{path.name}: not a recstream checkpoint")
+        if payload.get("version") != VERSION:
+            raise CheckpointError(f"{path.name}: format version {payload.get('version')!r}, "
+                                  f"this recstream reads {VERSION}")
+        if payload.get("owner") != self.owner:
+            raise CheckpointError(f"{path.name}: written for input {payload.get('owner')!r}, "
+                                  f"not {self.owner!r}")
+        return Checkpoint(path=path, state=from_loadable(payload["state"]),
+                          offsets={int(p): int(o) for p, o in payload["offsets"].items()},
+                          created_unix=float(payload["created_unix"]))
+
+    def load_latest(self) -> tuple[Checkpoint | None, list[str]]:
+        """The newest valid checkpoint (None if there is none) and why newer ones were refused."""
+        refused: list[str] = []
+        for path in reversed(self._files()):
+            try:
+                return self.load(path), refused
+            except CheckpointError as err:
+                refused.append(str(err))
+        return None, refused
+
+    def _files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob("checkpoint-*.pt"), key=_number)
+
+
+def to_loadable(value: Any) -> Any:
+    """Replace numpy values with what ``weights_only`` loading accepts (tensors, lists, numbers).
+
+    >>> to_loadable({"a": np.arange(3), "b": [np.float64(0.5)]})
+    {'a': {'__ndarray__': tensor([0, 1, 2])}, 'b': [0.5]}
+    >>> to_loadable(np.array(["x"]))
+    {'__ndarray__': ['x'], 'dtype': '<U1'}
+    """
+    if isinstance(value, dict):
+        return {key: to_loadable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_loadable(item) for item in value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biuf":
+            return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value))}
+        return {_NDARRAY: value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def from_loadable(value: Any) -> Any:
+    """Undo :func:`to_loadable`: numpy arrays come back as numpy arrays."""
+    if isinstance(value, dict):
+        if _NDARRAY in value:
+            stored = value[_NDARRAY]
+            if torch.is_tensor(stored):
+                return stored.numpy()
+            return np.array(stored, dtype=value["dtype"])
+        return {key: from_loadable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(from_loadable(item) for item in value)
+    return value
+
+
+def _number(path: Path) -> int:
+    try:
+        return int(path.stem.split("-")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__

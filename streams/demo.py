@@ -1,0 +1,261 @@
+"""``recstream demo``: the whole system on one machine, watched live, then a report.
+
+The embedded broker (or ``--broker``), the simulated shop producing at
+``--rate`` events/s with event time = wall-clock time, the worker as its own
+process (exactly as ``recstream worker`` runs), a score consumer measuring
+event-to-readable latency, and a live status table fed by the worker's own
+``/metrics`` endpoint -- what an operator's Prometheus would scrape.
+
+Example
+-------
+>>> run_demo(Settings(), DemoOptions(duration_s=30, rate=500))     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.live import Live
+from rich.table import Table
+
+from online_models.base import TASKS
+from producers.client import EventPublisher, PublishReport
+from producers.contract import CatalogItem, Event
+from producers.simulator import Shop, ShopConfig
+from streams.broker import free_port
+from streams.connection import connect, stop_on_signals
+from streams.progress import stderr
+from streams.score_watch import ScoreWatcher
+from streams.settings import Settings
+
+EVENTS_PER_SESSION = 16  # simulator average with impressions on the wire
+DELAY_SCALE = 1 / 60  # conversions seconds (not minutes) after their click, for a short demo
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """How long, how fast, where the report goes."""
+
+    duration_s: float = 90.0
+    rate: float = 2000.0
+    report: Path | None = None
+    metrics_port: int | None = None
+    seed: int = 7
+    impressions: bool = True
+    click_window_s: float = 10.0
+    conversion_window_s: float = 60.0
+    drain_timeout_s: float = 60.0
+
+
+class LiveShop:
+    """The simulator's records stamped with wall-clock time as they are sent.
+
+    Remembers which catalog items arrived during the run and when each item
+    was first interacted with, for the cold-start part of the report.
+    """
+
+    def __init__(self, config: ShopConfig) -> None:
+        self.shop = Shop(config)
+        self.new_items: dict[str, float] = {}
+        self.first_interaction: dict[str, float] = {}
+        self.active_users: set[str] = set()
+        self._started = False
+
+    def records(self) -> Iterator[Event | CatalogItem]:
+        for record in self.shop.records():
+            now_ms = int(time.time() * 1000)
+            if isinstance(record, CatalogItem):
+                if self._started:
+                    self.new_items[record.item_id] = now_ms
+                yield dataclasses.replace(record, ts=now_ms)
+                continue
+            self._started = True
+            if record.type != "impression":
+                self.first_interaction.setdefault(record.item_id, now_ms)
+                self.active_users.add(record.user_id)
+            yield dataclasses.replace(record, ts=now_ms)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The worker's metrics as {'name{label=value}': value}; empty if it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def _total(metrics: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(prefix + "{") or k == prefix)
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
+    """Run the demo; return (and write, if asked) the report."""
+    with connect(settings) as bootstrap, tempfile.TemporaryDirectory(prefix="recstream-") as tmp:
+        port = options.metrics_port or free_port()
+        url = f"http://127.0.0.1:{port}/metrics"
+        worker = _start_worker(bootstrap, settings, options, port, Path(tmp))
+        try:
+            _wait_for_worker(url, worker, Path(tmp) / "worker.log")
+            report = _run(bootstrap, settings, options, url, worker)
+        finally:
+            _stop(worker)
+        report["metrics_url"] = url
+    if options.report:
+        options.report.write_text(json.dumps(report, indent=2) + "\n")
+        stderr.print(f"report written to {options.report}")
+    return report
+
+
+def _start_worker(bootstrap: str, settings: Settings, options: DemoOptions, port: int,
+                  tmp: Path) -> subprocess.Popen[bytes]:
+    command = [str(Path(sys.executable).with_name("recstream")), "worker", "--broker", bootstrap,
+               "--metrics-port", str(port), "--checkpoint-dir", str(tmp / "checkpoints"),
+               "--click-window", str(options.click_window_s),
+               "--conversion-window", str(options.conversion_window_s)]
+    if not options.impressions:
+        command.append("--no-impressions")
+    env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
+    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed with the temporary directory
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+
+def _wait_for_worker(url: str, worker: subprocess.Popen[bytes], log: Path,
+                     timeout_s: float = 90.0) -> None:
+    """Until the worker serves metrics and has its partitions (so latency is not join time)."""
+    deadline = time.monotonic() + timeout_s
+    with stderr.status("starting the worker and joining the consumer group..."):
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the worker exited with code {worker.returncode}:\n{tail}")
+            if scrape(url).get("recstream_assigned_partitions", 0) > 0:
+                return
+            time.sleep(0.25)
+    raise RuntimeError(f"the worker was not ready within {timeout_s:.0f} s")
+
+
+def _run(bootstrap: str, settings: Settings, options: DemoOptions, url: str,
+         worker: subprocess.Popen[bytes]) -> dict[str, Any]:
+    expected = int(options.duration_s * options.rate) + 1
+    shop = LiveShop(ShopConfig(seed=options.seed, events=max(expected, 10_000),
+                               impressions=options.impressions,
+                               sessions_per_second=options.rate / EVENTS_PER_SESSION,
+                               delay_scale=DELAY_SCALE))
+    watcher = ScoreWatcher(bootstrap, settings.topics.scores,
+                           client_config=settings.kafka_client_config()).start()
+    publisher = EventPublisher(bootstrap, settings.topics.events, settings.topics.items,
+                               rate=options.rate, client_config=settings.kafka_client_config())
+    stop = threading.Event()
+    produced: list[PublishReport] = []
+    producer = threading.Thread(
+        target=lambda: produced.append(publisher.publish(shop.records(), stop=stop)),
+        name="producer", daemon=True)
+    started = time.monotonic()
+    producer.start()
+    metrics: dict[str, float] = {}
+    with stop_on_signals() as interrupted, Live(console=stderr, refresh_per_second=2) as live:
+        while time.monotonic() - started < options.duration_s and not interrupted.is_set():
+            interrupted.wait(1.0)
+            metrics = scrape(url) or metrics
+            live.update(_status(metrics, watcher, time.monotonic() - started))
+            if worker.poll() is not None:
+                break
+        stop.set()
+        producer.join()
+        duration = time.monotonic() - started
+        sent = produced[0] if produced else PublishReport()
+        deadline = time.monotonic() + options.drain_timeout_s
+        while time.monotonic() < deadline and worker.poll() is None:
+            metrics = scrape(url) or metrics
+            live.update(_status(metrics, watcher, time.monotonic() - started))
+            if _processed(metrics) >= sent.events_sent:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)  # the last scores reach the topic
+        metrics = scrape(url) or metrics
+    watcher.stop()
+    publisher.close()
+    return _report(duration, sent, metrics, watcher, shop)
+
+
+def _processed(metrics: dict[str, float]) -> float:
+    return _total(metrics, "recstream_events_total") + _total(metrics,
+                                                              "recstream_invalid_events_total")
+
+
+def _status(metrics: dict[str, float], watcher: ScoreWatcher, elapsed: float) -> Table:
+    table = Table(title=f"recstream demo - {elapsed:,.0f} s", show_header=False)
+    processed = _processed(metrics)
+    table.add_row("events processed", f"{processed:,.0f}  ({processed / max(elapsed, 1):,.0f}/s)")
+    table.add_row("invalid events", f"{_total(metrics, 'recstream_invalid_events_total'):,.0f}")
+    table.add_row("model version", f"{metrics.get('recstream_model_version', 0):,.0f}")
+    for task in TASKS:
+        auc = metrics.get(f"recstream_auc{{task={task}}}", float("nan"))
+        loss = metrics.get(f"recstream_logloss{{task={task}}}", float("nan"))
+        table.add_row(f"{task} AUC / log loss", f"{auc:.3f} / {loss:.4f}")
+    table.add_row("drift alarms", f"{_total(metrics, 'recstream_drift_detections_total'):,.0f}")
+    table.add_row("scores published", f"{metrics.get('recstream_scores_published_total', 0):,.0f}"
+                  f"  ({len(watcher.users):,} users)")
+    table.add_row("latency p50 / p99", f"{watcher.latency_ms(50):,.0f} / "
+                  f"{watcher.latency_ms(99):,.0f} ms (event time -> readable score)")
+    table.add_row("cold items", f"{metrics.get('recstream_cold_items', 0):,.0f}")
+    return table
+
+
+def _report(duration: float, sent: PublishReport, metrics: dict[str, float],
+            watcher: ScoreWatcher, shop: LiveShop) -> dict[str, Any]:
+    scored_first = sum(
+        1 for item, arrived in shop.new_items.items()
+        if item in watcher.first_seen
+        and watcher.first_seen[item][0] < shop.first_interaction.get(item, float("inf"))
+    )
+    return {
+        "duration_s": round(duration, 1),
+        "events_produced": sent.events_sent,
+        "events_processed": int(_processed(metrics)),
+        "invalid_events": int(_total(metrics, "recstream_invalid_events_total")),
+        "scores_published": int(metrics.get("recstream_scores_published_total", 0)),
+        "active_users": len(shop.active_users),
+        "active_users_scored": len(shop.active_users & watcher.users),
+        "tasks": {
+            task: {"auc": metrics.get(f"recstream_auc{{task={task}}}", float("nan")),
+                   "logloss": metrics.get(f"recstream_logloss{{task={task}}}", float("nan"))}
+            for task in TASKS
+        },
+        "cold_items": {"new_items": len(shop.new_items),
+                       "scored_before_first_interaction": scored_first},
+        "latency_ms": {"p50": round(watcher.latency_ms(50), 1),
+                       "p99": round(watcher.latency_ms(99), 1)},
+        "drift": {"detections": int(_total(metrics, "recstream_drift_detections_total"))},
+    }
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

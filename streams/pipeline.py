@@ -1,0 +1,217 @@
+"""The worker's whole job on one micro-batch, with no Kafka in sight: decode, learn, score.
+
+:class:`Pipeline` takes raw messages (partition, offset, key, value) and
+returns what must be sent: dead letters and score records. Per batch:
+
+1. skip messages below the next offset already applied (a replay after a
+   restart applies nothing twice); decode and validate each message with the
+   shared contract; dead-letter what fails, and duplicates, with the reason;
+2. turn events into samples with delayed labels (:mod:`online_models.labels`);
+3. score the new samples with the model as it was *before* this batch
+   (prequential), then learn every label that is known now;
+4. update quality, drift and candidate state;
+5. rank the top-K for every user with a funnel event in the batch (one
+   refresh per user per batch: the debounce) and return the score records.
+
+Everything it knows goes to and from one dict (:meth:`Pipeline.state_dict`),
+together with the next offset to read per partition, so a checkpoint covers
+exactly the events that were applied.
+
+Example
+-------
+>>> from online_models.learner import MultiTaskConfig, mtl
+>>> pipeline = Pipeline(mtl(MultiTaskConfig(user_rows=1024, item_rows=1024)))
+>>> out = pipeline.process_events([RawMessage(0, 0, b"u1", b"not json")], now_ms=0)
+>>> out.dead_letters[0].reason, pipeline.offsets
+('not_json', {0: 1})
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from online_models.base import Learner
+from online_models.drift import FeatureDriftMonitor
+from online_models.labels import LabelConfig, LabelResolver, TrackedSample
+from online_models.live_quality import LiveQuality
+from producers.contract import (
+    Event,
+    InvalidRecord,
+    decode_catalog_item,
+    decode_event,
+)
+from streams.candidates import CandidateConfig, CandidatePool
+from streams.ranking import Ranker, RankingConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One Kafka message as the pipeline sees it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message, ready for ``events.dlq`` (see :meth:`to_json`)."""
+
+    key: bytes | None
+    reason: str
+    detail: str
+    raw: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+    def to_json(self) -> bytes:
+        raw = (self.raw or b"")[:4096].decode("utf-8", errors="replace")
+        return json.dumps({"error": f"{self.reason}: {self.detail}", "reason": self.reason,
+                           "raw": raw, "topic": self.topic, "partition": self.partition,
+                           "offset": self.offset}).encode()
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced."""
+
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    learned: tuple[int, int, int] = (0, 0, 0)
+    update_seconds: float = 0.0
+
+
+class Pipeline:
+    """Decode -> label -> score-then-learn -> rank, for one worker's input."""
+
+    def __init__(self, learner: Learner, labels: LabelConfig | None = None,
+                 ranking: RankingConfig | None = None,
+                 candidates: CandidateConfig | None = None,
+                 events_topic: str = "events") -> None:
+        self.learner = learner
+        self.events_topic = events_topic
+        self.resolver = LabelResolver(labels)
+        self.quality = LiveQuality()
+        self.features = FeatureDriftMonitor()
+        self.pool = CandidatePool(candidates)
+        self.ranker = Ranker(ranking)
+        self.offsets: dict[int, int] = {}
+        self.applied: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.position = 0
+
+    # ---------------------------------------------------------------- catalog
+
+    def process_catalog(self, messages: Sequence[RawMessage], topic: str,
+                        now_ms: int | None = None) -> list[DeadLetter]:
+        """Catalog records update item content; bad ones become dead letters."""
+        dead = []
+        for message in messages:
+            try:
+                item = decode_catalog_item(message.value, now_ms)
+            except InvalidRecord as bad:
+                dead.append(self._dead(message, bad, topic))
+                continue
+            self.pool.observe_catalog(item)
+            self.resolver.observe_catalog(item)
+        return dead
+
+    # ---------------------------------------------------------------- events
+
+    def process_events(self, messages: Sequence[RawMessage],
+                       now_ms: int | None = None) -> BatchResult:
+        """Apply one micro-batch of ``events`` messages; return what to publish."""
+        out = BatchResult()
+        started = time.perf_counter()
+        new: list[TrackedSample] = []
+        learnable: list[TrackedSample] = []
+        triggers: dict[str, int] = {}
+        for message in messages:
+            if message.offset < self.offsets.get(message.partition, 0):
+                continue  # applied before the checkpoint this run restored
+            self.offsets[message.partition] = message.offset + 1
+            try:
+                event = decode_event(message.value, now_ms)
+            except InvalidRecord as bad:
+                out.dead_letters.append(self._dead(message, bad, self.events_topic))
+                continue
+            resolution = self.resolver.observe(event)
+            if resolution.duplicate:
+                bad = InvalidRecord("duplicate", f"event_id {event.event_id!r} was applied before")
+                out.dead_letters.append(self._dead(message, bad, self.events_topic))
+                continue
+            self.applied[event.type] += 1
+            out.events.append(event)
+            new += resolution.new
+            learnable += resolution.to_learn()
+            if event.type != "impression":
+                triggers[event.user_id] = event.ts
+        self.position += len(out.events)
+        if new:
+            self.quality.scored(new, self.learner.predict(new))
+        if learnable:
+            self.learner.learn(learnable)
+            out.learned = tuple(
+                sum(sample.labels()[task] is not None for sample in learnable) for task in range(3)
+            )
+            out.drift = self.quality.labelled(learnable, self.position)
+            if out.drift:
+                self.features.rebase()
+        self.features.observe(out.events)
+        self.pool.observe(out.events)
+        out.update_seconds = time.perf_counter() - started
+        out.scores = self.refresh_scores(triggers)
+        return out
+
+    def refresh_scores(self, triggers: dict[str, int]) -> list[dict[str, Any]]:
+        """Top-K records for these users (user -> event time of the triggering event)."""
+        if not triggers:
+            return []
+        candidates = {
+            user: [(item, self.pool.content(item)) for item in self.pool.candidates(user)]
+            for user in triggers
+        }
+        is_cold = getattr(self.learner, "is_cold", None) or (lambda _item: False)
+        return self.ranker.rank(self.learner, candidates, triggers,
+                                now_ms=int(time.time() * 1000), is_cold=is_cold)
+
+    def _dead(self, message: RawMessage, bad: InvalidRecord, topic: str) -> DeadLetter:
+        self.rejected[bad.reason] += 1
+        return DeadLetter(message.key, bad.reason, bad.detail, message.value, topic,
+                          message.partition, message.offset)
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the worker knows, as plain values and tensors."""
+        return {
+            "learner": self.learner.state_dict(),
+            "resolver": self.resolver.state_dict(),
+            "quality": self.quality.state_dict(),
+            "features": self.features.state_dict(),
+            "pool": self.pool.state_dict(),
+            "applied": dict(self.applied),
+            "rejected": dict(self.rejected),
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
+        """Restore from :meth:`state_dict` and the offsets the checkpoint covers."""
+        self.learner.load_state_dict(state["learner"])
+        self.resolver.load_state_dict(state["resolver"])
+        self.quality.load_state_dict(state["quality"])
+        self.features.load_state_dict(state["features"])
+        self.pool.load_state_dict(state["pool"])
+        self.applied = Counter(state["applied"])
+        self.rejected = Counter(state["rejected"])
+        self.position = int(state["position"])
+        self.offsets = dict(offsets)

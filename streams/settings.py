@@ -1,0 +1,193 @@
+"""One typed settings object for the whole service, read from flags and environment here only.
+
+Every other module receives a :class:`Settings` (or a part of it) and never
+reads the environment itself. Flags win over environment variables, which win
+over defaults.
+
+Example
+-------
+>>> s = Settings.from_env({"RECSTREAM_BROKER": "kafka:9092", "RECSTREAM_TOPIC_PREFIX": "shop1."})
+>>> s.broker, s.topics.events, s.topics.dlq
+('kafka:9092', 'shop1.events', 'shop1.events.dlq')
+>>> Settings.from_env({}).kafka_client_config()
+{}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The four topics of DESIGN.md, under an optional prefix."""
+
+    prefix: str = ""
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def items(self) -> str:
+        return f"{self.prefix}items"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.prefix}scores"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}events.dlq"
+
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.events, self.items, self.scores, self.dlq)
+
+
+@dataclass(frozen=True)
+class Security:
+    """SASL/TLS settings passed through to every Kafka client unchanged."""
+
+    protocol: str | None = None  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+_ENV = {
+    # settings field -> environment variable
+    "broker": "RECSTREAM_BROKER",
+    "tansu_bin": "RECSTREAM_TANSU_BIN",
+    "topic_prefix": "RECSTREAM_TOPIC_PREFIX",
+    "partitions": "RECSTREAM_PARTITIONS",
+    "metrics_host": "RECSTREAM_METRICS_HOST",
+    "metrics_port": "RECSTREAM_METRICS_PORT",
+    "checkpoint_dir": "RECSTREAM_CHECKPOINT_DIR",
+    "checkpoint_interval_s": "RECSTREAM_CHECKPOINT_INTERVAL_S",
+    "top_k": "RECSTREAM_TOP_K",
+    "batch_size": "RECSTREAM_BATCH_SIZE",
+    "batch_wait_ms": "RECSTREAM_BATCH_WAIT_MS",
+    "fetch_wait_ms": "RECSTREAM_FETCH_WAIT_MS",
+    "click_window_s": "RECSTREAM_CLICK_WINDOW_S",
+    "conversion_window_s": "RECSTREAM_CONVERSION_WINDOW_S",
+    "impressions": "RECSTREAM_IMPRESSIONS",
+}
+_SECURITY_ENV = {
+    "protocol": "RECSTREAM_SECURITY_PROTOCOL",
+    "sasl_mechanism": "RECSTREAM_SASL_MECHANISM",
+    "sasl_username": "RECSTREAM_SASL_USERNAME",
+    "sasl_password": "RECSTREAM_SASL_PASSWORD",
+    "ssl_cafile": "RECSTREAM_SSL_CAFILE",
+    "ssl_certfile": "RECSTREAM_SSL_CERTFILE",
+    "ssl_keyfile": "RECSTREAM_SSL_KEYFILE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the broker is, what the topics are called, and how the service runs.
+
+    ``broker=None`` means: start the embedded Tansu broker on loopback.
+    """
+
+    broker: str | None = None
+    tansu_bin: str | None = None
+    topic_prefix: str = ""
+    partitions: int = 4
+    security: Security = field(default_factory=Security)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    checkpoint_dir: Path = Path("checkpoints")
+    checkpoint_interval_s: float = 30.0
+    top_k: int = 20
+    batch_size: int = 1000
+    batch_wait_ms: int = 100
+    fetch_wait_ms: int = 10
+    click_window_s: float = 600.0
+    conversion_window_s: float = 3600.0
+    impressions: bool = True
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``RECSTREAM_*`` environment variables."""
+        env = os.environ if env is None else env
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, var in _ENV.items():
+            if env.get(var):
+                values[name] = _convert(types[name], env[var])
+        security = {name: env[var] for name, var in _SECURITY_ENV.items() if env.get(var)}
+        return cls(**values, security=Security(**security))
+
+    def with_args(self, args: argparse.Namespace) -> Settings:
+        """These settings overridden by any command-line flag that was given."""
+        names = {f.name for f in fields(self)} - {"security"}
+        changes = {
+            name: getattr(args, name)
+            for name in names
+            if getattr(args, name, None) is not None
+        }
+        security_changes = {
+            name: getattr(args, name)
+            for name in _SECURITY_ENV
+            if getattr(args, name, None) is not None
+        }
+        if security_changes:
+            changes["security"] = replace(self.security, **security_changes)
+        return replace(self, **changes)
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """Security settings as kafka-python keyword arguments (empty for plaintext)."""
+        s = self.security
+        pairs = {
+            "security_protocol": s.protocol,
+            "sasl_mechanism": s.sasl_mechanism,
+            "sasl_plain_username": s.sasl_username,
+            "sasl_plain_password": s.sasl_password,
+            "ssl_cafile": s.ssl_cafile,
+            "ssl_certfile": s.ssl_certfile,
+            "ssl_keyfile": s.ssl_keyfile,
+        }
+        return {key: value for key, value in pairs.items() if value is not None}
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka."""
+    group = parser.add_argument_group("Kafka connection (default: the embedded broker)")
+    group.add_argument("--broker", help="bootstrap servers, e.g. kafka:9092 (env RECSTREAM_BROKER)")
+    group.add_argument("--topic-prefix", dest="topic_prefix", help="prefix for all topic names")
+    group.add_argument("--partitions", type=int, help="partitions of created topics (default 4)")
+    group.add_argument("--security-protocol", dest="protocol",
+                       choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    group.add_argument("--sasl-mechanism", dest="sasl_mechanism")
+    group.add_argument("--sasl-username", dest="sasl_username")
+    group.add_argument("--sasl-password", dest="sasl_password",
+                       help="prefer env RECSTREAM_SASL_PASSWORD")
+    group.add_argument("--ssl-cafile", dest="ssl_cafile")
+    group.add_argument("--ssl-certfile", dest="ssl_certfile")
+    group.add_argument("--ssl-keyfile", dest="ssl_keyfile")
+
+
+def _convert(kind: Any, raw: str) -> Any:
+    text = str(kind)
+    if "float" in text:
+        return float(raw)
+    if "bool" in text:
+        return raw.lower() in ("1", "true", "yes")
+    if "int" in text:
+        return int(raw)
+    if "Path" in text:
+        return Path(raw)
+    return raw

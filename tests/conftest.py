@@ -1,0 +1,45 @@
+"""Shared fixtures: a real embedded broker (Tansu) for tests of Kafka behaviour."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.settings import Settings, TopicNames
+from streams.topics import ensure_topics
+
+DATA = Path(__file__).parent / "data"
+RECSTREAM = str(Path(sys.executable).with_name("recstream"))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One embedded broker for the whole session; tests isolate themselves by topic prefix."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.fixture
+def topics(broker: EmbeddedBroker) -> TopicNames:
+    """The four topics under a prefix of this test's own, created on the shared broker."""
+    names = TopicNames(prefix=f"t{uuid.uuid4().hex[:8]}.")
+    ensure_topics(broker.bootstrap, names, partitions=4)
+    return names
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker, topics: TopicNames) -> Settings:
+    return Settings(broker=broker.bootstrap, topic_prefix=topics.prefix)
+
+
+@pytest.fixture
+def cli_env(broker: EmbeddedBroker, topics: TopicNames) -> dict[str, str]:
+    """Environment for running the ``recstream`` command against the test broker and topics."""
+    return {**os.environ, "RECSTREAM_BROKER": broker.bootstrap,
+            "RECSTREAM_TOPIC_PREFIX": topics.prefix}

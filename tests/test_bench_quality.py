@@ -1,0 +1,139 @@
+"""The quality bench: one stream, every model scored before it learns, a complete report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from online_models.baselines import Popularity
+from streams.bench_quality import (
+    MODEL_NAMES,
+    QualityOptions,
+    build_stream,
+    options_from_args,
+    run,
+    run_model,
+)
+from streams.cli import build_parser
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def sim_report(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    options = QualityOptions(
+        events=8_000, report=out / "report.json", plot=out / "auc.png", progress=False
+    )
+    return run(options), out
+
+
+def test_the_report_has_every_model_task_and_group(sim_report):
+    report, out = sim_report
+    assert json.loads((out / "report.json").read_text()) == report  # strict JSON: NaN as null
+    assert report["source"] == "sim" and report["events"] == 8_000
+    assert set(report["models"]) == set(MODEL_NAMES)
+    for name, metrics in report["models"].items():
+        assert set(metrics["tasks"]) == {"click", "cart", "purchase"}, name
+        for task in ("click", "cart", "purchase"):
+            assert set(metrics["tasks"][task]) >= {"auc", "logloss"}
+            assert "auc" in metrics["cold_items"][task] and "auc" in metrics["warm_items"][task]
+        assert metrics["learn_events_per_s"] > 0
+    assert set(report["oracle"]["tasks"]) == {"click", "cart", "purchase"}
+
+
+def test_models_learn_something_and_the_oracle_knows_best(sim_report):
+    report, _ = sim_report
+    oracle = report["oracle"]["tasks"]["click"]["auc"]
+    assert oracle > 0.7
+    for name in ("mtl", "river_lr", "popularity"):
+        assert 0.5 < report["models"][name]["tasks"]["click"]["auc"] < oracle, name
+    samples = report["models"]["mtl"]["tasks"]["click"]["samples"]
+    assert samples == report["oracle"]["tasks"]["click"]["samples"] > 3_000
+
+
+def test_drift_is_injected_where_asked_and_detections_name_task_and_detector(sim_report):
+    report, out = sim_report
+    drift = report["drift"]
+    assert drift["injected_at"] == [4_800]
+    for detection in drift["detections"]:
+        assert set(detection) == {"event", "task", "detector"}
+        assert detection["task"] in ("click", "cart", "purchase")
+        assert detection["detector"] in ("adwin", "page_hinkley")
+    assert set(drift["calibration"]) == {"click", "cart", "purchase"}
+    assert (out / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class OrderChecker(Popularity):
+    """A real learner that also checks no sample is learned before it was scored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: set[int] = set()
+        self.learned = 0
+
+    def predict(self, samples):
+        self.scored.update(s.key for s in samples)
+        return super().predict(samples)
+
+    def learn(self, samples):
+        assert all(s.key in self.scored for s in samples)
+        self.learned += len(samples)
+        super().learn(samples)
+
+
+def test_every_sample_is_scored_before_any_of_its_labels_is_learned():
+    for impressions in (True, False):
+        stream = build_stream(QualityOptions(events=3_000, impressions=impressions, progress=False))
+        checker = OrderChecker()
+        result = run_model(checker, stream)
+        assert checker.learned == result.learned > 0
+        assert len(checker.scored) == len(stream.log)
+
+
+def test_a_real_log_runs_without_an_oracle_or_injected_drift_and_closes_its_windows():
+    options = QualityOptions(
+        source=str(DATA / "taobao-userbehavior-sample.csv"),
+        events=None,
+        models=("river_lr", "popularity"),
+        progress=False,
+    )
+    report = run(options)
+    assert "oracle" not in report and report["drift"]["injected_at"] == []
+    assert report["events"] == 4_193 and not report["impressions"]
+    assert report["samples"]["negatives"] > 0
+    tasks = report["models"]["popularity"]["tasks"]
+    assert tasks["click"]["samples"] > 1_000
+    # windows the log cuts short are closed at its end: every sample has every label
+    assert tasks["cart"]["samples"] == tasks["purchase"]["samples"] == tasks["click"]["samples"]
+    assert tasks["cart"]["positives"] > 0
+
+
+def test_command_line_flags_become_options():
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "bench",
+            "quality",
+            "--source",
+            "sim",
+            "--no-impressions",
+            "--no-drift",
+            "--report",
+            "r.json",
+            "--models",
+            "mtl,popularity",
+        ]
+    )
+    options = options_from_args(args)
+    assert options.events == 200_000 and not options.impressions and not options.drift
+    assert options.models == ("mtl", "popularity") and options.report == Path("r.json")
+    assert (
+        options.models
+        != MODEL_NAMES
+        == options_from_args(parser.parse_args(["bench", "quality"])).models
+    )
+    with pytest.raises(ValueError, match="unknown models"):
+        options_from_args(parser.parse_args(["bench", "quality", "--models", "mtl,nope"]))

@@ -1,0 +1,72 @@
+"""Checkpoints are atomic, restore the newest valid state, and never execute what they load."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import torch
+
+from streams.checkpoint import CheckpointError, CheckpointStore
+
+
+class Boom:
+    """An object whose unpickling would run code."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/recstream-pwned",))
+
+
+def test_the_newest_checkpoint_is_restored_with_its_offsets(tmp_path):
+    store = CheckpointStore(tmp_path, owner="events")
+    store.save({"n": 1, "weights": torch.ones(3)}, {0: 5})
+    store.save({"n": 2, "weights": torch.zeros(3)}, {0: 9, 1: 2})
+    found, refused = store.load_latest()
+    assert refused == []
+    assert found.state["n"] == 2 and found.offsets == {0: 9, 1: 2}
+    assert torch.equal(found.state["weights"], torch.zeros(3))
+
+
+def test_only_the_newest_few_are_kept(tmp_path):
+    store = CheckpointStore(tmp_path, owner="events", keep=2)
+    for n in range(5):
+        store.save({"n": n}, {})
+    assert len(list(tmp_path.glob("checkpoint-*.pt"))) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_corrupt_newest_checkpoint_is_refused_and_the_previous_one_used(tmp_path):
+    store = CheckpointStore(tmp_path, owner="events")
+    store.save({"n": 1}, {0: 3})
+    newest = store.save({"n": 2}, {0: 7})
+    newest.write_bytes(newest.read_bytes()[:100])  # a torn write
+    found, refused = store.load_latest()
+    assert found.state["n"] == 1
+    assert len(refused) == 1 and newest.name in refused[0] and "unreadable" in refused[0]
+
+
+def test_a_pickle_that_would_run_code_is_refused_not_executed(tmp_path):
+    marker = "/tmp/recstream-pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    store = CheckpointStore(tmp_path, owner="events")
+    (tmp_path / "checkpoint-000000001.pt").write_bytes(pickle.dumps({"format": Boom()}))
+    found, refused = store.load_latest()
+    assert found is None
+    assert "unsafe" in refused[0]
+    assert not os.path.exists(marker)
+
+
+def test_a_foreign_file_or_another_workers_checkpoint_is_refused(tmp_path):
+    torch.save({"some": "model"}, tmp_path / "checkpoint-000000001.pt")
+    CheckpointStore(tmp_path / "other", owner="shop2.events").save({}, {})
+    store = CheckpointStore(tmp_path, owner="events")
+    found, refused = store.load_latest()
+    assert found is None and "not a recstream checkpoint" in refused[0]
+    other = CheckpointStore(tmp_path / "other", owner="events")
+    try:
+        other.load(next((tmp_path / "other").glob("*.pt")))
+    except CheckpointError as err:
+        assert "written for input 'shop2.events'" in str(err)
+    else:
+        raise AssertionError("a foreign checkpoint was accepted")

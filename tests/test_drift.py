@@ -1,0 +1,159 @@
+"""Drift: a model that goes wrong is flagged fast, a steady or improving one is left alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from online_models.drift import (
+    ConceptDriftMonitor,
+    DriftConfig,
+    FeatureDriftMonitor,
+    normalised_entropy,
+)
+from producers.contract import Event, ItemContent
+
+CHUNK = 250
+
+
+def run(monitor, rng, labels_total, make, tasks=("click",)):
+    """Feed chunks of labels; ``make(position) -> (truth, predictions_of(truth, labels))``."""
+    for position in range(0, labels_total, CHUNK):
+        truth, predict = make(position)
+        labels = (rng.random(CHUNK) < truth).astype(float)
+        for task in tasks:
+            monitor.update(task, predict(truth, labels), labels, position)
+    return monitor.detections
+
+
+def steady(position):
+    return np.random.default_rng(position).uniform(0.02, 0.4, CHUNK), lambda q, y: q
+
+
+def test_a_model_that_loses_its_grip_is_flagged_within_a_thousand_labels():
+    def make(position):
+        truth = np.random.default_rng(position).uniform(0.02, 0.4, CHUNK)
+        if position < 60_000:
+            return truth, lambda q, y: q
+        return truth, lambda q, y: np.random.default_rng(position + 1).permutation(q)
+
+    found = run(ConceptDriftMonitor(), np.random.default_rng(1), 80_000, make)
+    assert len(found) == 1
+    assert found[0]["task"] == "click" and 60_000 <= found[0]["event"] < 61_000
+
+
+def test_a_steady_model_raises_nothing():
+    assert run(ConceptDriftMonitor(), np.random.default_rng(2), 150_000, steady) == []
+
+
+def test_a_model_that_keeps_improving_raises_nothing():
+    def make(position):
+        truth = np.random.default_rng(position).uniform(0.02, 0.4, CHUNK)
+        sharpness = min(1.0, position / 100_000)  # predictions move from the mean to the truth
+        return truth, lambda q, y: sharpness * q + (1 - sharpness) * 0.21
+
+    assert run(ConceptDriftMonitor(), np.random.default_rng(3), 150_000, make) == []
+
+
+def test_a_rising_click_rate_alone_is_not_drift():
+    def make(position):
+        scale = 1.0 + position / 100_000  # the shop's click rate doubles, the model keeps up
+        truth = scale * np.random.default_rng(position).uniform(0.01, 0.2, CHUNK)
+        return truth, lambda q, y: q
+
+    assert run(ConceptDriftMonitor(), np.random.default_rng(4), 100_000, make) == []
+
+
+def test_one_change_on_every_task_is_reported_once():
+    def make(position):
+        truth = np.random.default_rng(position).uniform(0.02, 0.4, CHUNK)
+        if position < 60_000:
+            return truth, lambda q, y: q
+        return truth, lambda q, y: 1.0 - q
+
+    found = run(
+        ConceptDriftMonitor(),
+        np.random.default_rng(5),
+        70_000,
+        make,
+        tasks=("click", "cart", "purchase"),
+    )
+    assert len(found) == 1 and found[0]["event"] >= 60_000
+
+
+def test_a_restored_monitor_raises_what_the_original_would_have():
+    def make(position):
+        truth = np.random.default_rng(position).uniform(0.02, 0.4, CHUNK)
+        if position < 60_000:
+            return truth, lambda q, y: q
+        return truth, lambda q, y: np.random.default_rng(position + 1).permutation(q)
+
+    whole = run(ConceptDriftMonitor(), np.random.default_rng(6), 80_000, make)
+    first = ConceptDriftMonitor()
+    rng = np.random.default_rng(6)
+    for position in range(0, 40_000, CHUNK):
+        truth, predict = make(position)
+        labels = (rng.random(CHUNK) < truth).astype(float)
+        first.update("click", predict(truth, labels), labels, position)
+    second = ConceptDriftMonitor()
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for position in range(40_000, 80_000, CHUNK):
+        truth, predict = make(position)
+        labels = (rng.random(CHUNK) < truth).astype(float)
+        second.update("click", predict(truth, labels), labels, position)
+    assert second.detections == whole != []
+
+
+def test_calibration_compares_mean_prediction_with_the_observed_rate_over_a_window():
+    monitor = ConceptDriftMonitor(DriftConfig(calibration_window=4))
+    monitor.update("cart", np.array([0.9, 0.9, 0.1, 0.3, 0.2]), np.array([1, 1, 0, 1, 0.0]), 0)
+    cart = monitor.calibration()["cart"]
+    assert cart == {"mean_prediction": 0.375, "observed_rate": 0.5, "labels": 4}
+
+
+def test_normalised_entropy_is_one_for_predicting_the_base_rate():
+    rate = 0.07
+    base_rate_loss = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+    assert abs(normalised_entropy(base_rate_loss, rate) - 1.0) < 1e-12
+
+
+def events(n, categories, prices, kinds=("click",)):
+    rng = np.random.default_rng(n)
+    return [
+        Event(
+            f"e{i}",
+            i,
+            kinds[i % len(kinds)],
+            "u",
+            f"i{i}",
+            item=ItemContent(rng.choice(categories), f"b{i % 3}", float(rng.choice(prices))),
+        )
+        for i in range(n)
+    ]
+
+
+def test_psi_is_small_for_the_same_mix_and_large_when_the_catalogue_shifts():
+    monitor = FeatureDriftMonitor(window_events=1_000)
+    monitor.observe(events(1_000, ["books", "toys"], [5.0, 50.0]))  # the reference window
+    monitor.observe(events(1_000, ["books", "toys"], [5.0, 50.0]))
+    assert max(monitor.latest.values()) < 0.02
+    monitor.observe(events(1_000, ["garden", "shoes"], [500.0], kinds=("click", "cart")))
+    psi = monitor.latest
+    assert psi["category"] > 1 and psi["price_bucket"] > 1 and psi["event_type"] > 1
+    assert psi["brand"] < 0.02
+    monitor.rebase()  # after a drift: the next window is the new normal
+    monitor.observe(events(2_000, ["garden", "shoes"], [500.0], kinds=("click", "cart")))
+    assert max(monitor.latest.values()) < 0.02
+    assert len(monitor.history) == 3
+
+
+def test_feature_monitor_state_round_trips():
+    monitor = FeatureDriftMonitor(window_events=300)
+    monitor.observe(events(700, ["books", "toys"], [5.0]))
+    twin = FeatureDriftMonitor(window_events=300)
+    twin.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    more = events(500, ["toys"], [9.0])
+    monitor.observe(more)
+    twin.observe(more)
+    assert twin.history == monitor.history and len(twin.history) == 3

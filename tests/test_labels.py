@@ -1,0 +1,209 @@
+"""Events become labelled samples: delayed funnel labels, sampled negatives, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from online_models.labels import LabelConfig, LabelResolver, Resolution
+from producers.contract import CatalogItem, Event, ItemContent
+
+MINUTE = 60_000
+PHONE = ItemContent(category="electronics.phone", brand="acme", price=199.0)
+
+
+def resolver(**overrides) -> LabelResolver:
+    config = {"click_window_ms": 10 * MINUTE, "conversion_window_ms": 60 * MINUTE, **overrides}
+    return LabelResolver(LabelConfig(**config))
+
+
+def event(n, ts, kind, user="u1", item_id="i1", content=None, device=None) -> Event:
+    context = {"device": device} if device else None
+    return Event(f"e{n}", ts, kind, user, item_id, item=content, context=context)
+
+
+def labels(samples) -> list[tuple]:
+    return [(s.key, s.labels()) for s in samples]
+
+
+def test_an_impression_is_scored_now_and_its_funnel_labels_arrive_as_events_do():
+    r = resolver()
+    shown = r.observe(event(1, 0, "impression", content=PHONE, device="mobile"))
+    assert labels(shown.new) == [(0, (None, None, None))]
+    assert shown.new[0].category == "electronics.phone" and shown.new[0].device == "mobile"
+    assert labels(r.observe(event(2, MINUTE, "click")).resolved) == [(0, (1.0, None, None))]
+    assert labels(r.observe(event(3, 2 * MINUTE, "cart")).resolved) == [(0, (None, 1.0, None))]
+    done = r.observe(event(4, 3 * MINUTE, "purchase"))
+    assert labels(done.resolved) == [(0, (None, None, 1.0))]
+    assert done.resolved[0].price == 199.0
+    assert r.open_samples == 0
+
+
+def test_an_impression_nobody_clicks_turns_negative_when_its_window_closes():
+    r = resolver()
+    r.observe(event(1, 0, "impression"))
+    assert r.advance(10 * MINUTE) == []  # the window still includes its last millisecond
+    assert labels(r.advance(10 * MINUTE + 1)) == [(0, (0.0, 0.0, 0.0))]
+
+
+def test_a_click_without_conversion_gets_negative_cart_and_purchase_after_the_window():
+    r = resolver()
+    r.observe(event(1, 0, "impression"))
+    r.observe(event(2, 5 * MINUTE, "click"))  # the conversion window starts at the click
+    assert r.advance(64 * MINUTE) == []
+    assert labels(r.advance(66 * MINUTE)) == [(0, (None, 0.0, 0.0))]
+
+
+def test_later_events_close_windows_in_event_time():
+    r = resolver()
+    r.observe(event(1, 0, "impression", item_id="a"))
+    later = r.observe(event(2, 20 * MINUTE, "impression", item_id="b"))
+    assert labels(later.resolved) == [(0, (0.0, 0.0, 0.0))]
+    assert labels(later.new) == [(1, (None, None, None))]
+
+
+def test_a_cart_with_no_click_seen_implies_the_click():
+    r = resolver()
+    r.observe(event(1, 0, "impression"))
+    assert labels(r.observe(event(2, MINUTE, "cart")).resolved) == [(0, (1.0, 1.0, None))]
+    assert labels(r.observe(event(3, 2 * MINUTE, "purchase")).resolved) == [(0, (None, None, 1.0))]
+
+
+def test_a_funnel_event_with_no_open_sample_opens_a_positive_one():
+    r = resolver()
+    bought = r.observe(event(1, 0, "purchase", item_id="i7", content=PHONE))
+    assert labels(bought.new) == [(0, (1.0, 1.0, 1.0))]
+    assert bought.resolved == [] and r.open_samples == 0
+    clicked = r.observe(event(2, MINUTE, "click", item_id="i8"))
+    assert labels(clicked.new) == [(1, (1.0, None, None))]
+    assert clicked.to_learn() == clicked.new
+
+
+def test_a_repeated_click_on_an_open_sample_is_not_a_new_sample():
+    r = resolver()
+    r.observe(event(1, 0, "impression"))
+    r.observe(event(2, MINUTE, "click"))
+    again = r.observe(event(3, 2 * MINUTE, "click"))
+    assert again.new == [] and again.resolved == []
+    assert r.counts["repeats"] == 1
+
+
+def test_the_latest_unclicked_impression_gets_the_click():
+    r = resolver()
+    r.observe(event(1, 0, "impression"))
+    r.observe(event(2, MINUTE, "impression"))
+    assert labels(r.observe(event(3, 2 * MINUTE, "click")).resolved) == [(1, (1.0, None, None))]
+    assert labels(r.advance(11 * MINUTE)) == [(0, (0.0, 0.0, 0.0))]
+
+
+def test_duplicated_event_ids_are_applied_once_within_the_dedupe_window():
+    r = resolver(dedupe_events=3)
+    r.observe(event(1, 0, "impression"))
+    assert r.observe(event(1, 0, "impression")) == Resolution(duplicate=True)
+    assert r.counts["duplicates"] == 1
+    for n in range(2, 6):
+        r.observe(event(n, 0, "impression", item_id=f"x{n}"))
+    assert r.observe(event(1, 0, "impression")).new  # forgotten after 3 newer ids
+
+
+def test_content_comes_from_the_catalog_when_the_event_has_none():
+    r = resolver()
+    r.observe_catalog(CatalogItem("i1", 0, category="books", brand="pub", price=9.5))
+    sample = r.observe(event(1, 0, "impression")).new[0]
+    assert (sample.category, sample.brand, sample.price) == ("books", "pub", 9.5)
+
+
+def test_without_impressions_each_click_comes_with_sampled_negatives():
+    r = resolver(impressions=False, negatives_per_click=3, seed=7)
+    for n in range(20):  # fill the pool with items seen in funnel events
+        r.observe(event(n, n, "click", user=f"v{n}", item_id=f"i{n}", content=PHONE))
+    clicked = r.observe(event(100, 100, "click", user="u1", item_id="i5"))
+    positive, *negatives = clicked.new
+    assert positive.labels() == (1.0, None, None) and positive.item_id == "i5"
+    assert len(negatives) == 3
+    for negative in negatives:
+        assert negative.labels() == (0.0, 0.0, 0.0) and negative.weight == 1.0
+        assert negative.item_id != "i5" and negative.user_id == "u1" and negative.ts == 100
+        assert negative.category == "electronics.phone"  # content of the sampled item
+    assert r.observe(event(101, 100, "impression", item_id="i9")).new == []
+    assert r.counts["ignored_impressions"] == 1
+
+
+def test_negatives_are_spread_over_the_recent_items_not_weighted_by_popularity():
+    r = resolver(impressions=False, negatives_per_click=1, seed=3)
+    hot_negatives = negatives = 0
+    for n in range(4000):
+        item = "hot" if n % 2 else f"i{n % 40}"  # 'hot' has half of all clicks
+        for s in r.observe(event(n, n, "click", user=f"v{n}", item_id=item)).new:
+            if s.click == 0.0:
+                negatives += 1
+                hot_negatives += s.item_id == "hot"
+    assert hot_negatives < 0.1 * negatives  # one of 21 items, drawn about 1/42 of the time
+
+
+def test_open_samples_are_bounded_and_the_earliest_deadline_closes_first():
+    r = resolver(max_pending=2)
+    r.observe(event(1, 0, "impression", item_id="a"))
+    r.observe(event(2, 1, "impression", item_id="b"))
+    third = r.observe(event(3, 2, "impression", item_id="c"))
+    assert labels(third.resolved) == [(0, (0.0, 0.0, 0.0))]
+    assert r.open_samples == 2 and r.counts["forced_closes"] == 1
+
+
+def random_stream(seed: int, n: int) -> list[Event]:
+    rng = random.Random(seed)
+    events, ts = [], 0
+    for i in range(n):
+        ts += rng.randrange(0, 20_000)
+        kind = rng.choices(["impression", "click", "cart", "purchase"], [6, 3, 1, 1])[0]
+        events.append(
+            event(rng.randrange(n), ts, kind, f"u{rng.randrange(5)}", f"i{rng.randrange(8)}")
+        )
+        if i == n // 3:
+            events.append(events[-1])  # an exact duplicate
+    return events
+
+
+def emissions(r: LabelResolver, events: list[Event]) -> list[tuple]:
+    out = []
+    for e in events:
+        res = r.observe(e)
+        out += [("new", s.key, s.item_id, s.labels()) for s in res.new]
+        out += [("upd", s.key, s.item_id, s.labels()) for s in res.resolved]
+    return out + [("end", s.key, s.item_id, s.labels()) for s in r.flush()]
+
+
+def test_every_label_is_emitted_once_and_a_late_label_follows_a_positive_stage():
+    for impressions in (True, False):
+        r = resolver(impressions=impressions, click_window_ms=60_000, conversion_window_ms=300_000)
+        seen: dict[int, list] = {}
+        for _, key, _, labs in emissions(r, random_stream(11, 3000)):
+            seen.setdefault(key, []).append(labs)
+        for history in seen.values():
+            for task in range(3):
+                emitted = [labs[task] for labs in history if labs[task] is not None]
+                assert len(emitted) == 1, history
+            for labs in history:
+                if labs == (None, None, None):
+                    continue  # an impression, scored before any label
+                first = next(t for t in range(3) if labs[t] is not None)
+                assert all(labs[t] is not None for t in range(first, 3)) or labs[first] == 1.0
+                if labs[first] == 0.0:
+                    assert labs[first:] == (0.0,) * (3 - first)
+        assert r.open_samples == 0
+
+
+def test_a_restored_resolver_continues_exactly_where_the_saved_one_was():
+    events = random_stream(5, 2000)
+    config = {"impressions": False, "click_window_ms": 60_000, "conversion_window_ms": 300_000}
+    whole = emissions(resolver(**config), events)
+    first = resolver(**config)
+    head = []
+    for e in events[:1000]:
+        res = first.observe(e)
+        head += [("new", s.key, s.item_id, s.labels()) for s in res.new]
+        head += [("upd", s.key, s.item_id, s.labels()) for s in res.resolved]
+    state = json.loads(json.dumps(first.state_dict()))  # plain values only
+    second = resolver(**config)
+    second.load_state_dict(state)
+    assert head + emissions(second, events[1000:]) == whole

@@ -1,0 +1,204 @@
+"""The multi-task learner: funnel-consistent scores, learning, masks, cold start, state."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from online_models.base import TASKS, Learner, Sample, funnel_consistent
+from online_models.labels import TrackedSample
+from online_models.learner import (
+    MultiTaskConfig,
+    MultiTaskLearner,
+    benchmark,
+    id_only,
+    mtl,
+    single_task,
+)
+from online_models.synthetic import ToyShop
+
+SMALL = MultiTaskConfig().with_capacity(4096)
+
+
+def auc(labels, scores) -> float:
+    """Rank-sum AUC (ties count half)."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    positives, negatives = labels.sum(), (~labels).sum()
+    return (ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def prequential(learner, samples, batch=512) -> np.ndarray:
+    """Score each micro-batch, then learn it; return the scores."""
+    scores = []
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        scores.append(learner.predict(chunk))
+        learner.learn(chunk)
+    return np.concatenate(scores)
+
+
+def labels_of(samples) -> np.ndarray:
+    return np.array([s.labels() for s in samples], dtype=float)
+
+
+def test_auc_helper_is_a_rank_statistic():
+    assert auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert auc([0, 1], [0.5, 0.5]) == 0.5
+
+
+def test_the_learners_speak_the_protocol_under_their_names():
+    for learner, name in ((mtl(SMALL), "mtl"), (single_task(SMALL), "single_task")):
+        assert isinstance(learner, Learner) and learner.name == name
+    assert id_only(SMALL).name == "id_only" and not id_only(SMALL).config.use_content
+
+
+@pytest.mark.parametrize("architecture", ["shared_bottom", "mmoe", "ple"])
+def test_every_architecture_learns_the_toy_shop(architecture):
+    samples, truth = ToyShop(seed=1, users=300, items=400).stream(16_000)
+    learner = MultiTaskLearner(replace(SMALL, architecture=architecture))
+    scores = prequential(learner, samples)
+    assert funnel_consistent(scores) and np.all((scores > 0) & (scores < 1))
+    labels, tail = labels_of(samples), slice(8_000, None)
+    click_auc = auc(labels[tail, 0], scores[tail, 0])
+    oracle_auc = auc(labels[tail, 0], truth[tail, 0])
+    assert click_auc > 0.5 + 0.5 * (oracle_auc - 0.5), (click_auc, oracle_auc)
+    assert auc(labels[tail, 2], scores[tail, 2]) > 0.6
+
+
+def test_scores_are_funnel_consistent_and_inside_zero_one_even_when_extreme():
+    learner = MultiTaskLearner(SMALL)
+    heads = learner.net.heads
+    with torch.no_grad():
+        heads[0].bias.fill_(40.0)  # p_click saturates
+        heads[1].bias.fill_(-40.0)  # p_cart vanishes
+    samples, _ = ToyShop(seed=2).stream(64)
+    scores = learner.predict(samples)
+    assert funnel_consistent(scores, tolerance=0.0)
+    assert np.all((scores > 0) & (scores < 1))
+    assert learner.predict([]).shape == (0, len(TASKS))
+
+
+def test_unknown_labels_are_not_learned():
+    learner = MultiTaskLearner(SMALL)
+    samples, _ = ToyShop(seed=3).stream(256)
+    unlabelled = [replace(s, click=None, cart=None, purchase=None) for s in samples]
+    before = learner.predict(samples)
+    learner.learn(unlabelled)
+    assert learner.model_version == 0 and np.array_equal(learner.predict(samples), before)
+
+    conversion_heads = [p.clone() for h in learner.net.heads[1:] for p in h.parameters()]
+    learner.learn([replace(s, cart=None, purchase=None) for s in samples])  # clicks only
+    assert learner.model_version == 1
+    after = [p for h in learner.net.heads[1:] for p in h.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(conversion_heads, after, strict=True))
+    assert not torch.equal(learner.net.heads[0].bias, torch.zeros(1))
+
+
+def test_a_large_batch_is_learned_in_steps_of_at_most_max_batch_size():
+    learner = MultiTaskLearner(replace(SMALL, max_batch_size=100))
+    samples, _ = ToyShop(seed=4).stream(250)
+    learner.learn(samples)
+    assert learner.model_version == 3
+
+
+def test_an_unseen_item_is_scored_from_its_content():
+    samples, _ = ToyShop(seed=5, users=200, items=300).stream(12_000)
+    content = MultiTaskLearner(SMALL)
+    ids = id_only(SMALL)
+    for learner in (content, ids):
+        prequential(learner, samples)
+    user = samples[-1].user_id
+    cheap_toy = Sample(user, "never-seen-1", ts=samples[-1].ts + 1, category="c1.s1", price=5.0)
+    pricey_other = replace(cheap_toy, item_id="never-seen-2", category="c6.s3", price=900.0)
+    scores = content.predict([cheap_toy, pricey_other])
+    assert not np.allclose(scores[0], scores[1], rtol=1e-3)
+    assert content.is_cold("never-seen-1") and content.item_interactions("never-seen-1") == 0
+    id_scores = ids.predict([cheap_toy, pricey_other])
+    assert np.array_equal(id_scores[0], id_scores[1])  # without content they look the same
+
+
+def test_cold_start_bookkeeping_counts_clicks_carts_and_purchases():
+    learner = MultiTaskLearner(replace(SMALL, cold_threshold=3))
+    hot = [Sample("u1", "hot", ts=t, category="a.b", click=1.0) for t in range(3)]
+    rare = [Sample("u2", "rare", ts=t, category="a.c", click=0.0) for t in range(5)]
+    converted = Sample("u2", "rare", ts=9, category="a.c", click=1.0, cart=1.0, purchase=0.0)
+    learner.learn([*hot, *rare, converted])
+    assert learner.item_interactions("hot") == 3 and not learner.is_cold("hot")
+    assert learner.item_interactions("rare") == 2 and learner.is_cold("rare")
+    assert learner.is_cold("hot", threshold=4) and learner.is_cold("never-seen")
+    assert learner.cold_item_count() == 1
+    stats = learner.table_stats()
+    assert stats["item"] == 2 and stats["user"] == 2 and stats["token"] == 3
+
+
+def test_tables_stay_at_their_cap_on_a_stream_of_new_ids():
+    learner = MultiTaskLearner(SMALL.with_capacity(300))
+    for step in range(20):
+        learner.learn(
+            [
+                Sample(f"u{step}-{k}", f"i{step}-{k}", ts=step, category="a.b", click=0.0)
+                for k in range(100)
+            ]
+        )
+    stats = learner.table_stats()
+    assert stats["item"] <= 299 and stats["user"] <= 299
+    assert np.all(np.isfinite(learner.predict([Sample("u", "i", ts=30, category="a.b")])))
+
+
+def evicting_stream(seed: int) -> list[TrackedSample]:
+    """A keyed stream with delayed labels and more ids than a tiny table holds."""
+    samples, _ = ToyShop(seed=seed, users=400, items=600).stream(3_000)
+    return [
+        TrackedSample(**{f: getattr(s, f) for f in s.__slots__}, key=k)
+        for k, s in enumerate(samples)
+    ]
+
+
+@pytest.mark.parametrize("factory", [mtl, single_task, id_only])
+def test_a_restored_learner_scores_and_keeps_learning_exactly_alike(factory, tmp_path):
+    config = replace(SMALL.with_capacity(256), id_ttl_ms=50_000, expiry_every=2)
+    stream = evicting_stream(seed=6)
+    original = factory(config)
+    for start in range(0, 1_500, 300):  # score, then learn click first, conversions later
+        chunk = stream[start : start + 300]
+        original.predict(chunk)
+        original.learn([replace(s, cart=None, purchase=None) for s in chunk])
+        original.learn([replace(s, click=None) for s in chunk])
+    path = tmp_path / "learner.pt"
+    torch.save(original.state_dict(), path)
+    restored = factory(MultiTaskConfig().with_capacity(64))  # rebuilt from the saved config
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    probe = stream[1_500:1_800]
+    assert np.array_equal(restored.predict(probe), original.predict(probe))
+    for start in range(1_500, 3_000, 300):
+        chunk = stream[start : start + 300]
+        for learner in (original, restored):
+            learner.predict(chunk)
+            learner.learn(chunk)
+    assert np.array_equal(restored.predict(probe), original.predict(probe))
+    assert restored.model_version == original.model_version
+
+
+def test_single_task_nets_each_learn_only_their_own_task():
+    learner = single_task(SMALL)
+    samples, _ = ToyShop(seed=7).stream(512)
+    learner.learn([replace(s, cart=None, purchase=None) for s in samples])
+    click_net, cart_net, _ = learner.learners
+    assert click_net.model_version == cart_net.model_version >= 1
+    untouched = MultiTaskLearner(cart_net.config)
+    heads = zip(cart_net.net.heads.parameters(), untouched.net.heads.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in heads)  # the cart net saw no cart label
+    assert funnel_consistent(learner.predict(samples), tolerance=0.0)
+
+
+def test_benchmark_reports_throughput():
+    report = benchmark(MultiTaskLearner(SMALL), samples=2_048, batch_size=512)
+    assert report["samples"] == 2_048 and report["samples_per_second"] > 0

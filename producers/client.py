@@ -70,6 +70,11 @@ class PublishReport:
                 f"{self.elapsed_s:.1f} s: {self.events_per_s:,.0f} events/s")
 
 
+CHUNK_EVENTS = 500
+"""Events validated and encoded per chunk when sending as fast as possible."""
+MAX_HOLD_S = 0.01
+"""At a paced rate, a chunk holds at most this many seconds of events."""
+
 ProgressCallback = Callable[[int, int], None]
 """Called with (events attempted so far, catalog items attempted so far)."""
 
@@ -121,7 +126,7 @@ class EventPublisher:
         report = PublishReport()
         started = time.monotonic()
         events = items = 0
-        chunks = encoded_chunks(records, max_events)
+        chunks = encoded_chunks(records, max_events, self._chunk_events())
         with _in_subprocess(chunks) if encode_in_subprocess else _inline(chunks) as source:
             for chunk in source:
                 if stop is not None and stop.is_set():
@@ -149,6 +154,16 @@ class EventPublisher:
         if on_progress is not None:
             on_progress(events, items)
         return report
+
+    def _chunk_events(self) -> int:
+        """Events encoded ahead of their send: at a paced rate, at most ``MAX_HOLD_S`` worth.
+
+        A record is stamped when it is generated, so a large chunk sent at a
+        slow pace would age its last events by the whole chunk's duration.
+        """
+        if self.rate <= 0:
+            return CHUNK_EVENTS
+        return max(1, min(CHUNK_EVENTS, int(self.rate * MAX_HOLD_S)))
 
     def _send(self, topic: str, key: bytes, value: bytes, kind: str) -> None:
         try:
@@ -184,7 +199,7 @@ class EncodedChunk:
 
 
 def encoded_chunks(records: Iterable[Event | CatalogItem], max_events: int | None = None,
-                   chunk_events: int = 500) -> Iterator[EncodedChunk]:
+                   chunk_events: int = CHUNK_EVENTS) -> Iterator[EncodedChunk]:
     """Validate and encode records as (key, value) pairs, a chunk at a time, in order.
 
     A catalog item that arrives after some events starts a new chunk, so items

@@ -20,9 +20,6 @@ Example
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
-import signal
 import socket
 import subprocess
 import time
@@ -30,7 +27,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 
-_PR_SET_PDEATHSIG = 1
+from streams.lifetime import die_with_parent
 
 
 class BrokerError(RuntimeError):
@@ -118,7 +115,7 @@ class EmbeddedBroker:
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         atexit.register(self.stop)
         try:
@@ -153,10 +150,3 @@ def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM us when our parent dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -13,7 +13,7 @@ Example
 >>> for n in range(3):
 ...     pool.observe_catalog(CatalogItem(f"i{n}", 0, category="home.lamp"))
 >>> pool.observe([Event("e1", 0, "click", "u1", "i0"), Event("e2", 0, "click", "u2", "i1")])
->>> sorted(pool.candidates("u1"))
+>>> sorted(item for item, content in pool.candidates("u1"))
 ['i0', 'i1', 'i2']
 """
 
@@ -97,8 +97,9 @@ class CandidatePool:
         if self._since_refresh >= self.config.refresh_every or not self._top:
             self._refresh()
 
-    def candidates(self, user_id: str) -> list[str]:
-        """The user's candidates: recent items, their categories' best, overall best, newest."""
+    def candidates(self, user_id: str) -> list[tuple[str, ItemContent]]:
+        """The user's candidates with their content: recent items, their categories' best,
+        overall best, newest."""
         recent = list(self._user_items.get(user_id, ()))
         categories: list[str] = []
         for item_id in reversed(recent):
@@ -112,7 +113,8 @@ class CandidatePool:
             merged.update(dict.fromkeys(self._top_by_category.get(category, ())))
         merged.update(dict.fromkeys(self._top))
         merged.update(dict.fromkeys(self._newest))
-        return [item for item in merged if item in self._content]
+        content = self._content
+        return [(item, content[item]) for item in merged if item in content]
 
     def _remember(self, item_id: str, content: ItemContent) -> None:
         self._content[item_id] = content

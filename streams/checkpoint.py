@@ -7,6 +7,12 @@ disk and renamed into place, so a crash leaves either the old or the new file,
 never half of one. The newest few are kept; on start the newest *valid* one
 wins, and every file refused on the way is reported with its reason.
 
+:func:`save_in_child` writes a checkpoint from a forked child process, the way
+Redis's BGSAVE does: the child sees a copy-on-write snapshot of the worker's
+memory as it was at the fork, so the worker stops only for the fork itself
+(milliseconds) instead of for copying its state (1.6 s for a full-size model,
+measured), and goes on learning while the child writes.
+
 Example
 -------
 >>> import tempfile
@@ -20,13 +26,17 @@ Example
 from __future__ import annotations
 
 import os
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from streams.lifetime import die_with_parent
 
 _NDARRAY = "__ndarray__"
 FORMAT = "recstream-checkpoint"
@@ -113,6 +123,59 @@ class CheckpointStore:
         if not self.directory.is_dir():
             return []
         return sorted(self.directory.glob("checkpoint-*.pt"), key=_number)
+
+
+@dataclass
+class ChildSave:
+    """A checkpoint being written by a forked child (see :func:`save_in_child`)."""
+
+    pid: int
+    reader: int
+
+    def wait(self) -> Path:
+        """Block until the child is done; the checkpoint's path, or :class:`CheckpointError`."""
+        with os.fdopen(self.reader, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not message.startswith("ok "):
+            raise CheckpointError(f"the checkpoint writer (pid {self.pid}) exited with code "
+                                  f"{code}: {message or 'no message'}")
+        return Path(message[3:])
+
+
+def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
+                  offsets: dict[int, int]) -> ChildSave:
+    """Fork; the child saves ``state()``, built from its snapshot of memory, then exits.
+
+    The child dies with the worker (a killed worker leaves at most a
+    ``.tmp`` file, never a half checkpoint), ignores the worker's signal
+    handlers, and never returns into the caller's code.
+
+    >>> import tempfile
+    >>> store = CheckpointStore(tempfile.mkdtemp(), owner="events")
+    >>> save_in_child(store, lambda: {"applied": 5}, {0: 5}).wait().name
+    'checkpoint-000000001.pt'
+    """
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(writer)
+        return ChildSave(pid, reader)
+    code = 1
+    try:  # the child: from here on, only os._exit leaves
+        os.close(reader)
+        die_with_parent(signal.SIGKILL)
+        signal.set_wakeup_fd(-1)  # the worker's event loop must not hear the child's signals
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        path = store.save(state(), offsets)
+        os.write(writer, f"ok {path}".encode())
+        code = 0
+    except BaseException as err:  # reported to the parent, whatever it is
+        os.write(writer, f"{type(err).__name__}: {err}".encode()[:2000])
+    finally:
+        os._exit(code)
 
 
 def to_loadable(value: Any) -> Any:

@@ -132,6 +132,7 @@ class Pipeline:
         """Apply one micro-batch of ``events`` messages; return what to publish."""
         out = BatchResult()
         started = time.perf_counter()
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         new: list[TrackedSample] = []
         learnable: list[TrackedSample] = []
         triggers: dict[str, int] = {}
@@ -176,10 +177,7 @@ class Pipeline:
         """Top-K records for these users (user -> event time of the triggering event)."""
         if not triggers:
             return []
-        candidates = {
-            user: [(item, self.pool.content(item)) for item in self.pool.candidates(user)]
-            for user in triggers
-        }
+        candidates = {user: self.pool.candidates(user) for user in triggers}
         is_cold = getattr(self.learner, "is_cold", None) or (lambda _item: False)
         return self.ranker.rank(self.learner, candidates, triggers,
                                 now_ms=int(time.time() * 1000), is_cold=is_cold)

@@ -61,45 +61,48 @@ class Ranker:
              event_ts: Mapping[str, int], now_ms: int,
              is_cold: Callable[[str], bool]) -> list[dict[str, Any]]:
         """One score record per user with candidates (see DESIGN.md, "Scores")."""
+        users = [user for user, items in candidates.items() if items]
+        pairs = [pair for user in users for pair in candidates[user]]
+        if not pairs:
+            return []
         samples = [
             Sample(user_id=user, item_id=item, ts=event_ts[user], category=content.category,
                    brand=content.brand, price=content.price)
-            for user, items in candidates.items() for item, content in items
+            for user in users for item, content in candidates[user]
         ]
-        if not samples:
-            return []
         probabilities = learner.predict(samples)
+        joint = self._joint(probabilities, pairs)
+        cold_of = {item: is_cold(item) for item in {item for item, _ in pairs}}
+        cold = np.fromiter((cold_of[item] for item, _ in pairs), dtype=bool, count=len(pairs))
         version = int(getattr(learner, "model_version", 0))
-        cold = {item: is_cold(item) for item in {s.item_id for s in samples}}
         records, start = [], 0
-        for user, items in candidates.items():
-            rows = probabilities[start:start + len(items)]
-            start += len(items)
-            if len(items):
-                records.append({
-                    "user_id": user, "ts": now_ms, "event_ts": event_ts[user],
-                    "model_version": version,
-                    "items": self._top_k(items, rows, cold),
-                })
+        for user in users:
+            end = start + len(candidates[user])
+            chosen = start + self._top_k(joint[start:end], cold[start:end])
+            records.append({
+                "user_id": user, "ts": now_ms, "event_ts": event_ts[user],
+                "model_version": version,
+                "items": [_entry(pairs[i][0], probabilities[i], float(joint[i]), bool(cold[i]))
+                          for i in chosen],
+            })
+            start = end
         return records
 
-    def _top_k(self, items: Sequence[tuple[str, ItemContent]], rows: np.ndarray,
-               cold: Mapping[str, bool]) -> list[dict[str, Any]]:
+    def _joint(self, probabilities: np.ndarray,
+               pairs: Sequence[tuple[str, ItemContent]]) -> np.ndarray:
+        """The joint score of every candidate (the ranking objective)."""
         if self.config.objective == "revenue":
-            prices = np.array([content.price or 0.0 for _, content in items])
-            joint = rows[:, 2] * prices
-        else:
-            joint = rows @ np.asarray(self.config.weights) / sum(self.config.weights)
-        order = [int(i) for i in np.argsort(-joint, kind="stable")]
-        k = self.config.top_k
-        best_cold = [i for i in order if cold[items[i][0]]][: self.config.cold_slots]
-        chosen = set(best_cold)
-        for i in order:  # the best of the rest fill the remaining places
-            if len(chosen) >= k:
-                break
-            chosen.add(i)
-        return [_entry(items[i][0], rows[i], float(joint[i]), cold[items[i][0]])
-                for i in sorted(chosen, key=lambda i: -joint[i])]
+            prices = np.array([content.price or 0.0 for _, content in pairs])
+            return probabilities[:, 2] * prices
+        return probabilities @ np.asarray(self.config.weights) / sum(self.config.weights)
+
+    def _top_k(self, joint: np.ndarray, cold: np.ndarray) -> np.ndarray:
+        """Positions of the K places, best first: the best cold items, then the best of the rest."""
+        order = np.argsort(-joint, kind="stable")
+        kept_cold = order[cold[order]][: self.config.cold_slots]
+        rest = order[~np.isin(order, kept_cold)][: self.config.top_k - len(kept_cold)]
+        chosen = np.concatenate([kept_cold, rest])
+        return chosen[np.argsort(-joint[chosen], kind="stable")]
 
 
 def _entry(item_id: str, row: np.ndarray, score: float, cold: bool) -> dict[str, Any]:

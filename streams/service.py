@@ -7,6 +7,16 @@ handed to the producer (the outbox is part of the checkpoint, so a rejected
 message is never lost to a shutdown), updates the Prometheus metrics, and
 writes checkpoints (periodically in a background thread, and at shutdown).
 
+Garbage collection: the worker holds ~0.5 M long-lived Python objects
+(pending labels, candidate pools, histories); each full collection walks all
+of them and stalls the event loop for 200-300 ms (measured: batch p99 320 ms
+with, 92 ms without). Once a second the service moves every object alive into
+the collector's permanent generation (:func:`gc.freeze`), so collections walk
+only what was allocated since; objects are still freed by reference counting
+when dropped. The price: a reference cycle that outlives a second and then
+becomes garbage is not reclaimed; ``process_resident_memory_bytes`` shows
+whether that ever matters (flat over the 90 s demo).
+
 Example
 -------
 >>> import tempfile
@@ -18,13 +28,14 @@ Example
 
 from __future__ import annotations
 
-import copy
+import gc
 import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -32,7 +43,7 @@ import faust
 from online_models.base import TASKS
 from online_models.labels import LabelConfig
 from online_models.learner import MultiTaskConfig, mtl
-from streams.checkpoint import CheckpointStore
+from streams.checkpoint import CheckpointError, CheckpointStore, ChildSave, save_in_child
 from streams.metrics import Metrics
 from streams.pipeline import BatchResult, Pipeline, RawMessage
 from streams.ranking import RankingConfig
@@ -204,6 +215,7 @@ class WorkerService:
         if time.monotonic() - self._last_quality >= 1.0:
             self._last_quality = time.monotonic()
             self.refresh_slow_metrics()
+            gc.freeze()  # see the module docstring
 
     def refresh_slow_metrics(self) -> None:
         """Metrics that cost more than a counter bump: computed at most once a second."""
@@ -227,27 +239,41 @@ class WorkerService:
         return time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
 
     def checkpoint(self, background: bool) -> None:
-        """Save everything with the offsets it covers; in a thread unless ``background=False``."""
+        """Save everything with the offsets it covers; from a forked child if ``background``.
+
+        A background save (:func:`~streams.checkpoint.save_in_child`) stops the
+        worker only for the fork; a thread waits for the child and then hands
+        the offsets over for committing (:meth:`take_saved_offsets`).
+        """
         self._last_checkpoint = time.monotonic()
         if self._saving is not None and self._saving.is_alive():
             if background:
                 return  # the previous one is still being written
             self._saving.join()
-        state = {
-            "pipeline": self.pipeline.state_dict(),
-            "outbox": [list(d) for o in self._outbox for d in o.dead_letters],
-        }
         offsets = dict(self.pipeline.offsets)
         if not background:
-            self._save(state, offsets)
+            self._saved(self.store.save(self._state(), offsets), offsets)
             return
-        snapshot = copy.deepcopy(state)  # the pipeline keeps changing while the thread writes
-        self._saving = threading.Thread(target=self._save, args=(snapshot, offsets),
+        child = save_in_child(self.store, self._state, offsets)
+        self._saving = threading.Thread(target=self._await_child, args=(child, offsets),
                                         name="checkpoint", daemon=True)
         self._saving.start()
 
-    def _save(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
-        path = self.store.save(state, offsets)
+    def _state(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline.state_dict(),
+            "outbox": [list(d) for o in self._outbox for d in o.dead_letters],
+        }
+
+    def _await_child(self, child: ChildSave, offsets: dict[int, int]) -> None:
+        try:
+            path = child.wait()
+        except CheckpointError as err:
+            log.error("background checkpoint failed: %s", err)
+            return
+        self._saved(path, offsets)
+
+    def _saved(self, path: Path, offsets: dict[int, int]) -> None:
         with self._saved_lock:
             self._saved_offsets = offsets
         self.metrics.checkpoints.inc()

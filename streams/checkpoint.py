@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -166,6 +167,7 @@ def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
     try:  # the child: from here on, only os._exit leaves
         os.close(reader)
         die_with_parent(signal.SIGKILL)
+        _yield_the_cpu()
         signal.set_wakeup_fd(-1)  # the worker's event loop must not hear the child's signals
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
@@ -176,6 +178,20 @@ def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
         os.write(writer, f"{type(err).__name__}: {err}".encode()[:2000])
     finally:
         os._exit(code)
+
+
+def _yield_the_cpu() -> None:
+    """Run only when the CPU is otherwise idle (SCHED_IDLE), else at the lowest priority.
+
+    The worker, the broker and the producers keep their cores; the writer
+    fills the gaps (measured: every 30 s, a normal-priority writer pushed
+    the demo's score latency from 0.3 s to 2 s).
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 def to_loadable(value: Any) -> Any:

@@ -23,7 +23,8 @@ Features of one sample:
 - ``dense``: the log price, how much of the user's history shares the
   candidate's item, category, top-level category and brand, the gap between
   the candidate's price bucket and the history's mean, how full the history
-  is, log interaction counts of the item and the user, and the funnel rates
+  is, log interaction counts of the item and the user, the price relative
+  to its category's, and the funnel rates
   (click, cart given click, purchase given cart) of the item, the user, the
   brand and the category, as decayed counts smoothed towards the shop's rate
   and given as log-odds against it: what an ID embedding learns slowly, a
@@ -64,6 +65,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -97,6 +100,7 @@ RATE_PRIOR_STRENGTH = 5.0
 """Pseudo-trials at the shop's rate that every entity's rate is smoothed with."""
 DENSE_FEATURES += tuple(f"{entity}_{task}_rate" for entity in RATE_ENTITIES for task in TASKS)
 LOG_PRICE = DENSE_FEATURES.index("log_price")
+HISTORY_FILL = DENSE_FEATURES.index("history_fill")
 CONTENT_DENSE_FEATURES = (
     "log_price",
     "category_relative_price",
@@ -107,6 +111,7 @@ CONTENT_DENSE_FEATURES = (
     *(f"{entity}_{task}_rate" for entity in ("brand", "category") for task in TASKS),
 )
 """The dense features that describe content (a net without content drops them)."""
+_COLUMNS = attrgetter("user_id", "item_id", "ts", "category", "brand", "price", "device")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,110 @@ def price_buckets(prices: Sequence[float | None]) -> np.ndarray:
     return np.where(missing, 1, buckets)
 
 
+class ContentRows:
+    """Token, brand and price-bucket rows of item contents, worked out once per content.
+
+    A content is a ``(category, brand, price)`` triple; its rows are the
+    category path's token rows (:func:`path_tokens`), the brand's row and the
+    price bucket, and its log price. Items are scored and learned over and
+    over, so the rows of each distinct content are kept (up to ``capacity``
+    contents, then all forgotten at once) instead of splitting the path and
+    looking its strings up for every sample. Kept rows are dropped whenever
+    the token or brand table releases a row (eviction or expiry), and kept
+    only once every id of the content holds a row (scoring does not insert).
+
+    Example
+    -------
+    >>> tokens, brands = IdTable("token", 8), IdTable("brand", 8)
+    >>> cache = ContentRows(tokens, brands)
+    >>> rows, log_prices = cache.rows(("a.b", "a.b"), ("x", None), (1.0, None), 5, insert=True)
+    >>> rows.tolist()           # tokens a.b, a; brand; price bucket
+    [[1, 2, 0, 0, 1, 4], [1, 2, 0, 0, 0, 1]]
+    >>> len(cache), tokens.last_seen[1].item()
+    (2, 5)
+    """
+
+    def __init__(self, tokens: IdTable, brands: IdTable, capacity: int = 1 << 16) -> None:
+        self.tokens, self.brands, self.capacity = tokens, brands, capacity
+        self._slots: dict[tuple[str | None, str | None, float | None], int] = {}
+        self._rows = np.zeros((capacity, PATH_TOKENS + 2), dtype=np.int64)
+        self._log_prices = np.zeros(capacity)
+        self._releases = self._table_releases()
+
+    def __len__(self) -> int:
+        """Contents kept."""
+        return len(self._slots)
+
+    def _table_releases(self) -> tuple[int, int]:
+        return self.tokens.releases, self.brands.releases
+
+    def rows(
+        self,
+        categories: Sequence[str | None],
+        brands: Sequence[str | None],
+        prices: Sequence[float | None],
+        now_ms: int,
+        insert: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, PATH_TOKENS + 2)`` rows (tokens, brand, price bucket) and ``(B,)`` log prices.
+
+        With ``insert`` new tokens and brands get rows and every token and
+        brand of the batch is marked as seen at ``now_ms``.
+        """
+        if self._table_releases() != self._releases:
+            self._forget()
+        contents = list(zip(categories, brands, prices, strict=True))
+        slots = np.fromiter(
+            map(self._slots.get, contents, repeat(-1)), dtype=np.int64, count=len(contents)
+        )
+        rows, log_prices = self._rows[slots], self._log_prices[slots]
+        missing = np.flatnonzero(slots < 0).tolist()
+        if missing:
+            fresh = list(dict.fromkeys(contents[i] for i in missing))
+            fresh_rows, fresh_log_prices = self._compute(fresh, now_ms, insert)
+            if self._table_releases() != self._releases:
+                # inserting evicted rows, perhaps rows kept here: look everything up again
+                self._forget()
+                fresh = list(dict.fromkeys(contents))
+                fresh_rows, fresh_log_prices = self._compute(fresh, now_ms, insert)
+                missing = list(range(len(contents)))
+            position = {content: j for j, content in enumerate(fresh)}
+            which = [position[contents[i]] for i in missing]
+            rows[missing], log_prices[missing] = fresh_rows[which], fresh_log_prices[which]
+        if insert:
+            self.tokens.touch(rows[:, :PATH_TOKENS].ravel(), now_ms)
+            self.brands.touch(rows[:, PATH_TOKENS], now_ms)
+        return rows, log_prices
+
+    def _compute(
+        self, contents: list[tuple[str | None, str | None, float | None]], now_ms: int, insert: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of distinct ``contents``, kept when every id holds a row."""
+        categories, brands, prices = zip(*contents, strict=True)
+        paths = [path_tokens(category) for category in categories]
+        keys = [token for path in paths for token in path]
+        tokens = self.tokens.rows(keys, now_ms, insert).reshape(-1, PATH_TOKENS)
+        brand_rows = self.brands.rows(brands, now_ms, insert)
+        rows = np.column_stack([tokens, brand_rows, price_buckets(prices)])
+        log_prices = np.log1p(np.array([math.nan if p is None else p for p in prices]))
+        named_tokens = np.array([key is not None for key in keys]).reshape(-1, PATH_TOKENS)
+        named_brands = np.array([brand is not None for brand in brands])
+        complete = ((tokens > 0) | ~named_tokens).all(axis=1) & ((brand_rows > 0) | ~named_brands)
+        if len(self._slots) + len(contents) > self.capacity:
+            self._forget()
+        start = len(self._slots)
+        kept = np.flatnonzero(complete)
+        for offset, j in enumerate(kept.tolist()):
+            self._slots[contents[j]] = start + offset
+        self._rows[start : start + len(kept)] = rows[kept]
+        self._log_prices[start : start + len(kept)] = log_prices[kept]
+        return rows, log_prices
+
+    def _forget(self) -> None:
+        self._slots.clear()
+        self._releases = self._table_releases()
+
+
 class FeatureEncoder:
     """Owns the ID tables, label statistics and user histories; encodes batches.
 
@@ -224,38 +333,34 @@ class FeatureEncoder:
         self.category_prices = DecayedSums(capacities.token, 3, stats_half_life)
         self.history = UserHistory(capacities.user, history_length, len(HISTORY_FIELDS))
         self.snapshots = ScoringSnapshots(snapshot_capacity)
+        self.content = ContentRows(self.tables["token"], self.tables["brand"])
 
     def encode(self, samples: Sequence[Sample], learning: bool) -> FeatureBatch:
         """Features of ``samples``; ``learning`` inserts new ids into the tables."""
         tables = self.tables
-        now_ms = max(s.ts for s in samples)  # the tables' clock: largest event time learned
-
-        def rows(table: str, keys: Sequence[str | None]) -> np.ndarray:
-            return tables[table].rows(keys, now_ms, insert=learning)
-
-        users = rows("user", [s.user_id for s in samples])
-        items = rows("item", [s.item_id for s in samples])
-        paths = [path_tokens(s.category) for s in samples]
-        tokens = rows("token", [t for path in paths for t in path]).reshape(-1, PATH_TOKENS)
-        brands = rows("brand", [s.brand for s in samples])
-        devices = rows("device", [s.device for s in samples])
-        prices = [s.price for s in samples]
-        buckets = price_buckets(prices)
+        user_ids, item_ids, times, categories, brand_ids, prices, device_ids = zip(
+            *map(_COLUMNS, samples), strict=True
+        )
+        now_ms = max(times)  # the tables' clock: largest event time learned
+        users = tables["user"].rows(user_ids, now_ms, insert=learning)
+        items = tables["item"].rows(item_ids, now_ms, insert=learning)
+        devices = tables["device"].rows(device_ids, now_ms, insert=learning)
+        content, log_prices = self.content.rows(categories, brand_ids, prices, now_ms, learning)
         released = self.take_released() if learning else {}
 
-        categories = tokens[:, 0]
+        tokens, brands, buckets = content[:, :PATH_TOKENS], content[:, -2], content[:, -1]
+        categories_rows = tokens[:, 0]
         tops = np.where(tokens[:, 1] > 0, tokens[:, 1], tokens[:, 0])
-        entry = np.stack([items, categories, tops, brands, buckets], axis=1).astype(np.int32)
-        stamps = np.fromiter((s.ts for s in samples), dtype=np.int64, count=len(samples))
+        entry = np.stack([items, categories_rows, tops, brands, buckets], axis=1).astype(np.int32)
+        stamps = np.array(times, dtype=np.int64)
         history = self.history.gather(users, before_ms=stamps)
         user_count = tables["user"].counts[users]
         item_count = tables["item"].counts[items]
-        entity_rows = {"item": items, "user": users, "brand": brands, "category": categories}
-        log_prices = np.log1p(np.array([math.nan if p is None else p for p in prices]))
+        entity_rows = {"item": items, "user": users, "brand": brands, "category": categories_rows}
         dense = np.concatenate(
             [
                 _history_features(log_prices, entry, history, user_count, item_count),
-                self._relative_price(categories, log_prices),
+                self._relative_price(categories_rows, log_prices),
                 self._rate_features(entity_rows),
             ],
             axis=1,
@@ -264,9 +369,9 @@ class FeatureEncoder:
         return FeatureBatch(
             user=torch.from_numpy(users),
             item=torch.from_numpy(items),
-            tokens=torch.from_numpy(tokens),
-            brand=torch.from_numpy(brands),
-            price=torch.from_numpy(buckets),
+            tokens=torch.from_numpy(np.ascontiguousarray(tokens)),
+            brand=torch.from_numpy(np.ascontiguousarray(brands)),
+            price=torch.from_numpy(np.ascontiguousarray(buckets)),
             device=torch.from_numpy(devices),
             history=torch.from_numpy(history.astype(np.int64)),
             dense=torch.from_numpy(dense),
@@ -332,19 +437,17 @@ class FeatureEncoder:
         item_count: np.ndarray,
     ) -> None:
         """Scoring keeps keyed samples' features; learning puts them back in place."""
-        keys = [getattr(sample, "key", -1) for sample in samples]
-        if not learning:
-            keep, users, items = self.snapshots.keep, user_count.tolist(), item_count.tolist()
-            for i, key in enumerate(keys):
-                if key >= 0:
-                    keep(key, history[i], dense[i], users[i], items[i])
+        keys = np.fromiter(map(getattr, samples, repeat("key"), repeat(-1)), np.int64, len(samples))
+        if not (keys >= 0).any():
             return
-        get = self.snapshots.get
-        for i, key in enumerate(keys):
-            if key >= 0:
-                kept = get(key, final=samples[i].purchase is not None)
-                if kept is not None:
-                    history[i], dense[i], user_count[i], item_count[i] = kept
+        if not learning:
+            self.snapshots.keep(keys, history, dense, user_count, item_count)
+            return
+        final = np.fromiter((s.purchase is not None for s in samples), bool, len(samples))
+        found, kept_history, kept_dense, counts = self.snapshots.take(keys, final)
+        if found.any():
+            history[found], dense[found] = kept_history, kept_dense
+            user_count[found], item_count[found] = counts[:, 0], counts[:, 1]
 
     def record(self, batch: FeatureBatch, labels: np.ndarray) -> None:
         """After learning ``batch`` with ``labels`` (``(B, 3)``, NaN unknown).

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from online_models.base import Sample
@@ -91,46 +90,48 @@ class ProvisionalNegatives:
 
         The samples are kept as they are (not copied): do not change them later.
         """
-        now, wait = self.now_ms, self.waits_ms[0]
+        if not samples:
+            return
+        wait = self.waits_ms[0]
         waiting, assumed, queue = self._waiting, self._assumed, self._queue
-        for sample in samples:
-            now = max(now, sample.ts)
-            key = getattr(sample, "key", -1)
-            if (
-                key < 0
-                or key in waiting
-                or key in assumed
-                or sample.click is not None
-                or sample.cart is not None
-                or sample.purchase is not None
-            ):
+        for sample, key in zip(samples, _keys(samples), strict=True):
+            if key < 0 or key in waiting or key in assumed or _labelled(sample):
                 continue
             due = sample.ts + wait
             waiting[key] = (0, due, sample)
             heapq.heappush(queue, (due, key, 0))
-        self.now_ms = now
+        self.now_ms = max(self.now_ms, max(s.ts for s in samples))
         self._bound()
 
     def admit(self, samples: Sequence[Sample]) -> list[Sample]:
         """``samples`` minus the negatives already learned provisionally; moves the waits on."""
+        if not samples:
+            return []
         admitted = []
+        waiting, queue, assumed_stages = self._waiting, self._queue, self._assumed
         now = self.now_ms
-        for sample in samples:
+        for sample, key in zip(samples, _keys(samples), strict=True):
             now = max(now, sample.ts)
-            key = getattr(sample, "key", -1)
-            labels = (sample.click, sample.cart, sample.purchase)
-            last = 2 if labels[2] is not None else 1 if labels[1] is not None else 0
-            if key < 0 or labels[last] is None:
+            click, cart, purchase = sample.click, sample.cart, sample.purchase
+            if purchase is not None:
+                last, label = 2, purchase
+            elif cart is not None:
+                last, label = 1, cart
+            else:
+                last, label = 0, click
+            if key < 0 or label is None:
                 admitted.append(sample)
                 continue
-            assumed = self._assumed.pop(key, None)
-            if assumed is not None and labels[assumed] is not None and not labels[assumed] > 0:
-                continue  # the window's own negative for what was learned as negative
-            self._waiting.pop(key, None)
-            if assumed is None and last < STAGES - 1 and labels[last] > 0:
+            assumed = assumed_stages.pop(key, None)
+            if assumed is not None:
+                value = (click, cart, purchase)[assumed]
+                if value is not None and not value > 0:
+                    continue  # the window's own negative for what was learned as negative
+            waiting.pop(key, None)
+            if assumed is None and last < STAGES - 1 and label > 0:
                 due = now + self.waits_ms[last + 1]
-                self._waiting[key] = (last + 1, due, sample)
-                heapq.heappush(self._queue, (due, key, last + 1))
+                waiting[key] = (last + 1, due, sample)
+                heapq.heappush(queue, (due, key, last + 1))
             admitted.append(sample)
         self.now_ms = now
         self._bound()
@@ -147,8 +148,7 @@ class ProvisionalNegatives:
                 continue
             del waiting[key]
             assumed[key] = stage
-            labels = [None if s < stage else 0.0 for s in range(STAGES)]
-            due.append(replace(entry[2], click=labels[0], cart=labels[1], purchase=labels[2]))
+            due.append(_negative_from(entry[2], stage))
         self._bound()
         return due
 
@@ -181,3 +181,28 @@ class ProvisionalNegatives:
         self.now_ms = int(state["now_ms"])
 
 
+def _keys(samples: Sequence[Sample]) -> list[int]:
+    """Each sample's resolver key, -1 for samples without one."""
+    return [getattr(s, "key", -1) for s in samples]
+
+
+def _labelled(sample: Sample) -> bool:
+    return sample.click is not None or sample.cart is not None or sample.purchase is not None
+
+
+def _negative_from(sample: TrackedSample, stage: int) -> TrackedSample:
+    """``sample`` labelled 0 from ``stage`` on, unknown before it."""
+    return TrackedSample(
+        user_id=sample.user_id,
+        item_id=sample.item_id,
+        ts=sample.ts,
+        category=sample.category,
+        brand=sample.brand,
+        price=sample.price,
+        device=sample.device,
+        click=0.0 if stage == 0 else None,
+        cart=0.0 if stage <= 1 else None,
+        purchase=0.0,
+        weight=sample.weight,
+        key=sample.key,
+    )

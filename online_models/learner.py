@@ -4,9 +4,9 @@
 protocol: it scores a batch (:meth:`~MultiTaskLearner.predict`), learns a
 micro-batch in one optimiser step per at most ``max_batch_size`` samples
 (:meth:`~MultiTaskLearner.learn`), and saves and restores its whole state as
-plain tensors, numbers, strings, lists and dicts. Embedding tables get sparse
-gradients and a sparse optimiser (Adagrad by default: only the rows a batch
-touches are read and written); the dense layers use Adam.
+plain tensors, numbers, strings, lists and dicts. Embedding tables learn
+with Adagrad on the rows a batch touches only
+(:class:`~online_models.net.EmbeddingTable`); the dense layers use Adam.
 
 Baselines on the same net and protocol: :func:`single_task` (one net per task,
 no sharing) and :func:`id_only` (no content towers).
@@ -77,9 +77,9 @@ class MultiTaskConfig:
     task_weighting, task_weights
         ``"fixed"`` weights, or ``"uncertainty"`` (Kendall et al. 2018) on top
         of the fixed ones; ``task_weights`` in TASKS order.
-    sparse_optimizer, sparse_lr, dense_lr, init_std
-        ``"adagrad"`` or ``"adam"`` (SparseAdam) for embedding tables; learning
-        rates; std of the normal init of content embeddings.
+    sparse_lr, dense_lr, init_std
+        Learning rates of the embedding tables (Adagrad) and of the dense
+        layers (Adam); std of the normal init of content embeddings.
     max_batch_size
         Larger ``learn`` calls are split into steps of at most this many.
     provisional_negative_ms
@@ -120,7 +120,6 @@ class MultiTaskConfig:
     task_weighting: str = "fixed"
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     conditional_loss_weight: float = 0.0
-    sparse_optimizer: str = "adagrad"
     sparse_lr: float = 0.05
     dense_lr: float = 0.006
     init_std: float = 0.1
@@ -137,8 +136,6 @@ class MultiTaskConfig:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}")
         if self.task_weighting not in ("fixed", "uncertainty"):
             raise ValueError("task_weighting must be 'fixed' or 'uncertainty'")
-        if self.sparse_optimizer not in ("adagrad", "adam"):
-            raise ValueError("sparse_optimizer must be 'adagrad' or 'adam'")
         if not (self.use_content or self.use_ids):
             raise ValueError("a net needs content, IDs or both")
         if len(self.task_weights) != len(TASKS):
@@ -176,12 +173,6 @@ class MultiTaskConfig:
 _TUPLE_FIELDS = ("task_weights", "provisional_negative_ms")
 
 
-@dataclass(slots=True)
-class _Optimisers:
-    sparse: torch.optim.Optimizer
-    dense: torch.optim.Optimizer
-
-
 class MultiTaskLearner:
     """The multi-task net with its feature state, learning online.
 
@@ -207,26 +198,12 @@ class MultiTaskLearner:
             config.capacities, config.history_length, stats_half_life=config.stats_half_life
         )
         self.model_version = 0
-        self._optimisers = self._make_optimisers()
+        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=config.dense_lr, fused=True)
         self.feedback = (
             None
             if config.provisional_negative_ms is None
             else ProvisionalNegatives(config.provisional_negative_ms)
         )
-
-    def _make_optimisers(self) -> _Optimisers:
-        config, net = self.config, self.net
-        sparse_names = set(net.sparse_names)
-        sparse = {name: p for name, p in net.named_parameters() if name in sparse_names}
-        dense = [p for name, p in net.named_parameters() if name not in sparse_names]
-        if config.sparse_optimizer == "adagrad":
-            sparse_opt: torch.optim.Optimizer = torch.optim.Adagrad(
-                list(sparse.values()), lr=config.sparse_lr
-            )
-        else:
-            sparse_opt = torch.optim.SparseAdam(list(sparse.values()), lr=config.sparse_lr)
-        dense_opt = torch.optim.Adam(dense, lr=config.dense_lr, fused=True)
-        return _Optimisers(sparse_opt, dense_opt)
 
     # -- the protocol -------------------------------------------------------------
 
@@ -264,28 +241,21 @@ class MultiTaskLearner:
         batch = self.encoder.encode(samples, learning=True)
         self._reset_released(batch.released)
         total, _ = self.net.loss(self.net(batch), labels, weights)
-        optimisers = self._optimisers
-        optimisers.sparse.zero_grad(set_to_none=True)
-        optimisers.dense.zero_grad(set_to_none=True)
+        self.optimiser.zero_grad(set_to_none=True)
         total.backward()
-        optimisers.sparse.step()
-        optimisers.dense.step()
+        for table in self.net.tables:
+            table.step()
+        self.optimiser.step()
         self.encoder.record(batch, labels.numpy())
         self.model_version += 1
         if self.config.id_ttl_ms is not None and self.model_version % self.config.expiry_every == 0:
             self._reset_released(self.encoder.expire(self.config.id_ttl_ms))
 
     def _reset_released(self, released: dict[str, np.ndarray]) -> None:
-        """Give released rows a fresh init and fresh optimiser state."""
+        """Give released rows a fresh init and fresh Adagrad sums."""
         for table, rows in released.items():
-            located = self.net.embedding_rows(table, torch.from_numpy(rows))
-            if len(rows) == 0 or located is None:
-                continue
-            self.net.reset_rows(table, torch.from_numpy(rows), self.generator)
-            weight, index = located
-            for value in self._optimisers.sparse.state.get(weight, {}).values():
-                if torch.is_tensor(value) and value.dim() == 2:
-                    value[index] = 0.0
+            if len(rows):
+                self.net.reset_rows(table, torch.from_numpy(rows), self.generator)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything, as tensors, numbers, strings, lists and dicts."""
@@ -294,8 +264,7 @@ class MultiTaskLearner:
             "config": self.config.to_dict(),
             "model_version": self.model_version,
             "net": dict(self.net.state_dict()),
-            "sparse_optimizer": self._optimisers.sparse.state_dict(),
-            "dense_optimizer": self._optimisers.dense.state_dict(),
+            "optimizer": self.optimiser.state_dict(),
             "encoder": self.encoder.state_dict(),
             "generator": self.generator.get_state(),
             "feedback": None if self.feedback is None else self.feedback.state_dict(),
@@ -307,8 +276,7 @@ class MultiTaskLearner:
         if config != self.config:
             self._build(config)
         self.net.load_state_dict(state["net"])
-        self._optimisers.sparse.load_state_dict(state["sparse_optimizer"])
-        self._optimisers.dense.load_state_dict(state["dense_optimizer"])
+        self.optimiser.load_state_dict(state["optimizer"])
         self.encoder.load_state_dict(state["encoder"])
         self.generator.set_state(state["generator"])
         if self.feedback is not None:

@@ -39,6 +39,14 @@ Entire-space funnel (ESMM)
     so ``p_purchase <= p_cart <= p_click`` by construction. Losses are
     binary cross-entropies of the three entire-space probabilities, each
     masked where its label is unknown and weighted by the sample weight.
+Embedding tables
+    Each table (:class:`EmbeddingTable`) learns its rows with its own Adagrad
+    (Duchi, Hazan, Singer, JMLR 2011): a training lookup reads the distinct
+    rows of the batch once, as one small dense leaf tensor, and
+    :meth:`EmbeddingTable.step` writes back only those rows (and their
+    squared-gradient sums). That is the sparse update of ``torch.optim.Adagrad``
+    on a ``sparse=True`` embedding, without building, coalescing and masking
+    sparse gradient tensors at every step.
 Task weighting
     Fixed weights, or uncertainty weighting (Kendall, Gal, Cipolla, "Multi-Task
     Learning Using Uncertainty to Weigh Losses", CVPR 2018,
@@ -64,6 +72,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -76,6 +85,7 @@ from online_models.base import TASKS
 from online_models.features import (
     CONTENT_DENSE_FEATURES,
     DENSE_FEATURES,
+    HISTORY_FILL,
     LOG_PRICE,
     PATH_TOKENS,
     PRICE_BUCKETS,
@@ -90,6 +100,81 @@ HISTORY_SECTIONS = ("item", "token", "token", "brand", "price")
 """The section each history field's rows belong to (item, category, top, brand, price)."""
 PROBABILITY_FLOOR = 1e-9
 """Predictions are clipped into ``[floor, 1 - floor]``: strictly inside (0, 1)."""
+ADAGRAD_EPS = 1e-10
+"""Added to Adagrad's root of summed squares (``torch.optim.Adagrad``'s default)."""
+
+
+class EmbeddingTable(nn.Module):
+    """A table of rows, each learned by Adagrad from the batches that use it.
+
+    Row 0 is padding: always zero, never learned. Outside of autograd (scoring)
+    a lookup is a plain gather; with autograd on, the batch's distinct rows
+    become one leaf tensor whose gradient :meth:`step` applies.
+
+    Example
+    -------
+    >>> table = EmbeddingTable(rows=4, width=2, lr=0.5)
+    >>> table.weight[1:] = 1.0
+    >>> table(torch.tensor([[1, 1], [0, 2]])).sum().backward()
+    >>> table.step()
+    >>> table.weight.tolist()   # row 1 used twice: gradient 2, step lr * 2 / sqrt(4)
+    [[0.0, 0.0], [0.5, 0.5], [0.5, 0.5], [1.0, 1.0]]
+    """
+
+    def __init__(self, rows: int, width: int, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.register_buffer("weight", torch.zeros(rows, width))
+        self.register_buffer("squared_gradients", torch.zeros(rows, width))
+        self._used: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def num_embeddings(self) -> int:
+        """Rows, padding included."""
+        return self.weight.shape[0]
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.embedding(index, self.weight)
+        unique, inverse = torch.unique(index, return_inverse=True)
+        rows = self.weight[unique].requires_grad_()
+        self._used = (unique, rows)
+        return F.embedding(inverse, rows)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Adagrad on the rows of the last training lookup (then forget it)."""
+        if self._used is None:
+            return
+        unique, rows = self._used
+        self._used = None
+        if rows.grad is None:
+            return
+        grad = rows.grad
+        squares = self.squared_gradients.index_select(0, unique).addcmul_(grad, grad)
+        self.squared_gradients.index_copy_(0, unique, squares)
+        step = grad.div_(squares.sqrt_().add_(ADAGRAD_EPS))
+        self.weight.index_copy_(0, unique, rows.detach().sub_(step, alpha=self.lr))
+        self.weight[0] = 0.0
+        self.squared_gradients[0] = 0.0
+
+
+class TaskHeads(nn.Module):
+    """One logit per task from its own hidden vector: ``w_t . h_t + b_t``.
+
+    >>> heads = TaskHeads(tasks=3, width=4)
+    >>> heads(torch.ones(2, 3, 4)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, tasks: int, width: int) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(width)  # nn.Linear's default init, per task
+        self.weight = nn.Parameter(torch.empty(tasks, width).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(tasks).uniform_(-bound, bound))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return (hidden * self.weight).sum(dim=2) + self.bias
 
 
 class MultiTaskNet(nn.Module):
@@ -128,15 +213,20 @@ class MultiTaskNet(nn.Module):
                 offset += rows
             width = d if table == "ids" else c
             if offset:
-                self.add_module(
-                    table, nn.Embedding(offset, width + tasks, padding_idx=0, sparse=True)
-                )
+                self.add_module(table, EmbeddingTable(offset, width + tasks, config.sparse_lr))
         content_fields = ("token",) * PATH_TOKENS + ("brand", "price") if config.use_content else ()
         self.register_buffer(
             "content_offsets", self._offsets((*content_fields, "device")), persistent=False
         )
         self.register_buffer("id_offsets", self._offsets(("user", "item")), persistent=False)
-        self.register_buffer("history_offsets", self._offsets(HISTORY_SECTIONS), persistent=False)
+        content_groups = [[len(content_fields)]]  # device
+        if config.use_content:
+            tokens, brand, price = list(range(PATH_TOKENS)), [PATH_TOKENS], [PATH_TOKENS + 1]
+            content_groups = [tokens, brand, price, *content_groups]
+        self.register_buffer(
+            "content_pool", _pooling(content_groups, len(content_fields) + 1, c), persistent=False
+        )
+        self.register_buffer("id_pool", _pooling([[0], [1]], 2, d), persistent=False)
         behaviour_in = 1 + (d if config.use_ids else 0) + (4 * c if config.use_content else 0)
         if config.use_content:
             self.content_tower = nn.Sequential(
@@ -159,35 +249,19 @@ class MultiTaskNet(nn.Module):
             experts=config.experts,
             tower_hidden=config.tower_hidden,
         )
-        self.heads = nn.ModuleList(nn.Linear(self.towers.out_dim, 1) for _ in TASKS)
+        self.heads = TaskHeads(tasks, self.towers.out_dim)
         self.task_log_variance = nn.Parameter(torch.zeros(tasks))
         self.reset_parameters()
 
     @property
-    def sparse_names(self) -> tuple[str, ...]:
-        """Names of the embedding tables (sparse gradients)."""
-        return tuple(
-            f"{name}.weight" for name, m in self.named_modules() if isinstance(m, nn.Embedding)
-        )
+    def tables(self) -> list[EmbeddingTable]:
+        """The embedding tables (each steps its own rows: :meth:`EmbeddingTable.step`)."""
+        return [m for m in self.modules() if isinstance(m, EmbeddingTable)]
 
     def _offsets(self, fields: Iterable[str]) -> torch.Tensor:
         """First row of each field's section in its table (0 for sections the net lacks)."""
         starts = [self.sections[f][1] if f in self.sections else 0 for f in fields]
         return torch.tensor(starts, dtype=torch.int64)
-
-    def _global(self, section: str, rows: torch.Tensor) -> torch.Tensor:
-        """Rows of ``section`` as rows of its table (0, unknown, stays 0)."""
-        offset = self.sections[section][1]
-        return torch.where(rows > 0, rows + offset, 0) if offset else rows
-
-    def embedding_rows(
-        self, section: str, rows: torch.Tensor
-    ) -> tuple[nn.Parameter, torch.Tensor] | None:
-        """The weight holding ``section`` and ``rows`` as its rows (``None``: not in this net)."""
-        if section not in self.sections:
-            return None
-        table = self.get_submodule(self.sections[section][0])
-        return table.weight, self._global(section, rows)
 
     def reset_parameters(self) -> None:
         """ID vectors and wide weights start at zero (a new id adds nothing); content small."""
@@ -198,18 +272,22 @@ class MultiTaskNet(nn.Module):
     def reset_rows(
         self, section: str, rows: torch.Tensor, generator: torch.Generator | None = None
     ) -> None:
-        """Reinitialise ``rows`` of ``section`` for new owners (rows past it are ignored)."""
-        weight, index = self.embedding_rows(section, rows)
-        table = self.sections[section][0]
-        end = self._section_end(section)
-        index = index[(index > 0) & (index < end)]
-        with torch.no_grad():
-            weight[index] = 0.0
-            if table == "content":
-                width = self.config.content_dim
-                init = torch.randn(len(index), width, generator=generator)
-                weight[index, :width] = init * self.config.init_std
-            weight[0] = 0.0
+        """Reinitialise ``rows`` of ``section`` for new owners (rows past it are ignored).
+
+        Their Adagrad sums restart too; a section the net lacks is ignored.
+        """
+        if section not in self.sections:
+            return
+        table_name, offset = self.sections[section]
+        table = self.get_submodule(table_name)
+        index = rows + offset
+        index = index[(rows > 0) & (index < self._section_end(section))]
+        table.weight[index] = 0.0
+        table.squared_gradients[index] = 0.0
+        if table_name == "content":
+            width = self.config.content_dim
+            init = torch.randn(len(index), width, generator=generator)
+            table.weight[index, :width] = init * self.config.init_std
 
     def _section_end(self, section: str) -> int:
         table, offset = self.sections[section]
@@ -223,25 +301,23 @@ class MultiTaskNet(nn.Module):
             fields = [batch.tokens, batch.brand.unsqueeze(1), batch.price.unsqueeze(1), *fields]
         rows = torch.cat(fields, dim=1)
         content = self.content(torch.where(rows > 0, rows + self.content_offsets, 0))
-        wide = content[:, :, c:].sum(dim=1)  # (B, fields, c + 3) -> (B, 3)
-        device = content[:, -1, :c]
+        content = content.flatten(1) @ self.content_pool  # (B, [token, brand, price,] device, wide)
+        wide, device = content[:, -len(TASKS) :], content[:, -len(TASKS) - c : -len(TASKS)]
         item_content = user_offset = item_offset = None
         if config.use_content:
-            token = content[:, :PATH_TOKENS, :c].sum(dim=1)
-            brand, price = content[:, PATH_TOKENS, :c], content[:, PATH_TOKENS + 1, :c]
             log_price = batch.dense[:, LOG_PRICE : LOG_PRICE + 1]
-            item_content = self.content_tower(torch.cat([token, brand, price, log_price], dim=1))
+            item_content = self.content_tower(torch.cat([content[:, : 3 * c], log_price], dim=1))
         if config.use_ids:
             rows = torch.stack([batch.user, batch.item], dim=1)
-            ids = self.ids(torch.where(rows > 0, rows + self.id_offsets, 0))
-            wide = wide + ids[:, :, d:].sum(dim=1)
-            user_offset, item_offset = ids[:, 0, :d], ids[:, 1, :d]
+            ids = self.ids(torch.where(rows > 0, rows + self.id_offsets, 0)).flatten(1)
+            ids = ids @ self.id_pool  # (B, user, item, wide)
+            wide = wide + ids[:, 2 * d :]
+            user_offset, item_offset = ids[:, :d], ids[:, d : 2 * d]
         u = self.user_vector(batch, user_offset)
         v = self.item_vector(batch, item_content, item_offset)
         dense = batch.dense[:, self.dense_columns]
         x = torch.cat([u, v, u * v, device, dense], dim=1)
-        hidden = self.towers(x)
-        deep = torch.cat([head(h) for head, h in zip(self.heads, hidden, strict=True)], dim=1)
+        deep = self.heads(self.towers(x))
         return batch.base_logits + deep + wide
 
     def item_vector(
@@ -257,33 +333,41 @@ class MultiTaskNet(nn.Module):
 
     def user_vector(self, batch: FeatureBatch, offset: torch.Tensor | None) -> torch.Tensor:
         """``behaviour(history) + g_u(n_u) * offset``."""
-        behaviour = self.behaviour_tower(self.history_summary(batch.history))
+        fill = batch.dense[:, HISTORY_FILL]
+        behaviour = self.behaviour_tower(self.history_summary(batch.history, fill))
         if offset is None:
             return behaviour
         gate = batch.user_count / (batch.user_count + self.config.user_gate_k)
         return behaviour + gate.unsqueeze(1) * offset
 
     @torch.no_grad()
-    def history_summary(self, history: torch.Tensor) -> torch.Tensor:
+    def history_summary(self, history: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """How full the history is, and the mean embedding of each of its fields.
 
         ``history`` is ``(B, N, 5)``: item, category, top-level category, brand
-        and price-bucket rows per slot, 0 for an empty slot. The embeddings are
-        read, not trained, here (the candidate side trains them): on the
-        simulated shop that is as good and the step about a fifth faster.
+        and price-bucket rows per slot, 0 for an empty slot; ``fill`` the
+        ``(B,)`` share of filled slots. Each field is summed over the rows of
+        its own section (row 0 of a section is padding, left out), divided by
+        the filled slots. The embeddings are read, not trained, here (the
+        candidate side trains them): on the simulated shop that is as good and
+        the step about a fifth faster.
         """
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        batch_size, slots = history.shape[:2]
-        filled = (history[:, :, 0] > 0).float().sum(dim=1, keepdim=True)
-        rows = torch.where(history > 0, history + self.history_offsets, 0)
-        summary = [filled / slots]
+        filled = (fill * history.shape[1]).clamp(min=1).unsqueeze(1)
+        summary = [fill.unsqueeze(1)]
         if config.use_ids:
-            summary.append(_sum_bags(self.ids.weight, rows[:, :, 0])[:, :d] / filled.clamp(min=1))
+            summary.append(self._history_sums("item", history[:, :, 0])[:, :d] / filled)
         if config.use_content:
-            bags = rows[:, :, 1:].transpose(1, 2).reshape(-1, slots)  # one bag per field
-            sums = _sum_bags(self.content.weight, bags).view(batch_size, -1, c + len(TASKS))
-            summary.append(sums[:, :, :c].flatten(1) / filled.clamp(min=1))
+            for field, section in enumerate(HISTORY_SECTIONS[1:], start=1):
+                sums = self._history_sums(section, history[:, :, field])
+                summary.append(sums[:, :c] / filled)
         return torch.cat(summary, dim=1)
+
+    def _history_sums(self, section: str, rows: torch.Tensor) -> torch.Tensor:
+        """``(B, width)`` sums of each row of ``rows``' embeddings in ``section``."""
+        table_name, offset = self.sections[section]
+        weight = self.get_submodule(table_name).weight[offset : self._section_end(section)]
+        return F.embedding_bag(rows.contiguous(), weight, mode="sum", padding_idx=0)
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
@@ -321,9 +405,21 @@ class MultiTaskNet(nn.Module):
         return total, per_task.detach()
 
 
-def _sum_bags(weight: torch.Tensor, bags: torch.Tensor) -> torch.Tensor:
-    """Sum of the rows in each bag (a row of ``bags``); row 0, padding, is all zeros."""
-    return F.embedding_bag(bags, weight, mode="sum")
+def _pooling(groups: list[list[int]], fields: int, width: int) -> torch.Tensor:
+    """A matrix turning ``(B, fields * (width + 3))`` looked-up rows into group sums.
+
+    Each row is a ``width`` vector then three wide weights. The product holds,
+    per group of fields, the sum of their vectors, then the sum of every
+    field's wide weights: one matrix product instead of a slice per use (whose
+    backward passes would each write a full-size gradient).
+    """
+    tasks = len(TASKS)
+    pool = torch.zeros(fields, width + tasks, len(groups) * width + tasks)
+    for group, members in enumerate(groups):
+        for field in members:
+            pool[field, :width, group * width : (group + 1) * width] = torch.eye(width)
+    pool[:, width:, len(groups) * width :] = torch.eye(tasks)
+    return pool.flatten(0, 1)
 
 
 def funnel_probabilities(logits: torch.Tensor) -> np.ndarray:

@@ -51,6 +51,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,7 @@ class IdTable:
         self.interactions = np.zeros(capacity, dtype=np.int64)
         self._free: list[int] = list(range(capacity - 1, 0, -1))
         self._released: list[np.ndarray] = []
+        self.releases = 0
         self.now_ms = NEVER
 
     def __len__(self) -> int:
@@ -109,18 +111,21 @@ class IdTable:
         With ``insert`` every id gets a row (new ids take a free or evicted
         one) and is marked as seen at ``now_ms``; without it nothing changes.
         """
-        get = self._index.get
-        found = [get(key, 0) if key is not None else 0 for key in keys]
-        rows = np.fromiter(found, dtype=np.int64, count=len(found))
+        rows = np.fromiter(map(self._index.get, keys, repeat(0)), dtype=np.int64, count=len(keys))
         if not insert:
             return rows
         self.now_ms = max(self.now_ms, now_ms)
-        missing = [i for i, row in enumerate(found) if row == 0 and keys[i] is not None]
+        missing = [i for i in np.flatnonzero(rows == 0).tolist() if keys[i] is not None]
         if missing:
             self._insert(keys, rows, missing)
-        known = rows[rows > 0]
-        self.last_seen[known] = self.now_ms
+        self.touch(rows, now_ms)
         return rows
+
+    def touch(self, rows: np.ndarray, now_ms: int) -> None:
+        """Mark ``rows`` (row 0 ignored) as seen at ``now_ms``, as a lookup with insert does."""
+        self.now_ms = max(self.now_ms, now_ms)
+        self.last_seen[rows] = self.now_ms
+        self.last_seen[0] = NEVER
 
     def _insert(self, keys: Sequence[str | None], rows: np.ndarray, missing: list[int]) -> None:
         index = self._index
@@ -155,6 +160,8 @@ class IdTable:
         return stale
 
     def _release(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self.releases += 1
         for row in rows.tolist():
             del self._index[self._keys[row]]
             self._keys[row] = None
@@ -307,7 +314,7 @@ class UserHistory:
 
 
 class ScoringSnapshots:
-    """What the features (history, dense row, counts) of a keyed sample were when scored.
+    """What the features (history, dense row, counts) of keyed samples were when scored.
 
     A sample scored now is often learned later, when its delayed labels
     resolve (a click within seconds, a "no click" only when its window closes
@@ -316,62 +323,99 @@ class ScoringSnapshots:
     ones it was scored with -- systematically for negatives, which resolve
     last. Keeping the scoring-time history and counts per sample key (the
     label resolver's ``TrackedSample.key``) lets each label be learned with
-    the features it was predicted from. Bounded: beyond ``capacity`` the
-    oldest snapshot goes first (its sample then learns current features).
+    the features it was predicted from.
+
+    A ring of ``capacity`` slots indexed by ``key % capacity``: the resolver
+    numbers samples in order, so a new key takes the slot of the key
+    ``capacity`` before it (whose sample then learns current features), and
+    a whole batch is kept or looked up with a few numpy operations. Arrays
+    are allocated on first use (their width is the dense row's).
 
     Example
     -------
     >>> snapshots = ScoringSnapshots(capacity=2)
-    >>> snapshots.keep(7, np.zeros((2, 5), np.int32), np.zeros(3), user_count=3, item_count=4)
-    >>> snapshots.get(7, final=False)[2:]
-    (3, 4)
-    >>> snapshots.get(7, final=True)[2:], snapshots.get(7, final=False)
-    ((3, 4), None)
+    >>> snapshots.keep(np.array([7]), np.zeros((1, 2, 5), np.int32), np.zeros((1, 3), np.float32),
+    ...                user_counts=np.array([3]), item_counts=np.array([4]))
+    >>> found, _, _, counts = snapshots.take(np.array([7, 8]), final=np.array([False, False]))
+    >>> found.tolist(), counts[0].tolist()
+    ([True, False], [3, 4])
+    >>> snapshots.take(np.array([7]), final=np.array([True]))[0].tolist()  # final: then forgotten
+    [True]
+    >>> snapshots.take(np.array([7]), final=np.array([False]))[0].tolist(), len(snapshots)
+    ([False], 0)
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._store: dict[int, tuple[np.ndarray, np.ndarray, int, int]] = {}
+        self.keys = np.full(capacity, -1, dtype=np.int64)
+        self.history: np.ndarray | None = None
+        self.dense: np.ndarray | None = None
+        self.counts = np.zeros((capacity, 2), dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self._store)
+        return int(np.count_nonzero(self.keys >= 0))
 
     def keep(
-        self, key: int, history: np.ndarray, dense: np.ndarray, user_count: int, item_count: int
+        self,
+        keys: np.ndarray,
+        history: np.ndarray,
+        dense: np.ndarray,
+        user_counts: np.ndarray,
+        item_counts: np.ndarray,
     ) -> None:
-        """Remember the first scoring of ``key`` (later scorings do not replace it)."""
-        if key in self._store or self.capacity == 0:
+        """Remember the first scoring of each key ``>= 0`` (later scorings do not replace it)."""
+        if self.capacity == 0:
             return
-        self._store[key] = (history.copy(), dense.copy(), user_count, item_count)
-        if len(self._store) > self.capacity:
-            del self._store[next(iter(self._store))]
+        keys, first = np.unique(keys, return_index=True)
+        slots = keys % self.capacity
+        new = (keys >= 0) & (self.keys[slots] != keys)
+        if not new.any():
+            return
+        if self.history is None:
+            self.history = np.zeros((self.capacity, *history.shape[1:]), dtype=history.dtype)
+            self.dense = np.zeros((self.capacity, dense.shape[1]), dtype=dense.dtype)
+        slots, rows = slots[new], first[new]
+        self.keys[slots] = keys[new]
+        self.history[slots] = history[rows]
+        self.dense[slots] = dense[rows]
+        self.counts[slots, 0] = user_counts[rows]
+        self.counts[slots, 1] = item_counts[rows]
 
-    def get(self, key: int, final: bool) -> tuple[np.ndarray, np.ndarray, int, int] | None:
-        """The snapshot of ``key``, forgotten if this is its ``final`` label update."""
-        return self._store.pop(key, None) if final else self._store.get(key)
+    def take(
+        self, keys: np.ndarray, final: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(found, history, dense, counts)`` of ``keys``; ``final`` ones are then forgotten.
+
+        ``found`` marks the keys with a snapshot; the other arrays hold the
+        found ones' snapshots, in order (``counts`` is user, item).
+        """
+        if self.capacity == 0 or self.history is None:
+            return np.zeros(len(keys), dtype=bool), np.empty(0), np.empty(0), np.empty((0, 2))
+        slots = keys % self.capacity
+        found = (keys >= 0) & (self.keys[slots] == keys)
+        slots = slots[found]
+        kept = self.history[slots], self.dense[slots], self.counts[slots]
+        self.keys[slots[final[found]]] = -1
+        return (found, *kept)
 
     def state_dict(self) -> dict[str, Any]:
-        """Keys, histories and counts as tensors."""
-        values = list(self._store.values())
+        """The slots in use: keys, histories, dense rows and counts as tensors."""
+        used = np.flatnonzero(self.keys >= 0)
+        empty = torch.empty(0)
         return {
-            "keys": torch.tensor(list(self._store), dtype=torch.int64),
-            "history": torch.from_numpy(np.stack([v[0] for v in values]))
-            if values
-            else torch.empty(0),
-            "dense": torch.from_numpy(np.stack([v[1] for v in values]))
-            if values
-            else torch.empty(0),
-            "counts": torch.tensor([[v[2], v[3]] for v in values], dtype=torch.int64),
+            "keys": torch.from_numpy(self.keys[used]),
+            "history": empty if self.history is None else torch.from_numpy(self.history[used]),
+            "dense": empty if self.dense is None else torch.from_numpy(self.dense[used]),
+            "counts": torch.from_numpy(self.counts[used]),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore exactly what :meth:`state_dict` saved."""
-        keys, counts = state["keys"].tolist(), state["counts"].tolist()
-        history, dense = state["history"].numpy(), state["dense"].numpy()
-        self._store = {
-            key: (history[i].copy(), dense[i].copy(), count[0], count[1])
-            for i, (key, count) in enumerate(zip(keys, counts, strict=True))
-        }
+        self.keys.fill(-1)
+        keys = state["keys"].numpy()
+        if len(keys):
+            counts = state["counts"].numpy()
+            self.keep(keys, state["history"].numpy(), state["dense"].numpy(), *counts.T)
 
 
 class DecayedSums:

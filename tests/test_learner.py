@@ -77,8 +77,8 @@ def test_scores_are_funnel_consistent_and_inside_zero_one_even_when_extreme():
     learner = MultiTaskLearner(SMALL)
     heads = learner.net.heads
     with torch.no_grad():
-        heads[0].bias.fill_(40.0)  # p_click saturates
-        heads[1].bias.fill_(-40.0)  # p_cart vanishes
+        heads.bias[0] = 40.0  # p_click saturates
+        heads.bias[1] = -40.0  # p_cart vanishes
     samples, _ = ToyShop(seed=2).stream(64)
     scores = learner.predict(samples)
     assert funnel_consistent(scores, tolerance=0.0)
@@ -94,12 +94,14 @@ def test_unknown_labels_are_not_learned():
     learner.learn(unlabelled)
     assert learner.model_version == 0 and np.array_equal(learner.predict(samples), before)
 
-    conversion_heads = [p.clone() for h in learner.net.heads[1:] for p in h.parameters()]
+    heads = learner.net.heads
+    conversion_heads = [heads.weight[1:].clone(), heads.bias[1:].clone()]
+    click_bias = heads.bias[0].item()
     learner.learn([replace(s, cart=None, purchase=None) for s in samples])  # clicks only
     assert learner.model_version == 1
-    after = [p for h in learner.net.heads[1:] for p in h.parameters()]
+    after = [heads.weight[1:], heads.bias[1:]]
     assert all(torch.equal(a, b) for a, b in zip(conversion_heads, after, strict=True))
-    assert not torch.equal(learner.net.heads[0].bias, torch.zeros(1))
+    assert heads.bias[0].item() != click_bias
 
 
 def test_a_large_batch_is_learned_in_steps_of_at_most_max_batch_size():

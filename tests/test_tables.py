@@ -117,18 +117,26 @@ def test_history_is_a_ring_that_hides_entries_newer_than_the_sample():
 
 def test_snapshots_are_bounded_and_forgotten_after_the_final_label():
     snapshots = ScoringSnapshots(capacity=2)
+    not_final = np.array([False])
+
+    def keep(key, value):
+        history, dense = np.full((1, 1, 2), value, np.int32), np.full((1, 4), value, np.float32)
+        counts = np.array([value])
+        snapshots.keep(np.array([key]), history, dense, user_counts=counts, item_counts=counts)
+
     for key in range(3):
-        history, dense = np.full((1, 2), key, np.int32), np.full(4, key, np.float32)
-        snapshots.keep(key, history, dense, user_count=key, item_count=key)
-    assert len(snapshots) == 2 and snapshots.get(0, final=False) is None  # oldest dropped
-    snapshots.keep(1, np.zeros((1, 2), np.int32), np.zeros(4), user_count=99, item_count=99)
-    assert snapshots.get(1, final=False)[2] == 1  # the first scoring is the one kept
-    assert snapshots.get(1, final=True) is not None and snapshots.get(1, final=False) is None
+        keep(key, key)
+    assert len(snapshots) == 2 and not snapshots.take(np.array([0]), not_final)[0][0]  # oldest
+    keep(1, 99)
+    assert snapshots.take(np.array([1]), not_final)[3].tolist() == [[1, 1]]  # first scoring kept
+    assert snapshots.take(np.array([1]), np.array([True]))[0][0]
+    assert not snapshots.take(np.array([1]), not_final)[0][0]  # final label: forgotten
     restored = ScoringSnapshots(capacity=2)
     restored.load_state_dict(snapshots.state_dict())
-    history, dense, user_count, item_count = restored.get(2, final=False)
-    assert (user_count, item_count) == (2, 2) and dense.tolist() == [2.0] * 4
-    assert history.tolist() == [[2, 2]]
+    found, history, dense, counts = restored.take(np.array([2, 5]), np.array([False, False]))
+    assert found.tolist() == [True, False]
+    assert counts.tolist() == [[2, 2]] and dense.tolist() == [[2.0] * 4]
+    assert history.tolist() == [[[2, 2]]]
 
 
 def test_decayed_sums_halve_every_half_life_and_forget_released_rows():

@@ -2,15 +2,15 @@
 
 Three ways to share a representation between the funnel tasks, each in its own
 module with its paper: :class:`SharedBottom`, :class:`MMoE`, :class:`PLE`.
-All take ``(B, in_dim)`` and return a list of ``(B, out_dim)`` tensors, one
-per task; the multi-task net puts a logit head on each.
+All take ``(B, in_dim)`` and return ``(B, n_tasks, out_dim)``: one hidden
+vector per task, on which the multi-task net puts a logit head.
 
 Example
 -------
 >>> import torch
 >>> towers = build_towers("ple", in_dim=10, n_tasks=3, hidden=16, experts=2, tower_hidden=8)
->>> [tuple(h.shape) for h in towers(torch.zeros(5, 10))]
-[(5, 8), (5, 8), (5, 8)]
+>>> towers(torch.zeros(5, 10)).shape
+torch.Size([5, 3, 8])
 >>> towers.out_dim
 8
 """

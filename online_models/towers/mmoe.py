@@ -14,8 +14,8 @@ Example
 -------
 >>> import torch
 >>> towers = MMoE(in_dim=10, n_tasks=3, hidden=16, experts=4, tower_hidden=8)
->>> [tuple(h.shape) for h in towers(torch.zeros(5, 10))]
-[(5, 8), (5, 8), (5, 8)]
+>>> towers(torch.zeros(5, 10)).shape
+torch.Size([5, 3, 8])
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class MMoE(nn.Module):
         nn.init.uniform_(self.tower_bias, -bound, bound)
         self.out_dim = tower_hidden
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         expert_out = torch.relu(self.expert_layer(x)).view(batch, self.experts, self.hidden)
         gates = torch.softmax(self.gate_layer(x).view(batch, self.n_tasks, self.experts), dim=-1)
@@ -51,4 +51,4 @@ class MMoE(nn.Module):
         towers = torch.relu(
             torch.baddbmm(self.tower_bias, mixed.transpose(0, 1), self.tower_weight)
         )
-        return list(towers.unbind(0))  # per task (B, tower_hidden)
+        return towers.transpose(0, 1)  # (B, tasks, tower_hidden)

@@ -13,8 +13,8 @@ Example
 >>> import torch
 >>> towers = PLE(in_dim=10, n_tasks=3, hidden=16, shared_experts=2, task_experts=1,
 ...              tower_hidden=8, levels=2)
->>> [tuple(h.shape) for h in towers(torch.zeros(5, 10))]
-[(5, 8), (5, 8), (5, 8)]
+>>> towers(torch.zeros(5, 10)).shape
+torch.Size([5, 3, 8])
 """
 
 from __future__ import annotations
@@ -95,8 +95,10 @@ class PLE(nn.Module):
         self.towers = nn.ModuleList(mlp(hidden, tower_hidden) for _ in range(n_tasks))
         self.out_dim = tower_hidden
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         task_inputs, shared_input = [x] * self.n_tasks, x
         for layer in self.layers:
             task_inputs, shared_input = layer(task_inputs, shared_input)
-        return [tower(h) for tower, h in zip(self.towers, task_inputs, strict=True)]
+        return torch.stack(
+            [tower(h) for tower, h in zip(self.towers, task_inputs, strict=True)], dim=1
+        )

@@ -8,8 +8,8 @@ Example
 -------
 >>> import torch
 >>> towers = SharedBottom(in_dim=10, n_tasks=3, hidden=16, tower_hidden=8)
->>> [tuple(h.shape) for h in towers(torch.zeros(5, 10))]
-[(5, 8), (5, 8), (5, 8)]
+>>> towers(torch.zeros(5, 10)).shape
+torch.Size([5, 3, 8])
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ class SharedBottom(nn.Module):
     def __init__(self, in_dim: int, n_tasks: int, hidden: int, tower_hidden: int) -> None:
         super().__init__()
         self.bottom = mlp(in_dim, hidden)
-        self.towers = nn.ModuleList(mlp(hidden, tower_hidden) for _ in range(n_tasks))
-        self.out_dim = tower_hidden
+        self.towers = mlp(hidden, n_tasks * tower_hidden)  # every task's tower side by side
+        self.n_tasks, self.out_dim = n_tasks, tower_hidden
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        shared = self.bottom(x)
-        return [tower(shared) for tower in self.towers]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.towers(self.bottom(x)).view(x.shape[0], self.n_tasks, self.out_dim)

@@ -29,7 +29,7 @@ bench-quality: $(STAMP)
 	$(BIN)/recstream bench quality --source sim --report bench-quality.json --plot bench-quality.png
 
 bench-throughput: $(STAMP)
-	$(BIN)/recstream bench throughput --report bench-throughput.json
+	$(BIN)/recstream bench throughput --report bench-throughput.json --plot bench-throughput.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -25,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -150,8 +149,10 @@ def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
     """Fork; the child saves ``state()``, built from its snapshot of memory, then exits.
 
     The child dies with the worker (a killed worker leaves at most a
-    ``.tmp`` file, never a half checkpoint), ignores the worker's signal
-    handlers, and never returns into the caller's code.
+    ``.tmp`` file, never a half checkpoint), closes every socket and file it
+    inherited (a restarted worker must be able to bind its metrics port
+    while an old writer still runs), ignores the worker's signal handlers,
+    and never returns into the caller's code.
 
     >>> import tempfile
     >>> store = CheckpointStore(tempfile.mkdtemp(), owner="events")
@@ -165,9 +166,8 @@ def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
         return ChildSave(pid, reader)
     code = 1
     try:  # the child: from here on, only os._exit leaves
-        os.close(reader)
+        _close_inherited_descriptors(keep=writer)
         die_with_parent(signal.SIGKILL)
-        _yield_the_cpu()
         signal.set_wakeup_fd(-1)  # the worker's event loop must not hear the child's signals
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
@@ -180,18 +180,11 @@ def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
         os._exit(code)
 
 
-def _yield_the_cpu() -> None:
-    """Run only when the CPU is otherwise idle (SCHED_IDLE), else at the lowest priority.
-
-    The worker, the broker and the producers keep their cores; the writer
-    fills the gaps (measured: every 30 s, a normal-priority writer pushed
-    the demo's score latency from 0.3 s to 2 s).
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.nice(19)
+def _close_inherited_descriptors(keep: int) -> None:
+    """Close every descriptor above stderr except ``keep``."""
+    highest = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65_536
+    os.closerange(3, keep)
+    os.closerange(keep + 1, highest)
 
 
 def to_loadable(value: Any) -> Any:

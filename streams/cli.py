@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--models", default="mtl,river_lr,single_task,id_only,popularity",
                          help="comma-separated subset of the models to compare")
     quality.set_defaults(run=run_bench_quality)
+    throughput = benches.add_parser(
+        "throughput", help="the worker's pipeline on the demo stream: events/s, batch times")
+    throughput.add_argument("--events", type=int, default=100_000, help="events to apply")
+    throughput.add_argument("--batch", type=int, default=200,
+                            help="messages per batch (200 = 100 ms at the demo's 2,000/s)")
+    throughput.add_argument("--seed", type=int, default=7, help="simulator seed")
+    throughput.add_argument("--report", type=Path, help="write the JSON report here")
+    throughput.add_argument("--plot", type=Path, help="write a PNG of batch times here")
+    throughput.set_defaults(run=run_bench_throughput)
     return parser
 
 
@@ -250,5 +259,18 @@ def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
         report = bench_quality.run(bench_quality.options_from_args(args))
     except (OSError, ValueError) as err:
         raise RecstreamError(str(err)) from err
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import bench_throughput
+    from streams.progress import stderr
+
+    options = bench_throughput.ThroughputOptions(events=args.events, batch=args.batch,
+                                                 seed=args.seed, report=args.report,
+                                                 plot=args.plot)
+    report = bench_throughput.run(options)
+    bench_throughput.print_summary(report, stderr.print)
     print(json.dumps(report, indent=2))
     return 0

@@ -46,6 +46,17 @@ def progress_bar(label: str, total: float | None) -> Iterator[Callable[[float], 
         yield lambda n: bar.advance(task, n)
 
 
+@contextlib.contextmanager
+def optional_progress(enabled: bool, label: str,
+                      total: float | None) -> Iterator[Callable[[float], None]]:
+    """:func:`progress_bar` when ``enabled``, else a silent ``advance``."""
+    if not enabled:
+        yield lambda _n: None
+        return
+    with progress_bar(label, total) as advance:
+        yield advance
+
+
 class RateColumn(ProgressColumn):
     """Items per second, as a plain number."""
 

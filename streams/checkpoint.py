@@ -39,6 +39,9 @@ import torch
 from streams.lifetime import die_with_parent
 
 _NDARRAY = "__ndarray__"
+_ROWS = "__rows__"
+COMPACT_MIN_ELEMENTS = 1 << 16
+"""Tensors this large are checked for all-zero rows before saving (:func:`compact_rows`)."""
 FORMAT = "recstream-checkpoint"
 VERSION = 1
 
@@ -190,6 +193,10 @@ def _close_inherited_descriptors(keep: int) -> None:
 def to_loadable(value: Any) -> Any:
     """Replace numpy values with what ``weights_only`` loading accepts (tensors, lists, numbers).
 
+    Large tensors whose rows are mostly zero (ID tables, their optimiser
+    state and per-id statistics far below their capacity) are stored as
+    their non-zero rows and the rows' indexes (:func:`compact_rows`).
+
     >>> to_loadable({"a": np.arange(3), "b": [np.float64(0.5)]})
     {'a': {'__ndarray__': tensor([0, 1, 2])}, 'b': [0.5]}
     >>> to_loadable(np.array(["x"]))
@@ -201,18 +208,22 @@ def to_loadable(value: Any) -> Any:
         return type(value)(to_loadable(item) for item in value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "biuf":
-            return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value))}
+            return {_NDARRAY: compact_rows(torch.from_numpy(np.ascontiguousarray(value)))}
         return {_NDARRAY: value.tolist(), "dtype": value.dtype.str}
     if isinstance(value, np.generic):
         return value.item()
+    if torch.is_tensor(value):
+        return compact_rows(value)
     return value
 
 
 def from_loadable(value: Any) -> Any:
     """Undo :func:`to_loadable`: numpy arrays come back as numpy arrays."""
     if isinstance(value, dict):
+        if _ROWS in value:
+            return expand_rows(value)
         if _NDARRAY in value:
-            stored = value[_NDARRAY]
+            stored = from_loadable(value[_NDARRAY])
             if torch.is_tensor(stored):
                 return stored.numpy()
             return np.array(stored, dtype=value["dtype"])
@@ -220,6 +231,33 @@ def from_loadable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(from_loadable(item) for item in value)
     return value
+
+
+def compact_rows(tensor: torch.Tensor) -> Any:
+    """A large tensor with mostly all-zero rows as ``{rows, values, shape}``; else itself.
+
+    >>> table = torch.zeros(1 << 16, 4)
+    >>> table[7] = 1.5
+    >>> stored = compact_rows(table)
+    >>> stored["__rows__"].tolist(), stored["values"].shape
+    ([7], torch.Size([1, 4]))
+    >>> torch.equal(expand_rows(stored), table)
+    True
+    """
+    if tensor.dim() == 0 or tensor.numel() < COMPACT_MIN_ELEMENTS or tensor.layout != torch.strided:
+        return tensor
+    used = torch.nonzero(tensor.reshape(tensor.shape[0], -1).any(dim=1)).squeeze(1)
+    if 2 * len(used) > tensor.shape[0]:
+        return tensor
+    return {_ROWS: used, "values": tensor[used], "shape": list(tensor.shape)}
+
+
+def expand_rows(stored: dict[str, Any]) -> torch.Tensor:
+    """Undo :func:`compact_rows`: zeros everywhere but the stored rows."""
+    values = stored["values"]
+    tensor = torch.zeros(stored["shape"], dtype=values.dtype)
+    tensor[stored[_ROWS]] = values
+    return tensor
 
 
 def _number(path: Path) -> int:

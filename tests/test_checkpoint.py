@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import torch
 
 from streams.checkpoint import CheckpointError, CheckpointStore
@@ -70,3 +71,21 @@ def test_a_foreign_file_or_another_workers_checkpoint_is_refused(tmp_path):
         assert "written for input 'shop2.events'" in str(err)
     else:
         raise AssertionError("a foreign checkpoint was accepted")
+
+
+def test_mostly_empty_tables_are_saved_as_their_rows_and_come_back_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    sparse_table = torch.zeros(1 << 17, 8)
+    sparse_table[rng.choice(1 << 17, 300, replace=False)] = torch.randn(300, 8)
+    counts = np.zeros((1 << 17, 3), dtype=np.int32)
+    counts[5] = (1, 2, 3)
+    dense = torch.randn(1 << 15, 4)
+    state = {"table": sparse_table, "counts": counts, "dense": dense, "small": torch.zeros(5)}
+    store = CheckpointStore(tmp_path, owner="events")
+    path = store.save(state, {0: 1})
+    restored = store.load(path).state
+    assert torch.equal(restored["table"], sparse_table)
+    assert np.array_equal(restored["counts"], counts) and restored["counts"].dtype == np.int32
+    assert torch.equal(restored["dense"], dense) and torch.equal(restored["small"], torch.zeros(5))
+    full = sparse_table.numel() * 4 + counts.nbytes
+    assert path.stat().st_size < full / 10 + dense.numel() * 4 * 1.1

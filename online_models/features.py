@@ -53,7 +53,7 @@ Example
 ([1], [[1, 2, 0, 0]], [17])
 >>> encoder.record(batch, label_matrix([s]))
 >>> later = Sample("u1", "i2", ts=5, category="electronics.tv")
->>> encoder.encode([later], learning=False).history[0, 0].tolist()  # item, category, top, ...
+>>> encoder.encode([later], learning=False).history[0, :, 0].tolist()  # item, category, top, ...
 [1, 1, 2, 1, 17]
 >>> encoder.encode([Sample("u1", "new", ts=2)], learning=False).item.tolist()
 [0]
@@ -127,21 +127,37 @@ class TableCapacities:
 
 @dataclass(slots=True)
 class FeatureBatch:
-    """One batch as tensors (``B`` samples, ``N`` history slots)."""
+    """One batch as tensors: ``B`` samples over ``G`` distinct user states.
 
-    user: torch.Tensor  # (B,) int64 rows
+    Samples of one user that see the same history and count (a slate, a
+    clicked item and its sampled negatives, a user's candidates) share one
+    user state, so the user side of the net is worked out once per state;
+    ``user_state`` maps each sample to its state's row.
+    """
+
+    user: torch.Tensor  # (B,) int64 user rows
     item: torch.Tensor  # (B,)
-    tokens: torch.Tensor  # (B, PATH_TOKENS), 0-padded
-    brand: torch.Tensor  # (B,)
-    price: torch.Tensor  # (B,) bucket
-    device: torch.Tensor  # (B,)
-    history: torch.Tensor  # (B, N, len(HISTORY_FIELDS)), 0 = empty slot
+    content: torch.Tensor  # (B, PATH_TOKENS + 3): category tokens (0-padded), brand, price, device
     dense: torch.Tensor  # (B, len(DENSE_FEATURES)) float32
+    item_count: torch.Tensor  # (B,) float32 interactions so far
+    user_state: torch.Tensor  # (B,) row of each sample's user state
+    state_user: torch.Tensor  # (G,) user row of each state
+    state_user_count: torch.Tensor  # (G,) float32
+    history: torch.Tensor  # (G, len(HISTORY_FIELDS), N): rows per field and slot, 0 = empty
+    history_fill: torch.Tensor  # (G,) float32 share of filled slots
     base_logits: torch.Tensor  # (3,) log-odds of the shop's current funnel rates
-    user_count: torch.Tensor  # (B,) float32 interactions so far
-    item_count: torch.Tensor  # (B,)
     entry: np.ndarray  # (B, len(HISTORY_FIELDS)) what a click appends to the history
     released: dict[str, np.ndarray] = field(default_factory=dict)  # learning: rows to reset
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """``(B, PATH_TOKENS)`` category token rows."""
+        return self.content[:, :PATH_TOKENS]
+
+    @property
+    def price(self) -> torch.Tensor:
+        """``(B,)`` price buckets."""
+        return self.content[:, PATH_TOKENS + 1]
 
 
 @lru_cache(maxsize=1 << 16)
@@ -366,18 +382,19 @@ class FeatureEncoder:
             axis=1,
         )
         self._match_snapshots(samples, learning, history, dense, user_count, item_count)
+        first, user_state = _user_states(history, users, user_count)
         return FeatureBatch(
             user=torch.from_numpy(users),
             item=torch.from_numpy(items),
-            tokens=torch.from_numpy(np.ascontiguousarray(tokens)),
-            brand=torch.from_numpy(np.ascontiguousarray(brands)),
-            price=torch.from_numpy(np.ascontiguousarray(buckets)),
-            device=torch.from_numpy(devices),
-            history=torch.from_numpy(history.astype(np.int64)),
+            content=torch.from_numpy(np.column_stack([content, devices])),
             dense=torch.from_numpy(dense),
-            base_logits=torch.from_numpy(_logit(self.shop_rates()).astype(np.float32)),
-            user_count=torch.from_numpy(user_count.astype(np.float32)),
             item_count=torch.from_numpy(item_count.astype(np.float32)),
+            user_state=torch.from_numpy(user_state),
+            state_user=torch.from_numpy(users[first]),
+            state_user_count=torch.from_numpy(user_count[first].astype(np.float32)),
+            history=torch.from_numpy(history[first].astype(np.int64)),
+            history_fill=torch.from_numpy(dense[first, HISTORY_FILL]),
+            base_logits=torch.from_numpy(_logit(self.shop_rates()).astype(np.float32)),
             entry=entry,
             released=released,
         )
@@ -526,6 +543,24 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+_STATE_WEIGHTS = np.random.default_rng(0).random(4096)
+"""Random weights of the fingerprint that tells user states apart (:func:`_user_states`)."""
+
+
+def _user_states(
+    history: np.ndarray, users: np.ndarray, user_count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: one sample per distinct (history, user, count), and each one's.
+
+    The key is a random projection of the three, so equal ones share a key,
+    and different ones share one with probability nil.
+    """
+    flat = history.reshape(len(users), -1)
+    key = flat @ _STATE_WEIGHTS[: flat.shape[1]] + users * math.pi + user_count * math.e
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
 def _history_features(
     log_prices: np.ndarray,
     entry: np.ndarray,
@@ -533,23 +568,20 @@ def _history_features(
     user_count: np.ndarray,
     item_count: np.ndarray,
 ) -> np.ndarray:
-    """The history, price and count columns of ``DENSE_FEATURES``, roughly in [0, 1]."""
-    filled = history[:, :, 0] > 0
-    n_filled = filled.sum(axis=1)
-    share_denominator = np.maximum(n_filled, 1)
-    same = (history[:, :, :4] == entry[:, None, :4]) & (history[:, :, :4] > 0)
-    shares = same.sum(axis=1) / share_denominator[:, None]
-    hist_price = np.where(filled, history[:, :, 4], 0).sum(axis=1) / share_denominator
-    price_gap = np.where(n_filled > 0, np.abs(entry[:, 4] - hist_price) / 10.0, 0.0)
-    columns = [
-        np.nan_to_num(log_prices) / 10.0,
-        shares[:, 0],
-        shares[:, 1],
-        shares[:, 2],
-        shares[:, 3],
-        price_gap,
-        n_filled / history.shape[1],
-        np.log1p(item_count) / 5.0,
-        np.log1p(user_count) / 5.0,
-    ]
-    return np.stack(columns, axis=1).astype(np.float32)
+    """The history, price and count columns of ``DENSE_FEATURES``, roughly in [0, 1].
+
+    ``history`` is ``(B, fields, slots)``, ``entry`` the candidate as a history entry.
+    """
+    n_filled = np.count_nonzero(history[:, 0], axis=1)
+    denominator = np.maximum(n_filled, 1)
+    wanted = np.where(entry[:, :4] > 0, entry[:, :4], -1)  # an unknown id matches no slot
+    shares = (history[:, :4] == wanted[:, :, None]).sum(axis=2) / denominator[:, None]
+    history_price = history[:, 4].sum(axis=1) / denominator  # empty slots are 0
+    columns = np.empty((len(entry), 9), dtype=np.float32)
+    columns[:, 0] = np.nan_to_num(log_prices) / 10.0
+    columns[:, 1:5] = shares
+    columns[:, 5] = np.where(n_filled > 0, np.abs(entry[:, 4] - history_price) / 10.0, 0.0)
+    columns[:, 6] = n_filled / history.shape[2]
+    columns[:, 7] = np.log1p(item_count) / 5.0
+    columns[:, 8] = np.log1p(user_count) / 5.0
+    return columns

@@ -85,7 +85,6 @@ from online_models.base import TASKS
 from online_models.features import (
     CONTENT_DENSE_FEATURES,
     DENSE_FEATURES,
-    HISTORY_FILL,
     LOG_PRICE,
     PATH_TOKENS,
     PRICE_BUCKETS,
@@ -127,6 +126,7 @@ class EmbeddingTable(nn.Module):
         self.register_buffer("weight", torch.zeros(rows, width))
         self.register_buffer("squared_gradients", torch.zeros(rows, width))
         self._used: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._position = np.zeros(rows, dtype=np.int64)  # scratch of distinct_rows
 
     @property
     def num_embeddings(self) -> int:
@@ -136,10 +136,11 @@ class EmbeddingTable(nn.Module):
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return F.embedding(index, self.weight)
-        unique, inverse = torch.unique(index, return_inverse=True)
-        rows = self.weight[unique].requires_grad_()
+        unique, inverse = distinct_rows(index.numpy().ravel(), self._position)
+        unique = torch.from_numpy(unique)
+        rows = self.weight.index_select(0, unique).requires_grad_()
         self._used = (unique, rows)
-        return F.embedding(inverse, rows)
+        return F.embedding(torch.from_numpy(inverse).view(index.shape), rows)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -157,6 +158,25 @@ class EmbeddingTable(nn.Module):
         self.weight.index_copy_(0, unique, rows.detach().sub_(step, alpha=self.lr))
         self.weight[0] = 0.0
         self.squared_gradients[0] = 0.0
+
+
+def distinct_rows(index: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(unique, inverse)`` of ``index`` in linear time, ``unique[inverse] == index``.
+
+    ``position`` is scratch space with a slot per possible row. Each row
+    value gets one of its occurrences written into its slot (whichever
+    assignment lands last), which makes that occurrence its representative:
+    no sort, unlike ``np.unique``, at a batch's few thousand lookups.
+
+    >>> unique, inverse = distinct_rows(np.array([5, 2, 5, 0]), np.zeros(8, np.int64))
+    >>> sorted(unique.tolist()), unique[inverse].tolist()
+    ([0, 2, 5], [5, 2, 5, 0])
+    """
+    order = np.arange(len(index))
+    position[index] = order
+    unique = index[position[index] == order]
+    position[unique] = np.arange(len(unique))
+    return unique, position[index]
 
 
 class TaskHeads(nn.Module):
@@ -205,28 +225,17 @@ class MultiTaskNet(nn.Module):
                 "price": PRICE_BUCKETS,
                 **content_sections,
             }
-        self.sections: dict[str, tuple[str, int]] = {}
+        self.sections: dict[str, tuple[str, int, int]] = {}  # table, first row, end
         for table, sections in (("ids", id_sections), ("content", content_sections)):
             offset = 0
             for name, rows in sections.items():
-                self.sections[name] = (table, offset)
+                self.sections[name] = (table, offset, offset + rows)
                 offset += rows
             width = d if table == "ids" else c
             if offset:
                 self.add_module(table, EmbeddingTable(offset, width + tasks, config.sparse_lr))
-        content_fields = ("token",) * PATH_TOKENS + ("brand", "price") if config.use_content else ()
-        self.register_buffer(
-            "content_offsets", self._offsets((*content_fields, "device")), persistent=False
-        )
-        self.register_buffer("id_offsets", self._offsets(("user", "item")), persistent=False)
-        content_groups = [[len(content_fields)]]  # device
-        if config.use_content:
-            tokens, brand, price = list(range(PATH_TOKENS)), [PATH_TOKENS], [PATH_TOKENS + 1]
-            content_groups = [tokens, brand, price, *content_groups]
-        self.register_buffer(
-            "content_pool", _pooling(content_groups, len(content_fields) + 1, c), persistent=False
-        )
-        self.register_buffer("id_pool", _pooling([[0], [1]], 2, d), persistent=False)
+        content_fields = (*("token",) * PATH_TOKENS, "brand", "price", "device")
+        self.register_buffer("content_offsets", self._offsets(content_fields), persistent=False)
         behaviour_in = 1 + (d if config.use_ids else 0) + (4 * c if config.use_content else 0)
         if config.use_content:
             self.content_tower = nn.Sequential(
@@ -235,15 +244,16 @@ class MultiTaskNet(nn.Module):
         self.behaviour_tower = nn.Sequential(
             nn.Linear(behaviour_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d)
         )
-        self.dense_columns = [
+        dense_columns = [
             i
             for i, name in enumerate(DENSE_FEATURES)
             if (config.use_content or name not in CONTENT_DENSE_FEATURES)
             and (config.rate_features or not name.endswith("_rate"))
         ]
+        self.dense_columns = None if len(dense_columns) == len(DENSE_FEATURES) else dense_columns
         self.towers = build_towers(
             config.architecture,
-            in_dim=3 * d + c + len(self.dense_columns),
+            in_dim=3 * d + c + len(dense_columns),
             n_tasks=tasks,
             hidden=config.hidden,
             experts=config.experts,
@@ -265,9 +275,8 @@ class MultiTaskNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """ID vectors and wide weights start at zero (a new id adds nothing); content small."""
-        for section, (table, _) in self.sections.items():
-            rows = self.get_submodule(table).num_embeddings
-            self.reset_rows(section, torch.arange(1, rows))
+        for section, (_, start, end) in self.sections.items():
+            self.reset_rows(section, torch.arange(1, end - start))
 
     def reset_rows(
         self, section: str, rows: torch.Tensor, generator: torch.Generator | None = None
@@ -278,10 +287,10 @@ class MultiTaskNet(nn.Module):
         """
         if section not in self.sections:
             return
-        table_name, offset = self.sections[section]
+        table_name, offset, end = self.sections[section]
         table = self.get_submodule(table_name)
         index = rows + offset
-        index = index[(rows > 0) & (index < self._section_end(section))]
+        index = index[(rows > 0) & (index < end)]
         table.weight[index] = 0.0
         table.squared_gradients[index] = 0.0
         if table_name == "content":
@@ -289,34 +298,43 @@ class MultiTaskNet(nn.Module):
             init = torch.randn(len(index), width, generator=generator)
             table.weight[index, :width] = init * self.config.init_std
 
-    def _section_end(self, section: str) -> int:
-        table, offset = self.sections[section]
-        later = [o for s, (t, o) in self.sections.items() if t == table and o > offset]
-        return min(later) if later else self.get_submodule(table).num_embeddings
+    def _rows(self, section: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of ``section`` as rows of its table (0, unknown, stays 0)."""
+        offset = self.sections[section][1]
+        return torch.where(rows > 0, rows + offset, 0) if offset else rows
 
     def forward(self, batch: FeatureBatch) -> torch.Tensor:
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        fields = [batch.device.unsqueeze(1)]
-        if config.use_content:
-            fields = [batch.tokens, batch.brand.unsqueeze(1), batch.price.unsqueeze(1), *fields]
-        rows = torch.cat(fields, dim=1)
-        content = self.content(torch.where(rows > 0, rows + self.content_offsets, 0))
-        content = content.flatten(1) @ self.content_pool  # (B, [token, brand, price,] device, wide)
-        wide, device = content[:, -len(TASKS) :], content[:, -len(TASKS) - c : -len(TASKS)]
+        tasks = len(TASKS)
+        rows = batch.content if config.use_content else batch.content[:, -1:]
+        offsets = self.content_offsets if config.use_content else self.content_offsets[-1:]
+        content = self.content(torch.where(rows > 0, rows + offsets, 0))
+        vectors, wides = content.split([c, tasks], dim=2)  # (B, fields, c), (B, fields, 3)
+        wide = wides.sum(dim=1)
+        device = vectors[:, -1]
         item_content = user_offset = item_offset = None
         if config.use_content:
             log_price = batch.dense[:, LOG_PRICE : LOG_PRICE + 1]
-            item_content = self.content_tower(torch.cat([content[:, : 3 * c], log_price], dim=1))
+            tokens, brand_price = vectors[:, :PATH_TOKENS].sum(dim=1), vectors[:, PATH_TOKENS:-1]
+            content_in = torch.cat([tokens, brand_price.flatten(1), log_price], dim=1)
+            item_content = self.content_tower(content_in)
+        states = len(batch.state_user)
         if config.use_ids:
-            rows = torch.stack([batch.user, batch.item], dim=1)
-            ids = self.ids(torch.where(rows > 0, rows + self.id_offsets, 0)).flatten(1)
-            ids = ids @ self.id_pool  # (B, user, item, wide)
-            wide = wide + ids[:, 2 * d :]
-            user_offset, item_offset = ids[:, :d], ids[:, d : 2 * d]
-        u = self.user_vector(batch, user_offset)
+            users, items = self._rows("user", batch.state_user), self._rows("item", batch.item)
+            user_ids, item_ids = self.ids(torch.cat([users, items])).split([states, len(items)])
+            user_offset, user_wide = user_ids.split([d, tasks], dim=1)
+            item_offset, item_wide = item_ids.split([d, tasks], dim=1)
+            wide = wide + item_wide
+        user = self.user_vector(batch, user_offset)  # (G, d)
+        if config.use_ids:
+            user = torch.cat([user, user_wide], dim=1)
+        user = user[batch.user_state]
+        if config.use_ids:
+            user, user_wide = user.split([d, tasks], dim=1)
+            wide = wide + user_wide
         v = self.item_vector(batch, item_content, item_offset)
-        dense = batch.dense[:, self.dense_columns]
-        x = torch.cat([u, v, u * v, device, dense], dim=1)
+        dense = batch.dense if self.dense_columns is None else batch.dense[:, self.dense_columns]
+        x = torch.cat([user, v, user * v, device, dense], dim=1)
         deep = self.heads(self.towers(x))
         return batch.base_logits + deep + wide
 
@@ -332,42 +350,42 @@ class MultiTaskNet(nn.Module):
         return content + gate.unsqueeze(1) * offset
 
     def user_vector(self, batch: FeatureBatch, offset: torch.Tensor | None) -> torch.Tensor:
-        """``behaviour(history) + g_u(n_u) * offset``."""
-        fill = batch.dense[:, HISTORY_FILL]
-        behaviour = self.behaviour_tower(self.history_summary(batch.history, fill))
+        """``behaviour(history) + g_u(n_u) * offset``, one per user state."""
+        behaviour = self.behaviour_tower(self.history_summary(batch.history, batch.history_fill))
         if offset is None:
             return behaviour
-        gate = batch.user_count / (batch.user_count + self.config.user_gate_k)
+        count = batch.state_user_count
+        gate = count / (count + self.config.user_gate_k)
         return behaviour + gate.unsqueeze(1) * offset
 
     @torch.no_grad()
     def history_summary(self, history: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """How full the history is, and the mean embedding of each of its fields.
 
-        ``history`` is ``(B, N, 5)``: item, category, top-level category, brand
-        and price-bucket rows per slot, 0 for an empty slot; ``fill`` the
-        ``(B,)`` share of filled slots. Each field is summed over the rows of
-        its own section (row 0 of a section is padding, left out), divided by
-        the filled slots. The embeddings are read, not trained, here (the
-        candidate side trains them): on the simulated shop that is as good and
-        the step about a fifth faster.
+        ``history`` is ``(G, 5, N)``: item, category, top-level category,
+        brand and price-bucket rows per slot, 0 for an empty slot; ``fill``
+        the ``(G,)`` share of filled slots. Each field is summed over the rows
+        of its own section (row 0 of a section, never handed out nor learned,
+        stays zero: an empty slot adds nothing), divided by the filled
+        slots. The embeddings are read, not trained, here (the candidate
+        side trains them): on the simulated shop that is as good and the step
+        about a fifth faster.
         """
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        filled = (fill * history.shape[1]).clamp(min=1).unsqueeze(1)
+        filled = (fill * history.shape[2]).clamp(min=1).unsqueeze(1)
         summary = [fill.unsqueeze(1)]
         if config.use_ids:
-            summary.append(self._history_sums("item", history[:, :, 0])[:, :d] / filled)
+            summary.append(self._history_sums("item", history[:, 0])[:, :d] / filled)
         if config.use_content:
             for field, section in enumerate(HISTORY_SECTIONS[1:], start=1):
-                sums = self._history_sums(section, history[:, :, field])
-                summary.append(sums[:, :c] / filled)
+                summary.append(self._history_sums(section, history[:, field])[:, :c] / filled)
         return torch.cat(summary, dim=1)
 
     def _history_sums(self, section: str, rows: torch.Tensor) -> torch.Tensor:
-        """``(B, width)`` sums of each row of ``rows``' embeddings in ``section``."""
-        table_name, offset = self.sections[section]
-        weight = self.get_submodule(table_name).weight[offset : self._section_end(section)]
-        return F.embedding_bag(rows.contiguous(), weight, mode="sum", padding_idx=0)
+        """``(G, width)`` sums of each row of ``rows``' embeddings in ``section``."""
+        table_name, start, end = self.sections[section]
+        weight = self.get_submodule(table_name).weight[start:end]
+        return F.embedding_bag(rows, weight, mode="sum")
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
@@ -403,23 +421,6 @@ class MultiTaskNet(nn.Module):
         else:
             total = (fixed * per_task).sum()
         return total, per_task.detach()
-
-
-def _pooling(groups: list[list[int]], fields: int, width: int) -> torch.Tensor:
-    """A matrix turning ``(B, fields * (width + 3))`` looked-up rows into group sums.
-
-    Each row is a ``width`` vector then three wide weights. The product holds,
-    per group of fields, the sum of their vectors, then the sum of every
-    field's wide weights: one matrix product instead of a slice per use (whose
-    backward passes would each write a full-size gradient).
-    """
-    tasks = len(TASKS)
-    pool = torch.zeros(fields, width + tasks, len(groups) * width + tasks)
-    for group, members in enumerate(groups):
-        for field in members:
-            pool[field, :width, group * width : (group + 1) * width] = torch.eye(width)
-    pool[:, width:, len(groups) * width :] = torch.eye(tasks)
-    return pool.flatten(0, 1)
 
 
 def funnel_probabilities(logits: torch.Tensor) -> np.ndarray:

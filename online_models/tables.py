@@ -253,38 +253,39 @@ class UserHistory:
     -------
     >>> history = UserHistory(capacity=3, length=2, fields=2)
     >>> history.append(np.array([1, 1, 1]), np.array([[5, 6], [7, 8], [9, 10]]), now_ms=50)
-    >>> history.gather(np.array([1, 2]), before_ms=np.array([60, 60]))[:, :, 0].tolist()
+    >>> history.gather(np.array([1, 2]), before_ms=np.array([60, 60]))[:, 0].tolist()
     [[9, 7], [0, 0]]
-    >>> history.gather(np.array([1]), before_ms=np.array([50]))[:, :, 0].tolist()  # not yet
+    >>> history.gather(np.array([1]), before_ms=np.array([50]))[:, 0].tolist()  # not yet
     [[0, 0]]
     >>> history.clear(np.array([1])); history.gather(np.array([1]), np.array([60])).sum().item()
     0
     """
 
     def __init__(self, capacity: int, length: int, fields: int) -> None:
-        self.entries = np.zeros((capacity, length, fields), dtype=np.int32)
+        self.entries = np.zeros((capacity, fields, length), dtype=np.int32)
         self.added_ms = np.zeros((capacity, length), dtype=np.int64)
         self.appended = np.zeros(capacity, dtype=np.int64)
 
     @property
     def length(self) -> int:
         """Entries kept per user."""
-        return self.entries.shape[1]
+        return self.entries.shape[2]
 
     def gather(self, user_rows: np.ndarray, before_ms: np.ndarray) -> np.ndarray:
-        """``(len(user_rows), length, fields)`` entries added strictly before ``before_ms``.
+        """``(len(user_rows), fields, length)`` entries added strictly before ``before_ms``.
 
-        Empty slots and entries added at or after a row's ``before_ms`` are 0.
+        Field-major (each field's slots side by side). Empty slots and entries
+        added at or after a row's ``before_ms`` are 0.
         """
         visible = self.added_ms[user_rows] < before_ms[:, None]
-        return self.entries[user_rows] * visible[:, :, None]
+        return self.entries[user_rows] * visible[:, None, :]
 
     def append(self, user_rows: np.ndarray, features: np.ndarray, now_ms: int) -> None:
         """Append one entry (a row of ``features``) to each user, in order, at ``now_ms``."""
         entries, added, appended, length = self.entries, self.added_ms, self.appended, self.length
         for user, entry in zip(user_rows.tolist(), features, strict=True):
             slot = appended[user] % length
-            entries[user, slot] = entry
+            entries[user, :, slot] = entry
             added[user, slot] = now_ms
             appended[user] += 1
 

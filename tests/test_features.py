@@ -49,7 +49,7 @@ def test_encoding_is_deterministic():
             chunk = samples[start : start + 500]
             encoder.record(encoder.encode(chunk, learning=True), label_matrix(chunk))
         batches.append(encoder.encode(samples[1_500:], learning=False))
-    for field in ("user", "item", "tokens", "brand", "price", "device", "history", "dense"):
+    for field in ("user", "item", "content", "user_state", "history", "dense"):
         assert torch.equal(getattr(batches[0], field), getattr(batches[1], field)), field
 
 
@@ -72,7 +72,7 @@ def test_an_unseen_item_is_row_zero_with_its_content_encoded():
     batch = encoder.encode([new], learning=False)
     assert batch.item.tolist() == [0] and batch.item_count.tolist() == [0.0]
     same = encoder.encode([known], learning=False)
-    assert torch.equal(batch.tokens, same.tokens) and torch.equal(batch.brand, same.brand)
+    assert torch.equal(batch.content, same.content)  # tokens, brand, price bucket, device
     assert len(encoder.tables["item"]) == 1  # scoring inserted nothing
 
 
@@ -86,8 +86,9 @@ def test_a_click_enters_the_history_only_for_samples_after_it():
     assert dense(batch, "history_fill").tolist() == [0.0, 1 / 16]
     assert dense(batch, "history_same_category")[1] == 1.0
     clicked_row = encoder.tables["item"].rows(["i1"], now_ms=101, insert=False)[0]
-    assert batch.history[0].sum() == 0
-    assert clicked_row in batch.history[1, :, 0].tolist()
+    history = batch.history[batch.user_state]  # per sample: (field, slot)
+    assert history[0].sum() == 0
+    assert clicked_row in history[1, 0].tolist()
 
 
 def test_a_delayed_label_is_learned_with_the_features_it_was_scored_with():
@@ -104,3 +105,17 @@ def test_a_delayed_label_is_learned_with_the_features_it_was_scored_with():
     assert torch.equal(as_learned.dense, scored.dense)
     assert torch.equal(as_learned.history, scored.history)
     assert len(encoder.snapshots) == 0  # final label: the snapshot is gone
+
+
+def test_samples_seeing_the_same_user_state_share_it():
+    encoder = FeatureEncoder(SMALL)
+    click = Sample("u1", "i1", ts=100, category="toys.games", brand="acme", price=5.0, click=1.0)
+    encoder.record(encoder.encode([click], learning=True), label_matrix([click]))
+    slate = [
+        Sample("u1", "i2", ts=101),
+        Sample("u1", "i3", ts=101, category="books"),
+        Sample("u1", "i4", ts=100),  # before the click entered the history
+        Sample("u2", "i5", ts=101),
+    ]
+    state = encoder.encode(slate, learning=False).user_state.tolist()
+    assert state[0] == state[1] and len(set(state)) == 3

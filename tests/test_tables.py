@@ -107,9 +107,9 @@ def test_history_is_a_ring_that_hides_entries_newer_than_the_sample():
     history = UserHistory(capacity=4, length=3, fields=2)
     for step in range(5):
         history.append(np.array([1]), np.array([[step + 1, 0]]), now_ms=10 * step)
-    latest = history.gather(np.array([1]), before_ms=np.array([1_000]))[0, :, 0]
+    latest = history.gather(np.array([1]), before_ms=np.array([1_000]))[0, 0]
     assert sorted(latest.tolist()) == [3, 4, 5]  # the last three
-    earlier = history.gather(np.array([1]), before_ms=np.array([35]))[0, :, 0]
+    earlier = history.gather(np.array([1]), before_ms=np.array([35]))[0, 0]
     assert sorted(earlier.tolist()) == [0, 3, 4]  # entry 5 was added at 40
     history.clear(np.array([1]))
     assert history.gather(np.array([1]), np.array([1_000])).sum() == 0

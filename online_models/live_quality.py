@@ -25,7 +25,8 @@ Example
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -94,9 +95,8 @@ class LiveQuality:
         """Open predictions, the windows and the drift monitor, as plain values."""
         return {
             "open_keys": list(self._open.keys()),
-            "open_predictions": np.array(list(self._open.values())).reshape(-1, 3),
-            "pairs": {task: np.array(p, dtype=np.float64).reshape(-1, 2)
-                      for task, p in self._pairs.items()},
+            "open_predictions": _stacked(self._open.values(), len(self._open), 3),
+            "pairs": {task: _stacked(p, len(p), 2) for task, p in self._pairs.items()},
             "drift": self.drift.state_dict(),
         }
 
@@ -108,3 +108,9 @@ class LiveQuality:
             self._pairs[task].clear()
             self._pairs[task].extend(map(tuple, np.asarray(pairs).tolist()))
         self.drift.load_state_dict(state["drift"])
+
+
+def _stacked(rows: Iterable[Iterable[float]], count: int, width: int) -> np.ndarray:
+    """``(count, width)`` float64 from ``count`` rows (faster than ``np.array`` on a deque)."""
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=count * width)
+    return flat.reshape(count, width)

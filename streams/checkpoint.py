@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -40,6 +41,7 @@ from streams.lifetime import die_with_parent
 
 _NDARRAY = "__ndarray__"
 _ROWS = "__rows__"
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 COMPACT_MIN_ELEMENTS = 1 << 16
 """Tensors this large are checked for all-zero rows before saving (:func:`compact_rows`)."""
 FORMAT = "recstream-checkpoint"
@@ -163,12 +165,14 @@ def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
     'checkpoint-000000001.pt'
     """
     reader, writer = os.pipe()
+    gc.freeze()  # the collector then touches no shared page in either process (CPython docs)
     pid = os.fork()
     if pid:
         os.close(writer)
         return ChildSave(pid, reader)
     code = 1
     try:  # the child: from here on, only os._exit leaves
+        gc.disable()  # a collection would walk (and copy) every object: the child is brief
         _close_inherited_descriptors(keep=writer)
         die_with_parent(signal.SIGKILL)
         signal.set_wakeup_fd(-1)  # the worker's event loop must not hear the child's signals
@@ -205,6 +209,8 @@ def to_loadable(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: to_loadable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
+        if all(type(item) in _PLAIN for item in value):
+            return value  # most lists (ids, rows of numbers) need no walk, item by item
         return type(value)(to_loadable(item) for item in value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "biuf":
@@ -229,6 +235,8 @@ def from_loadable(value: Any) -> Any:
             return np.array(stored, dtype=value["dtype"])
         return {key: from_loadable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
+        if all(type(item) in _PLAIN for item in value):
+            return value
         return type(value)(from_loadable(item) for item in value)
     return value
 

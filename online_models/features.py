@@ -226,7 +226,7 @@ class ContentRows:
     -------
     >>> tokens, brands = IdTable("token", 8), IdTable("brand", 8)
     >>> cache = ContentRows(tokens, brands)
-    >>> rows, log_prices = cache.rows(("a.b", "a.b"), ("x", None), (1.0, None), 5, insert=True)
+    >>> rows, log_prices, complete = cache.rows(("a.b", "a.b"), ("x", None), (1.0, None), 5, True)
     >>> rows.tolist()           # tokens a.b, a; brand; price bucket
     [[1, 2, 0, 0, 1, 4], [1, 2, 0, 0, 0, 1]]
     >>> len(cache), tokens.last_seen[1].item()
@@ -254,11 +254,12 @@ class ContentRows:
         prices: Sequence[float | None],
         now_ms: int,
         insert: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, PATH_TOKENS + 2)`` rows (tokens, brand, price bucket) and ``(B,)`` log prices.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(B, PATH_TOKENS + 2)`` rows (tokens, brand, price bucket), log prices, completeness.
 
-        With ``insert`` new tokens and brands get rows and every token and
-        brand of the batch is marked as seen at ``now_ms``.
+        A content is complete when each of its named tokens and brand holds
+        a row. With ``insert`` new tokens and brands get rows and every token
+        and brand of the batch is marked as seen at ``now_ms``.
         """
         if self._table_releases() != self._releases:
             self._forget()
@@ -267,28 +268,34 @@ class ContentRows:
             map(self._slots.get, contents, repeat(-1)), dtype=np.int64, count=len(contents)
         )
         rows, log_prices = self._rows[slots], self._log_prices[slots]
+        complete = np.ones(len(contents), dtype=bool)
         missing = np.flatnonzero(slots < 0).tolist()
         if missing:
             fresh = list(dict.fromkeys(contents[i] for i in missing))
-            fresh_rows, fresh_log_prices = self._compute(fresh, now_ms, insert)
+            fresh_rows, fresh_log_prices, fresh_complete = self._compute(fresh, now_ms, insert)
             if self._table_releases() != self._releases:
                 # inserting evicted rows, perhaps rows kept here: look everything up again
                 self._forget()
                 fresh = list(dict.fromkeys(contents))
-                fresh_rows, fresh_log_prices = self._compute(fresh, now_ms, insert)
+                fresh_rows, fresh_log_prices, fresh_complete = self._compute(fresh, now_ms, insert)
                 missing = list(range(len(contents)))
             position = {content: j for j, content in enumerate(fresh)}
             which = [position[contents[i]] for i in missing]
             rows[missing], log_prices[missing] = fresh_rows[which], fresh_log_prices[which]
+            complete[missing] = fresh_complete[which]
         if insert:
-            self.tokens.touch(rows[:, :PATH_TOKENS].ravel(), now_ms)
-            self.brands.touch(rows[:, PATH_TOKENS], now_ms)
-        return rows, log_prices
+            self.touch(rows, now_ms)
+        return rows, log_prices, complete
+
+    def touch(self, rows: np.ndarray, now_ms: int) -> None:
+        """Mark the tokens and brands of content ``rows`` as seen at ``now_ms``."""
+        self.tokens.touch(rows[:, :PATH_TOKENS].ravel(), now_ms)
+        self.brands.touch(rows[:, PATH_TOKENS], now_ms)
 
     def _compute(
         self, contents: list[tuple[str | None, str | None, float | None]], now_ms: int, insert: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of distinct ``contents``, kept when every id holds a row."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, log prices and completeness of distinct ``contents``; complete ones kept."""
         categories, brands, prices = zip(*contents, strict=True)
         paths = [path_tokens(category) for category in categories]
         keys = [token for path in paths for token in path]
@@ -307,11 +314,86 @@ class ContentRows:
             self._slots[contents[j]] = start + offset
         self._rows[start : start + len(kept)] = rows[kept]
         self._log_prices[start : start + len(kept)] = log_prices[kept]
-        return rows, log_prices
+        return rows, log_prices, complete
 
     def _forget(self) -> None:
         self._slots.clear()
         self._releases = self._table_releases()
+
+
+_FEATURES = ("history", "dense", "user_count", "item_count")
+"""The features :meth:`FeatureEncoder._features` works out (and snapshots keep)."""
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Per-sample table rows of a batch, as looked up (or kept since scoring)."""
+
+    users: np.ndarray  # (B,) int64
+    items: np.ndarray  # (B,)
+    content: np.ndarray  # (B, PATH_TOKENS + 3): tokens, brand, price bucket, device
+    log_prices: np.ndarray  # (B,) float64, NaN if missing
+    times: np.ndarray  # (B,) int64 event times
+    complete: np.ndarray  # (B,) every named id held a row
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The rows as named arrays (what snapshots keep)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> _Rows:
+        """Inverse of :meth:`arrays` (empty rows if ``arrays`` lacks them)."""
+        if not arrays:
+            return cls._empty(0)
+        return cls(**{name: arrays[name] for name in cls.__slots__})
+
+    @classmethod
+    def _empty(cls, size: int) -> _Rows:
+        return cls(
+            users=np.zeros(size, np.int64),
+            items=np.zeros(size, np.int64),
+            content=np.zeros((size, PATH_TOKENS + 3), np.int64),
+            log_prices=np.zeros(size),
+            times=np.zeros(size, np.int64),
+            complete=np.zeros(size, bool),
+        )
+
+    def subset(self, mask: np.ndarray) -> _Rows:
+        """The rows where ``mask`` is true."""
+        return _Rows(**{name: getattr(self, name)[mask] for name in self.__slots__})
+
+    @classmethod
+    def merge(cls, first: np.ndarray, ones: _Rows, others: _Rows) -> _Rows:
+        """``ones`` where ``first`` is true, ``others`` elsewhere, in order."""
+        return cls(**_scatter(first, ones.arrays(), others.arrays()))
+
+
+def _scatter(
+    where: np.ndarray, ones: dict[str, np.ndarray], others: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each named array of ``ones`` at ``where``, of ``others`` elsewhere."""
+    if where.all():
+        return ones
+    if not where.any():
+        return others
+    merged = {}
+    for name, other in others.items():
+        array = np.empty((len(where), *other.shape[1:]), dtype=other.dtype)
+        array[where], array[~where] = ones[name], other
+        merged[name] = array
+    return merged
+
+
+def _entry(items: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """``(B, 5)`` int32 history entries: item, category, top-level category, brand, price."""
+    tokens = content[:, :PATH_TOKENS]
+    tops = np.where(tokens[:, 1] > 0, tokens[:, 1], tokens[:, 0])
+    columns = [items, tokens[:, 0], tops, content[:, PATH_TOKENS], content[:, PATH_TOKENS + 1]]
+    return np.stack(columns, axis=1).astype(np.int32)
+
+
+def _is_named(value: str | None) -> bool:
+    return value is not None
 
 
 class FeatureEncoder:
@@ -351,51 +433,132 @@ class FeatureEncoder:
         self.snapshots = ScoringSnapshots(snapshot_capacity)
         self.content = ContentRows(self.tables["token"], self.tables["brand"])
 
-    def encode(self, samples: Sequence[Sample], learning: bool) -> FeatureBatch:
-        """Features of ``samples``; ``learning`` inserts new ids into the tables."""
+    def encode(
+        self, samples: Sequence[Sample], learning: bool, labels: np.ndarray | None = None
+    ) -> FeatureBatch:
+        """Features of ``samples``; ``learning`` inserts new ids into the tables.
+
+        Scoring keeps what keyed samples were scored with; learning takes it
+        back (``labels``, ``(B, 3)`` NaN where unknown, tell which label is a
+        sample's last; computed from the samples when not given).
+        """
+        keys = np.fromiter(map(getattr, samples, repeat("key"), repeat(-1)), np.int64, len(samples))
+        if not learning:
+            rows = self._look_up(samples, insert=False)
+            features = self._features(rows)
+            if (keys >= 0).any():
+                generation = np.full(len(samples), self._generation())
+                self.snapshots.keep(keys, generation=generation, **rows.arrays(), **features)
+            return self._batch(rows, features, {})
+        if labels is None:
+            labels = label_matrix(samples)
+        found, kept = self.snapshots.take(keys, final=~np.isnan(labels[:, 2]))
+        rows = self._learned_rows(samples, found, kept)
+        released = self.take_released()
+        features = self._features(rows.subset(~found))
+        if found.any():
+            features = _scatter(found, {name: kept[name] for name in _FEATURES}, features)
+        return self._batch(rows, features, released)
+
+    def _generation(self) -> int:
+        """Changes whenever a table releases rows (then rows kept since scoring may be stale)."""
+        return sum(table.releases for table in self.tables.values())
+
+    def _look_up(self, samples: Sequence[Sample], insert: bool, now_ms: int | None = None) -> _Rows:
+        """Rows of the samples' ids (inserted if ``insert``, at the latest sample time)."""
         tables = self.tables
         user_ids, item_ids, times, categories, brand_ids, prices, device_ids = zip(
             *map(_COLUMNS, samples), strict=True
         )
-        now_ms = max(times)  # the tables' clock: largest event time learned
-        users = tables["user"].rows(user_ids, now_ms, insert=learning)
-        items = tables["item"].rows(item_ids, now_ms, insert=learning)
-        devices = tables["device"].rows(device_ids, now_ms, insert=learning)
-        content, log_prices = self.content.rows(categories, brand_ids, prices, now_ms, learning)
-        released = self.take_released() if learning else {}
+        now_ms = max(max(times), now_ms or 0)  # the tables' clock: largest event time learned
+        users = tables["user"].rows(user_ids, now_ms, insert)
+        items = tables["item"].rows(item_ids, now_ms, insert)
+        devices = tables["device"].rows(device_ids, now_ms, insert)
+        content, log_prices, complete = self.content.rows(
+            categories, brand_ids, prices, now_ms, insert
+        )
+        named_device = np.fromiter(map(_is_named, device_ids), bool, len(samples))
+        complete &= (users > 0) & (items > 0) & ((devices > 0) | ~named_device)
+        return _Rows(
+            users=users,
+            items=items,
+            content=np.column_stack([content, devices]),
+            log_prices=log_prices,
+            times=np.array(times, dtype=np.int64),
+            complete=complete,
+        )
 
-        tokens, brands, buckets = content[:, :PATH_TOKENS], content[:, -2], content[:, -1]
-        categories_rows = tokens[:, 0]
-        tops = np.where(tokens[:, 1] > 0, tokens[:, 1], tokens[:, 0])
-        entry = np.stack([items, categories_rows, tops, brands, buckets], axis=1).astype(np.int32)
-        stamps = np.array(times, dtype=np.int64)
-        history = self.history.gather(users, before_ms=stamps)
+    def _learned_rows(
+        self, samples: Sequence[Sample], found: np.ndarray, kept: dict[str, np.ndarray]
+    ) -> _Rows:
+        """Rows of samples to learn: kept since scoring when still valid, else looked up.
+
+        Kept rows are valid when every id held a row when scored and no table
+        has released a row since; their ids are then only marked as seen.
+        """
+        reuse = np.zeros(len(samples), dtype=bool)
+        generation = self._generation()
+        if found.any():
+            reuse[found] = kept["complete"] & (kept["generation"] == generation)
+        kept_rows = _Rows.from_arrays(kept).subset(reuse[found])
+        latest = int(kept_rows.times.max()) if reuse.any() else None
+        if reuse.all():
+            rows = kept_rows
+        else:
+            fresh = np.flatnonzero(~reuse).tolist()
+            looked_up = self._look_up([samples[i] for i in fresh], insert=True, now_ms=latest)
+            if reuse.any() and self._generation() != generation:  # kept rows may be gone
+                return self._look_up(samples, insert=True)
+            rows = _Rows.merge(reuse, kept_rows, looked_up)
+        if reuse.any():
+            now_ms = int(rows.times.max())
+            for name, table_rows in (
+                ("user", kept_rows.users),
+                ("item", kept_rows.items),
+                ("device", kept_rows.content[:, -1]),
+            ):
+                self.tables[name].touch(table_rows, now_ms)
+            self.content.touch(kept_rows.content[:, :-1], now_ms)
+        return rows
+
+    def _features(self, rows: _Rows) -> dict[str, np.ndarray]:
+        """History, dense features and counts of ``rows``, as the tables stand now."""
+        tables = self.tables
+        users, items, content = rows.users, rows.items, rows.content
+        entry = _entry(items, content)
+        history = self.history.gather(users, before_ms=rows.times)
         user_count = tables["user"].counts[users]
         item_count = tables["item"].counts[items]
-        entity_rows = {"item": items, "user": users, "brand": brands, "category": categories_rows}
+        entity_rows = {"item": items, "user": users, "brand": entry[:, 3], "category": entry[:, 1]}
         dense = np.concatenate(
             [
-                _history_features(log_prices, entry, history, user_count, item_count),
-                self._relative_price(categories_rows, log_prices),
+                _history_features(rows.log_prices, entry, history, user_count, item_count),
+                self._relative_price(entry[:, 1], rows.log_prices),
                 self._rate_features(entity_rows),
             ],
             axis=1,
         )
-        self._match_snapshots(samples, learning, history, dense, user_count, item_count)
-        first, user_state = _user_states(history, users, user_count)
+        counts = {"user_count": user_count, "item_count": item_count}
+        return {"history": history, "dense": dense, **counts}
+
+    def _batch(
+        self, rows: _Rows, features: dict[str, np.ndarray], released: dict[str, np.ndarray]
+    ) -> FeatureBatch:
+        history, dense, user_count = features["history"], features["dense"], features["user_count"]
+        first, user_state = _user_states(history, rows.users, user_count)
         return FeatureBatch(
-            user=torch.from_numpy(users),
-            item=torch.from_numpy(items),
-            content=torch.from_numpy(np.column_stack([content, devices])),
+            user=torch.from_numpy(rows.users),
+            item=torch.from_numpy(rows.items),
+            content=torch.from_numpy(rows.content),
             dense=torch.from_numpy(dense),
-            item_count=torch.from_numpy(item_count.astype(np.float32)),
+            item_count=torch.from_numpy(features["item_count"].astype(np.float32)),
             user_state=torch.from_numpy(user_state),
-            state_user=torch.from_numpy(users[first]),
+            state_user=torch.from_numpy(rows.users[first]),
             state_user_count=torch.from_numpy(user_count[first].astype(np.float32)),
             history=torch.from_numpy(history[first].astype(np.int64)),
             history_fill=torch.from_numpy(dense[first, HISTORY_FILL]),
             base_logits=torch.from_numpy(_logit(self.shop_rates()).astype(np.float32)),
-            entry=entry,
+            entry=_entry(rows.items, rows.content),
             released=released,
         )
 
@@ -443,28 +606,6 @@ class FeatureEncoder:
         for table in self.tables.values():
             table.expire(table.now_ms, max_idle_ms)
         return self.take_released()
-
-    def _match_snapshots(
-        self,
-        samples: Sequence[Sample],
-        learning: bool,
-        history: np.ndarray,
-        dense: np.ndarray,
-        user_count: np.ndarray,
-        item_count: np.ndarray,
-    ) -> None:
-        """Scoring keeps keyed samples' features; learning puts them back in place."""
-        keys = np.fromiter(map(getattr, samples, repeat("key"), repeat(-1)), np.int64, len(samples))
-        if not (keys >= 0).any():
-            return
-        if not learning:
-            self.snapshots.keep(keys, history, dense, user_count, item_count)
-            return
-        final = np.fromiter((s.purchase is not None for s in samples), bool, len(samples))
-        found, kept_history, kept_dense, counts = self.snapshots.take(keys, final)
-        if found.any():
-            history[found], dense[found] = kept_history, kept_dense
-            user_count[found], item_count[found] = counts[:, 0], counts[:, 1]
 
     def record(self, batch: FeatureBatch, labels: np.ndarray) -> None:
         """After learning ``batch`` with ``labels`` (``(B, 3)``, NaN unknown).

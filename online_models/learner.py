@@ -238,7 +238,7 @@ class MultiTaskLearner:
         if torch.isnan(labels).all():
             return
         weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)
-        batch = self.encoder.encode(samples, learning=True)
+        batch = self.encoder.encode(samples, learning=True, labels=labels.numpy())
         self._reset_released(batch.released)
         total, _ = self.net.loss(self.net(batch), labels, weights)
         self.optimiser.zero_grad(set_to_none=True)

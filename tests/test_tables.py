@@ -121,22 +121,21 @@ def test_snapshots_are_bounded_and_forgotten_after_the_final_label():
 
     def keep(key, value):
         history, dense = np.full((1, 1, 2), value, np.int32), np.full((1, 4), value, np.float32)
-        counts = np.array([value])
-        snapshots.keep(np.array([key]), history, dense, user_counts=counts, item_counts=counts)
+        snapshots.keep(np.array([key]), history=history, dense=dense, count=np.array([value]))
 
     for key in range(3):
         keep(key, key)
     assert len(snapshots) == 2 and not snapshots.take(np.array([0]), not_final)[0][0]  # oldest
     keep(1, 99)
-    assert snapshots.take(np.array([1]), not_final)[3].tolist() == [[1, 1]]  # first scoring kept
+    assert snapshots.take(np.array([1]), not_final)[1]["count"].tolist() == [1]  # first kept
     assert snapshots.take(np.array([1]), np.array([True]))[0][0]
     assert not snapshots.take(np.array([1]), not_final)[0][0]  # final label: forgotten
     restored = ScoringSnapshots(capacity=2)
     restored.load_state_dict(snapshots.state_dict())
-    found, history, dense, counts = restored.take(np.array([2, 5]), np.array([False, False]))
+    found, kept = restored.take(np.array([2, 5]), np.array([False, False]))
     assert found.tolist() == [True, False]
-    assert counts.tolist() == [[2, 2]] and dense.tolist() == [[2.0] * 4]
-    assert history.tolist() == [[[2, 2]]]
+    assert kept["count"].tolist() == [2] and kept["dense"].tolist() == [[2.0] * 4]
+    assert kept["history"].tolist() == [[[2, 2]]]
 
 
 def test_decayed_sums_halve_every_half_life_and_forget_released_rows():

@@ -27,6 +27,7 @@ Example
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -55,6 +56,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     """The worker's Faust app, wired to ``service``."""
     settings = service.settings
     _FETCH_WAIT_MS["value"] = settings.fetch_wait_ms
+    datadir = Path(settings.checkpoint_dir) / "faust"  # Faust's own files, not in the cwd
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"recstream-{settings.topic_prefix}worker",
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],
@@ -62,6 +65,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
+        datadir=str(datadir),
         topic_allow_declare=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",

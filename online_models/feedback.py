@@ -28,35 +28,83 @@ dropped (already learned); a positive arriving after the wait is still
 learned (so that stage counts it twice, as in fake-negative training: keep
 the waits above the usual delays). Samples without a key pass through.
 
+The bookkeeping is a few numpy arrays indexed by ``key % capacity`` (the
+resolver numbers samples in order, so a new key takes the slot of the one
+``capacity`` before it) and a heap of batches of deadlines, so a batch costs a
+handful of array operations rather than a heap operation per sample.
+
 Example
 -------
+>>> from online_models.features import label_matrix
 >>> from online_models.labels import TrackedSample
 >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
 >>> waits.scored([TrackedSample("u1", "i1", ts=0, key=1), TrackedSample("u1", "i2", ts=0, key=2)])
->>> [s.key for s in waits.admit([TrackedSample("u1", "i1", ts=0, key=1, click=1.0)])]
-[1]
+>>> click = TrackedSample("u1", "i1", ts=0, key=1, click=1.0)
+>>> waits.admit([click], label_matrix([click])).tolist()
+[True]
 >>> waits.scored([TrackedSample("u2", "i3", ts=1_500, key=3)])          # time moves on
->>> [(s.key, s.labels()) for s in waits.due()]                           # i2: no click
-[(2, (0.0, 0.0, 0.0))]
->>> waits.admit([TrackedSample("u1", "i2", ts=0, key=2, click=0.0, cart=0.0, purchase=0.0)])
-[]
+>>> samples, labels = waits.due()                                        # i2: no click
+>>> [s.key for s in samples], labels.tolist()
+([2], [[0.0, 0.0, 0.0]])
+>>> closure = TrackedSample("u1", "i2", ts=0, key=2, click=0.0, cart=0.0, purchase=0.0)
+>>> waits.admit([closure], label_matrix([closure])).tolist()                # learned already
+[False]
 >>> waits.scored([TrackedSample("u2", "i4", ts=7_000, key=4)])
->>> [(s.key, s.labels()) for s in waits.due()]              # i3: no click; i1: no cart
-[(3, (0.0, 0.0, 0.0)), (1, (None, 0.0, 0.0))]
+>>> samples, labels = waits.due()                            # i3: no click; i1: no cart
+>>> [s.key for s in samples], labels.tolist()
+([3, 1], [[0.0, 0.0, 0.0], [nan, 0.0, 0.0]])
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
-from online_models.base import Sample
+import numpy as np
+
+from online_models.base import TASKS, Sample
 from online_models.labels import TrackedSample
 
 _FIELDS = ("user_id", "item_id", "ts", "category", "brand", "price", "device", "weight", "key")
 STAGES = 3
 """Click, cart, purchase: a stage is the index of the label it waits for."""
+NONE = -1
+"""No stage (in the waiting and assumed arrays), no key (in the key array)."""
+_TIME = attrgetter("ts")
+_LABELS = attrgetter("click", "cart", "purchase")
+_NO_LABELS = (None, None, None)
+_NEGATIVES = np.array(
+    [[0.0, 0.0, 0.0], [math.nan, 0.0, 0.0], [math.nan, math.nan, 0.0]], dtype=np.float32
+)
+"""The labels of a sample assumed negative from each stage on."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Waits:
+    """A batch of waits: when each is due, its slot, key and awaited stage."""
+
+    due: np.ndarray
+    slots: np.ndarray
+    keys: np.ndarray
+    stages: np.ndarray
+
+    def take(self, which: Any) -> _Waits:
+        return _Waits(self.due[which], self.slots[which], self.keys[which], self.stages[which])
+
+    @staticmethod
+    def concatenate(batches: list[_Waits]) -> _Waits:
+        return _Waits(
+            np.concatenate([b.due for b in batches]),
+            np.concatenate([b.slots for b in batches]),
+            np.concatenate([b.keys for b in batches]),
+            np.concatenate([b.stages for b in batches]),
+        )
 
 
 class ProvisionalNegatives:
@@ -68,7 +116,8 @@ class ProvisionalNegatives:
         Event time a sample waits for its click (from its own time), its cart
         (from when its click was learned) and its purchase (from its cart).
     capacity
-        Samples tracked at most; beyond it the oldest are forgotten and
+        Samples tracked at most (slots of the ring): a key takes over the
+        slot of the key ``capacity`` before it, which is then forgotten and
         learned the resolver's way.
     """
 
@@ -77,13 +126,22 @@ class ProvisionalNegatives:
             raise ValueError("waits_ms needs one wait per funnel stage")
         self.waits_ms = tuple(waits_ms)
         self.capacity = capacity
-        self._waiting: dict[int, tuple[int, int, TrackedSample]] = {}  # key: stage, due, sample
-        self._queue: list[tuple[int, int, int]] = []  # (due, key, stage), stale entries skipped
-        self._assumed: dict[int, int] = {}  # key: the stage learned as negative
+        self._reset()
+
+    def _reset(self) -> None:
+        capacity = self.capacity
+        self._key = np.full(capacity, NONE, dtype=np.int64)
+        self._waiting = np.full(capacity, NONE, dtype=np.int8)  # the stage waited for
+        self._assumed = np.full(capacity, NONE, dtype=np.int8)  # the stage learned as negative
+        self._due = np.zeros(capacity, dtype=np.int64)
+        self._sample = np.empty(capacity, dtype=object)
+        self._queue: list[tuple[int, int, _Waits]] = []  # (first due, sequence, batch)
+        self._sequence = itertools.count()
         self.now_ms = 0
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        """Samples waiting."""
+        return int(np.count_nonzero(self._waiting != NONE))
 
     def scored(self, samples: Sequence[Sample]) -> None:
         """Start the click wait of impressions (keyed, no label yet); advance the clock.
@@ -92,117 +150,141 @@ class ProvisionalNegatives:
         """
         if not samples:
             return
-        wait = self.waits_ms[0]
-        waiting, assumed, queue = self._waiting, self._assumed, self._queue
-        for sample, key in zip(samples, _keys(samples), strict=True):
-            if key < 0 or key in waiting or key in assumed or _labelled(sample):
-                continue
-            due = sample.ts + wait
-            waiting[key] = (0, due, sample)
-            heapq.heappush(queue, (due, key, 0))
-        self.now_ms = max(self.now_ms, max(s.ts for s in samples))
-        self._bound()
+        times = np.fromiter(map(_TIME, samples), np.int64, len(samples))
+        self.now_ms = max(self.now_ms, int(times.max()))
+        keys = _keys(samples)
+        fresh = np.flatnonzero(keys >= 0)
+        if len(fresh) == 0:
+            return
+        unlabelled = map(_NO_LABELS.__eq__, map(_LABELS, [samples[i] for i in fresh.tolist()]))
+        fresh = fresh[np.fromiter(unlabelled, bool, len(fresh))]
+        keys = keys[fresh]
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():  # usually in order already
+            keys, first = np.unique(keys, return_index=True)
+            fresh = fresh[first]
+        slots = keys % self.capacity
+        tracked = (self._key[slots] == keys) & (
+            (self._waiting[slots] != NONE) | (self._assumed[slots] != NONE)
+        )
+        fresh, keys, slots = fresh[~tracked], keys[~tracked], slots[~tracked]
+        self._wait(slots, keys, np.zeros(len(slots), np.int8), times[fresh] + self.waits_ms[0])
+        self._sample[slots] = [samples[i] for i in fresh.tolist()]
 
-    def admit(self, samples: Sequence[Sample]) -> list[Sample]:
-        """``samples`` minus the negatives already learned provisionally; moves the waits on."""
+    def admit(self, samples: Sequence[Sample], labels: np.ndarray) -> np.ndarray:
+        """Which of ``samples`` (with ``labels``, ``(n, 3)``) to learn; moves the waits on.
+
+        Left out: the resolver's negatives for a stage already learned as
+        negative. A positive registers the wait for the next stage.
+        """
+        admitted = np.ones(len(samples), dtype=bool)
         if not samples:
-            return []
-        admitted = []
-        waiting, queue, assumed_stages = self._waiting, self._queue, self._assumed
-        now = self.now_ms
-        for sample, key in zip(samples, _keys(samples), strict=True):
-            now = max(now, sample.ts)
-            click, cart, purchase = sample.click, sample.cart, sample.purchase
-            if purchase is not None:
-                last, label = 2, purchase
-            elif cart is not None:
-                last, label = 1, cart
-            else:
-                last, label = 0, click
-            if key < 0 or label is None:
-                admitted.append(sample)
-                continue
-            assumed = assumed_stages.pop(key, None)
-            if assumed is not None:
-                value = (click, cart, purchase)[assumed]
-                if value is not None and not value > 0:
-                    continue  # the window's own negative for what was learned as negative
-            waiting.pop(key, None)
-            if assumed is None and last < STAGES - 1 and label > 0:
-                due = now + self.waits_ms[last + 1]
-                waiting[key] = (last + 1, due, sample)
-                heapq.heappush(queue, (due, key, last + 1))
-            admitted.append(sample)
-        self.now_ms = now
-        self._bound()
+            return admitted
+        times = np.fromiter(map(_TIME, samples), np.int64, len(samples))
+        clock = np.maximum.accumulate(np.maximum(times, self.now_ms))  # as learned one by one
+        self.now_ms = int(clock[-1])
+        keys = _keys(samples)
+        known = ~np.isnan(labels)
+        last = np.where(known[:, 2], 2, np.where(known[:, 1], 1, 0))
+        label = labels[np.arange(len(samples)), last]
+        keyed = np.flatnonzero((keys >= 0) & ~np.isnan(label))
+        for occurrence in _occurrences(keys[keyed]):  # a key twice: in order
+            rows = keyed[occurrence]
+            slots = keys[rows] % self.capacity
+            own = self._key[slots] == keys[rows]
+            assumed = np.where(own, self._assumed[slots], NONE)
+            self._assumed[slots[own]] = NONE
+            was_assumed = assumed != NONE
+            value = labels[rows, np.maximum(assumed, 0)]
+            dropped = was_assumed & ~(value > 0) & ~np.isnan(value)
+            admitted[rows[dropped]] = False
+            self._waiting[slots[own & ~dropped]] = NONE
+            moves_on = ~was_assumed & (last[rows] < STAGES - 1) & (label[rows] > 0)
+            rows, slots = rows[moves_on], slots[moves_on]
+            stage = (last[rows] + 1).astype(np.int8)
+            self._wait(slots, keys[rows], stage, clock[rows] + np.take(self.waits_ms, stage))
+            self._sample[slots] = [samples[i] for i in rows]
         return admitted
 
-    def due(self) -> list[TrackedSample]:
-        """Samples whose wait is over, labelled 0 from the awaited stage on."""
-        due = []
-        queue, waiting, assumed = self._queue, self._waiting, self._assumed
-        while queue and queue[0][0] <= self.now_ms:
-            _, key, stage = heapq.heappop(queue)
-            entry = waiting.get(key)
-            if entry is None or entry[0] != stage:
-                continue
-            del waiting[key]
-            assumed[key] = stage
-            due.append(_negative_from(entry[2], stage))
-        self._bound()
-        return due
+    def due(self) -> tuple[list[TrackedSample], np.ndarray]:
+        """Samples whose wait is over, and their labels: 0 from the awaited stage on."""
+        ready = []
+        while self._queue and self._queue[0][0] <= self.now_ms:
+            waits = heapq.heappop(self._queue)[2]
+            over = int(np.searchsorted(waits.due, self.now_ms, side="right"))
+            ready.append(waits.take(slice(None, over)))
+            if over < len(waits.due):
+                self._push(waits.take(slice(over, None)))
+        if not ready:
+            return [], np.empty((0, len(TASKS)), dtype=np.float32)
+        waits = _Waits.concatenate(ready)
+        slots = waits.slots
+        current = (
+            (self._key[slots] == waits.keys)
+            & (self._waiting[slots] == waits.stages)
+            & (self._due[slots] == waits.due)
+        )
+        waits = waits.take(current)
+        waits = waits.take(np.lexsort((waits.keys, waits.due)))
+        self._assumed[waits.slots] = waits.stages
+        self._waiting[waits.slots] = NONE
+        return self._sample[waits.slots].tolist(), _NEGATIVES[waits.stages]
 
-    def _bound(self) -> None:
-        """Forget the oldest entries beyond ``capacity`` (stale queue entries are skipped)."""
-        for tracked in (self._waiting, self._assumed):
-            while len(tracked) > self.capacity:
-                del tracked[next(iter(tracked))]
+    def _wait(
+        self, slots: np.ndarray, keys: np.ndarray, stages: np.ndarray, due: np.ndarray
+    ) -> None:
+        """Make ``keys`` (taking over their slots) wait for ``stages`` until ``due``."""
+        if len(slots) == 0:
+            return
+        self._key[slots] = keys
+        self._waiting[slots] = stages
+        self._assumed[slots] = NONE
+        self._due[slots] = due
+        order = np.argsort(due, kind="stable")
+        self._push(_Waits(due[order], slots[order], keys[order], stages[order]))
+
+    def _push(self, waits: _Waits) -> None:
+        """Queue a due-sorted batch of waits (ones replaced since are skipped when due)."""
+        heapq.heappush(self._queue, (int(waits.due[0]), next(self._sequence), waits))
 
     def state_dict(self) -> dict[str, Any]:
         """Waiting samples (as field lists), assumed stages and the clock."""
+        waiting = np.flatnonzero(self._waiting != NONE)
+        assumed = np.flatnonzero(self._assumed != NONE)
         return {
             "waiting": [
-                [stage, due, *(getattr(sample, f) for f in _FIELDS)]
-                for stage, due, sample in self._waiting.values()
+                [int(self._waiting[slot]), int(self._due[slot])]
+                + [getattr(self._sample[slot], f) for f in _FIELDS]
+                for slot in waiting.tolist()
             ],
-            "assumed": [[key, stage] for key, stage in self._assumed.items()],
+            "assumed": [[int(self._key[slot]), int(self._assumed[slot])] for slot in assumed],
             "now_ms": self.now_ms,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore exactly what :meth:`state_dict` saved."""
-        self._waiting, self._queue = {}, []
+        self._reset()
         for stage, due, *fields in state["waiting"]:
             sample = TrackedSample(**dict(zip(_FIELDS, fields, strict=True)))
-            self._waiting[sample.key] = (stage, due, sample)
-            self._queue.append((due, sample.key, stage))
-        heapq.heapify(self._queue)
-        self._assumed = {key: stage for key, stage in state["assumed"]}
+            slot = np.array([sample.key % self.capacity])
+            self._wait(slot, np.array([sample.key]), np.array([stage], np.int8), np.array([due]))
+            self._sample[slot[0]] = sample
+        for key, stage in state["assumed"]:
+            slot = key % self.capacity
+            self._key[slot], self._assumed[slot] = key, stage
         self.now_ms = int(state["now_ms"])
 
 
-def _keys(samples: Sequence[Sample]) -> list[int]:
+def _keys(samples: Sequence[Sample]) -> np.ndarray:
     """Each sample's resolver key, -1 for samples without one."""
-    return [getattr(s, "key", -1) for s in samples]
+    return np.fromiter(map(getattr, samples, repeat("key"), repeat(NONE)), np.int64, len(samples))
 
 
-def _labelled(sample: Sample) -> bool:
-    return sample.click is not None or sample.cart is not None or sample.purchase is not None
-
-
-def _negative_from(sample: TrackedSample, stage: int) -> TrackedSample:
-    """``sample`` labelled 0 from ``stage`` on, unknown before it."""
-    return TrackedSample(
-        user_id=sample.user_id,
-        item_id=sample.item_id,
-        ts=sample.ts,
-        category=sample.category,
-        brand=sample.brand,
-        price=sample.price,
-        device=sample.device,
-        click=0.0 if stage == 0 else None,
-        cart=0.0 if stage <= 1 else None,
-        purchase=0.0,
-        weight=sample.weight,
-        key=sample.key,
-    )
+def _occurrences(keys: np.ndarray) -> list[np.ndarray]:
+    """Positions of ``keys`` split into rounds: first occurrences, second ones, ..."""
+    if len(keys) == 0:
+        return []
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    return [np.sort(order[rank == r]) for r in range(int(rank.max()) + 1)]

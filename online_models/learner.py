@@ -31,7 +31,7 @@ Example
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -228,17 +228,23 @@ class MultiTaskLearner:
         Samples that waited ``provisional_negative_ms`` for their next label
         are learned with them as negatives (their later closures skipped).
         """
+        labels = label_matrix(samples)
         if self.feedback is not None:
-            samples = [*self.feedback.admit(samples), *self.feedback.due()]
-        for chunk in _chunks(samples, self.config.max_batch_size):
-            self._learn_batch(chunk)
+            admitted = self.feedback.admit(samples, labels)
+            if not admitted.all():
+                samples = [s for s, keep in zip(samples, admitted.tolist(), strict=True) if keep]
+            waited, negatives = self.feedback.due()
+            samples, labels = [*samples, *waited], np.concatenate([labels[admitted], negatives])
+        size = self.config.max_batch_size
+        for start in range(0, len(samples), size):
+            self._learn_batch(samples[start : start + size], labels[start : start + size])
 
-    def _learn_batch(self, samples: Sequence[Sample]) -> None:
-        labels = torch.from_numpy(label_matrix(samples))
+    def _learn_batch(self, samples: Sequence[Sample], label_rows: np.ndarray) -> None:
+        labels = torch.from_numpy(label_rows)
         if torch.isnan(labels).all():
             return
         weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)
-        batch = self.encoder.encode(samples, learning=True, labels=labels.numpy())
+        batch = self.encoder.encode(samples, learning=True, labels=label_rows)
         self._reset_released(batch.released)
         total, _ = self.net.loss(self.net(batch), labels, weights)
         self.optimiser.zero_grad(set_to_none=True)
@@ -246,7 +252,7 @@ class MultiTaskLearner:
         for table in self.net.tables:
             table.step()
         self.optimiser.step()
-        self.encoder.record(batch, labels.numpy())
+        self.encoder.record(batch, label_rows)
         self.model_version += 1
         if self.config.id_ttl_ms is not None and self.model_version % self.config.expiry_every == 0:
             self._reset_released(self.encoder.expire(self.config.id_ttl_ms))
@@ -368,11 +374,6 @@ def id_only(config: MultiTaskConfig | None = None) -> MultiTaskLearner:
     return MultiTaskLearner(replace(config or MultiTaskConfig(), name="id_only", use_content=False))
 
 
-def _chunks(samples: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
-    for start in range(0, len(samples), size):
-        yield samples[start : start + size]
-
-
 def benchmark(
     learner: MultiTaskLearner | None = None,
     samples: int = 50_000,
@@ -393,9 +394,9 @@ def benchmark(
     learner = learner or mtl()
     stream, _ = ToyShop(seed=seed).stream(samples)
     start = time.perf_counter()
-    for chunk in _chunks(stream, batch_size):
-        learner.predict(chunk)
-        learner.learn(chunk)
+    for start in range(0, len(stream), batch_size):
+        learner.predict(stream[start : start + batch_size])
+        learner.learn(stream[start : start + batch_size])
     seconds = time.perf_counter() - start
     return {
         "samples": float(samples),

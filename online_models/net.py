@@ -140,7 +140,8 @@ class EmbeddingTable(nn.Module):
         unique = torch.from_numpy(unique)
         rows = self.weight.index_select(0, unique).requires_grad_()
         self._used = (unique, rows)
-        return F.embedding(torch.from_numpy(inverse).view(index.shape), rows)
+        looked_up = rows.index_select(0, torch.from_numpy(inverse))  # backward: index_add_
+        return looked_up.view(*index.shape, rows.shape[1])
 
     @torch.no_grad()
     def step(self) -> None:

@@ -1,10 +1,34 @@
 """Provisional negatives: "not yet" becomes "no" after a wait, and is never learned twice."""
 
+import math
+
+from online_models.features import label_matrix
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from producers.contract import Event
 
 SECOND = 1_000
+
+
+def admit(waits, samples):
+    """The samples ``waits`` lets through."""
+    admitted = waits.admit(samples, label_matrix(samples))
+    return [s for s, keep in zip(samples, admitted, strict=True) if keep]
+
+
+def due(waits):
+    """``(key, labels)`` of the samples now due, ``None`` for an unknown label."""
+    samples, labels = waits.due()
+    return [
+        (s.key, tuple(None if math.isnan(v) else v for v in row))
+        for s, row in zip(samples, labels.tolist(), strict=True)
+    ]
+
+
+def learned_labels(waits, samples):
+    """What a learner learns now: admitted samples' labels, then the due ones'."""
+    admitted = admit(waits, samples)
+    return [(s.key, s.labels()) for s in admitted] + due(waits)
 
 
 def shown(key: int, ts: int = 0) -> TrackedSample:
@@ -14,22 +38,22 @@ def shown(key: int, ts: int = 0) -> TrackedSample:
 def test_an_impression_without_a_click_is_learned_as_a_negative_once_its_wait_is_over():
     waits = ProvisionalNegatives(waits_ms=(10 * SECOND, 60 * SECOND, 60 * SECOND))
     waits.scored([shown(1)])
-    assert waits.due() == []
+    assert due(waits) == []
     waits.scored([shown(2, ts=10 * SECOND)])  # the clock reaches the first one's deadline
-    assert [(s.key, s.labels()) for s in waits.due()] == [(1, (0.0, 0.0, 0.0))]
+    assert due(waits) == [(1, (0.0, 0.0, 0.0))]
     closure = TrackedSample("u1", "i1", ts=0, key=1, click=0.0, cart=0.0, purchase=0.0)
-    assert waits.admit([closure]) == []  # already learned as a negative
+    assert admit(waits, [closure]) == []  # already learned as a negative
 
 
 def test_a_click_in_time_is_learned_as_given_and_then_waits_for_its_cart():
     waits = ProvisionalNegatives(waits_ms=(10 * SECOND, 60 * SECOND, 60 * SECOND))
     waits.scored([shown(1)])
     click = TrackedSample("u1", "i1", ts=0, key=1, click=1.0)
-    assert waits.admit([click]) == [click]
+    assert admit(waits, [click]) == [click]
     waits.scored([shown(2, ts=45 * SECOND)])
-    assert waits.due() == []
+    assert due(waits) == []
     waits.scored([shown(3, ts=60 * SECOND)])
-    assert [(s.key, s.labels()) for s in waits.due()] == [
+    assert due(waits) == [
         (2, (0.0, 0.0, 0.0)),  # no click by 55 s
         (1, (None, 0.0, 0.0)),  # clicked, no cart by 60 s
     ]
@@ -38,11 +62,11 @@ def test_a_click_in_time_is_learned_as_given_and_then_waits_for_its_cart():
 def test_a_late_positive_is_still_learned():
     waits = ProvisionalNegatives(waits_ms=(10 * SECOND, 60 * SECOND, 60 * SECOND))
     waits.scored([shown(1), shown(2, ts=20 * SECOND)])
-    assert [s.key for s in waits.due()] == [1]
+    assert [key for key, _ in due(waits)] == [1]
     late = TrackedSample("u1", "i1", ts=0, key=1, click=1.0)
-    assert waits.admit([late]) == [late]
+    assert admit(waits, [late]) == [late]
     cart = TrackedSample("u1", "i1", ts=0, key=1, cart=1.0)
-    assert waits.admit([cart]) == [cart]
+    assert admit(waits, [cart]) == [cart]
 
 
 def test_unkeyed_samples_pass_untouched():
@@ -51,7 +75,7 @@ def test_unkeyed_samples_pass_untouched():
 
     plain = Sample("u1", "i1", ts=5, click=0.0)
     waits.scored([Sample("u1", "i2", ts=5)])
-    assert waits.admit([plain]) == [plain] and waits.due() == [] and len(waits) == 0
+    assert admit(waits, [plain]) == [plain] and due(waits) == [] and len(waits) == 0
 
 
 def test_with_the_resolver_every_label_is_learned_exactly_once_per_task():
@@ -67,14 +91,14 @@ def test_with_the_resolver_every_label_is_learned_exactly_once_per_task():
     for event in events:
         out = resolver.observe(event)
         waits.scored(out.new)
-        for sample in [*waits.admit(out.to_learn()), *waits.due()]:
-            for task, label in enumerate(sample.labels()):
+        for key, labels in learned_labels(waits, out.to_learn()):
+            for task, label in enumerate(labels):
                 if label is not None:
-                    learned[(sample.key, task)] = learned.get((sample.key, task), 0) + 1
-    for sample in [*waits.admit(resolver.flush()), *waits.due()]:
-        for task, label in enumerate(sample.labels()):
+                    learned[(key, task)] = learned.get((key, task), 0) + 1
+    for key, labels in learned_labels(waits, resolver.flush()):
+        for task, label in enumerate(labels):
             if label is not None:
-                learned[(sample.key, task)] = learned.get((sample.key, task), 0) + 1
+                learned[(key, task)] = learned.get((key, task), 0) + 1
     assert set(learned.values()) == {1}
     assert {(key, task) for key, task in learned if key < 5} == {
         (key, task) for key in range(5) for task in range(3)

@@ -222,22 +222,35 @@ class ContentRows:
     the token or brand table releases a row (eviction or expiry), and kept
     only once every id of the content holds a row (scoring does not insert).
 
+    Each item row also remembers its content's slot, its price and the very
+    category and brand objects it came with: a sample whose item row holds
+    the same objects and price (the usual case: a producer's or catalog's
+    content shared by all samples of an item) skips even hashing the triple.
+
     Example
     -------
     >>> tokens, brands = IdTable("token", 8), IdTable("brand", 8)
-    >>> cache = ContentRows(tokens, brands)
-    >>> rows, log_prices, complete = cache.rows(("a.b", "a.b"), ("x", None), (1.0, None), 5, True)
+    >>> cache = ContentRows(tokens, brands, items=4)
+    >>> rows, log_prices, complete = cache.rows(
+    ...     ("a.b", "a.b"), ("x", None), (1.0, None), np.array([1, 2]), 5, insert=True)
     >>> rows.tolist()           # tokens a.b, a; brand; price bucket
     [[1, 2, 0, 0, 1, 4], [1, 2, 0, 0, 0, 1]]
     >>> len(cache), tokens.last_seen[1].item()
     (2, 5)
     """
 
-    def __init__(self, tokens: IdTable, brands: IdTable, capacity: int = 1 << 16) -> None:
+    def __init__(
+        self, tokens: IdTable, brands: IdTable, items: int, capacity: int = 1 << 16
+    ) -> None:
         self.tokens, self.brands, self.capacity = tokens, brands, capacity
         self._slots: dict[tuple[str | None, str | None, float | None], int] = {}
         self._rows = np.zeros((capacity, PATH_TOKENS + 2), dtype=np.int64)
         self._log_prices = np.zeros(capacity)
+        self._item_slot = np.full(items, -1, dtype=np.int64)
+        self._item_identity = np.zeros((items, 2), dtype=np.int64)  # id() of category, brand
+        self._item_objects = np.empty((items, 2), dtype=object)  # ...kept alive, so ids stay theirs
+        self._item_price = np.zeros(items)
+        self._forgotten = 0
         self._releases = self._table_releases()
 
     def __len__(self) -> int:
@@ -252,50 +265,90 @@ class ContentRows:
         categories: Sequence[str | None],
         brands: Sequence[str | None],
         prices: Sequence[float | None],
+        items: np.ndarray,
         now_ms: int,
         insert: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(B, PATH_TOKENS + 2)`` rows (tokens, brand, price bucket), log prices, completeness.
 
-        A content is complete when each of its named tokens and brand holds
-        a row. With ``insert`` new tokens and brands get rows and every token
-        and brand of the batch is marked as seen at ``now_ms``.
+        ``items`` are the samples' item rows (0 when unknown). A content is
+        complete when each of its named tokens and brand holds a row. With
+        ``insert`` new tokens and brands get rows and every token and brand
+        of the batch is marked as seen at ``now_ms``.
         """
         if self._table_releases() != self._releases:
             self._forget()
-        contents = list(zip(categories, brands, prices, strict=True))
-        slots = np.fromiter(
-            map(self._slots.get, contents, repeat(-1)), dtype=np.int64, count=len(contents)
+        columns = (categories, brands, prices)
+        identity = np.stack(
+            [np.fromiter(map(id, column), np.int64, len(items)) for column in columns[:2]], axis=1
         )
+        price_values = _float_array(prices)
+        slots = self._item_slot[items]
+        same_price = (self._item_price[items] == price_values) | (
+            np.isnan(self._item_price[items]) & np.isnan(price_values)
+        )
+        same = (slots >= 0) & (self._item_identity[items] == identity).all(axis=1) & same_price
         rows, log_prices = self._rows[slots], self._log_prices[slots]
-        complete = np.ones(len(contents), dtype=bool)
-        missing = np.flatnonzero(slots < 0).tolist()
-        if missing:
-            fresh = list(dict.fromkeys(contents[i] for i in missing))
-            fresh_rows, fresh_log_prices, fresh_complete = self._compute(fresh, now_ms, insert)
-            if self._table_releases() != self._releases:
-                # inserting evicted rows, perhaps rows kept here: look everything up again
-                self._forget()
-                fresh = list(dict.fromkeys(contents))
-                fresh_rows, fresh_log_prices, fresh_complete = self._compute(fresh, now_ms, insert)
-                missing = list(range(len(contents)))
-            position = {content: j for j, content in enumerate(fresh)}
-            which = [position[contents[i]] for i in missing]
-            rows[missing], log_prices[missing] = fresh_rows[which], fresh_log_prices[which]
-            complete[missing] = fresh_complete[which]
+        complete = np.ones(len(items), dtype=bool)
+        missing = np.flatnonzero(~same)
+        if len(missing) == 0:
+            if insert:
+                self.touch(rows, now_ms)
+            return rows, log_prices, complete
+        forgotten = self._forgotten
+        contents = [(categories[i], brands[i], prices[i]) for i in missing.tolist()]
+        found = self._by_content(contents, now_ms, insert)
+        if self._table_releases() != self._releases:
+            # inserting evicted rows, perhaps rows kept here: look everything up again
+            self._forget()
+            missing = np.arange(len(items))
+            found = self._by_content(list(zip(*columns, strict=True)), now_ms, insert)
+        rows[missing], log_prices[missing], complete[missing], kept = found
+        if self._forgotten == forgotten:  # the slots found are still the contents'
+            remember = missing[(kept >= 0) & (items[missing] > 0)]
+            item_rows = items[remember]
+            self._item_slot[item_rows] = kept[(kept >= 0) & (items[missing] > 0)]
+            self._item_identity[item_rows] = identity[remember]
+            self._item_price[item_rows] = price_values[remember]
+            objects = [(categories[i], brands[i]) for i in remember.tolist()]
+            self._item_objects[item_rows] = np.array(objects, dtype=object).reshape(-1, 2)
         if insert:
             self.touch(rows, now_ms)
         return rows, log_prices, complete
+
+    def forget_items(self, item_rows: np.ndarray) -> None:
+        """Released item rows: their next owners' contents are looked up afresh."""
+        self._item_slot[item_rows] = -1
+        self._item_objects[item_rows] = None
 
     def touch(self, rows: np.ndarray, now_ms: int) -> None:
         """Mark the tokens and brands of content ``rows`` as seen at ``now_ms``."""
         self.tokens.touch(rows[:, :PATH_TOKENS].ravel(), now_ms)
         self.brands.touch(rows[:, PATH_TOKENS], now_ms)
 
+    def _by_content(
+        self, contents: list[tuple[str | None, str | None, float | None]], now_ms: int, insert: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, log prices, completeness and kept slot (-1: not kept) of ``contents``."""
+        slots = np.fromiter(map(self._slots.get, contents, repeat(-1)), np.int64, len(contents))
+        rows, log_prices = self._rows[slots], self._log_prices[slots]
+        complete = np.ones(len(contents), dtype=bool)
+        missing = np.flatnonzero(slots < 0).tolist()
+        if missing:
+            fresh = list(dict.fromkeys(contents[i] for i in missing))
+            fresh_rows, fresh_log_prices, fresh_complete, fresh_slots = self._compute(
+                fresh, now_ms, insert
+            )
+            position = {content: j for j, content in enumerate(fresh)}
+            which = [position[contents[i]] for i in missing]
+            rows[missing], log_prices[missing] = fresh_rows[which], fresh_log_prices[which]
+            complete[missing], slots[missing] = fresh_complete[which], fresh_slots[which]
+        return rows, log_prices, complete, slots
+
     def _compute(
         self, contents: list[tuple[str | None, str | None, float | None]], now_ms: int, insert: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows, log prices and completeness of distinct ``contents``; complete ones kept."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, log prices, completeness and slot of distinct ``contents``; complete ones kept."""
         categories, brands, prices = zip(*contents, strict=True)
         paths = [path_tokens(category) for category in categories]
         keys = [token for path in paths for token in path]
@@ -308,16 +361,20 @@ class ContentRows:
         complete = ((tokens > 0) | ~named_tokens).all(axis=1) & ((brand_rows > 0) | ~named_brands)
         if len(self._slots) + len(contents) > self.capacity:
             self._forget()
-        start = len(self._slots)
         kept = np.flatnonzero(complete)
-        for offset, j in enumerate(kept.tolist()):
-            self._slots[contents[j]] = start + offset
-        self._rows[start : start + len(kept)] = rows[kept]
-        self._log_prices[start : start + len(kept)] = log_prices[kept]
-        return rows, log_prices, complete
+        slots = np.full(len(contents), -1, dtype=np.int64)
+        slots[kept] = np.arange(len(self._slots), len(self._slots) + len(kept))
+        for j, slot in zip(kept.tolist(), slots[kept].tolist(), strict=True):
+            self._slots[contents[j]] = slot
+        self._rows[slots[kept]] = rows[kept]
+        self._log_prices[slots[kept]] = log_prices[kept]
+        return rows, log_prices, complete, slots
 
     def _forget(self) -> None:
         self._slots.clear()
+        self._item_slot.fill(-1)
+        self._item_objects.fill(None)
+        self._forgotten += 1
         self._releases = self._table_releases()
 
 
@@ -392,6 +449,14 @@ def _entry(items: np.ndarray, content: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.int32)
 
 
+def _float_array(values: Sequence[float | None]) -> np.ndarray:
+    """``values`` as float64, NaN for ``None``."""
+    try:
+        return np.array(values, dtype=np.float64)
+    except TypeError:  # some are None
+        return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
 def _is_named(value: str | None) -> bool:
     return value is not None
 
@@ -431,7 +496,7 @@ class FeatureEncoder:
         self.category_prices = DecayedSums(capacities.token, 3, stats_half_life)
         self.history = UserHistory(capacities.user, history_length, len(HISTORY_FIELDS))
         self.snapshots = ScoringSnapshots(snapshot_capacity)
-        self.content = ContentRows(self.tables["token"], self.tables["brand"])
+        self.content = ContentRows(self.tables["token"], self.tables["brand"], capacities.item)
 
     def encode(
         self, samples: Sequence[Sample], learning: bool, labels: np.ndarray | None = None
@@ -475,7 +540,7 @@ class FeatureEncoder:
         items = tables["item"].rows(item_ids, now_ms, insert)
         devices = tables["device"].rows(device_ids, now_ms, insert)
         content, log_prices, complete = self.content.rows(
-            categories, brand_ids, prices, now_ms, insert
+            categories, brand_ids, prices, items, now_ms, insert
         )
         named_device = np.fromiter(map(_is_named, device_ids), bool, len(samples))
         complete &= (users > 0) & (items > 0) & ((devices > 0) | ~named_device)
@@ -570,14 +635,12 @@ class FeatureEncoder:
     def _rate_features(self, entity_rows: dict[str, np.ndarray]) -> np.ndarray:
         """Smoothed log-odds of each entity's funnel rates against the shop's."""
         prior = self.shop_rates()
-        columns = []
-        for name in RATE_ENTITIES:
-            counts = self.stats[name].get(entity_rows[name])
-            rate = (counts[:, 1::2] + RATE_PRIOR_STRENGTH * prior) / (
-                counts[:, 0::2] + RATE_PRIOR_STRENGTH
-            )
-            columns.append(_logit(rate) - _logit(prior))
-        return (np.concatenate(columns, axis=1) / 2.0).astype(np.float32)
+        counts = np.stack([self.stats[name].get(entity_rows[name]) for name in RATE_ENTITIES], 1)
+        rate = (counts[:, :, 1::2] + RATE_PRIOR_STRENGTH * prior) / (
+            counts[:, :, 0::2] + RATE_PRIOR_STRENGTH
+        )  # (B, entities, tasks)
+        odds = (_logit(rate) - _logit(prior)) / 2.0
+        return odds.reshape(len(counts), len(RATE_ENTITIES) * len(TASKS)).astype(np.float32)
 
     def _relative_price(self, categories: np.ndarray, log_prices: np.ndarray) -> np.ndarray:
         """``(B, 1)``: log price standardised within its category, clipped, over 3."""
@@ -596,6 +659,7 @@ class FeatureEncoder:
         """
         released = {name: table.take_released() for name, table in self.tables.items()}
         self.history.clear(released["user"])
+        self.content.forget_items(released["item"])
         for name, table in RATE_ENTITIES.items():
             self.stats[name].clear(released[table])
         self.category_prices.clear(released["token"])

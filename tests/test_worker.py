@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from collections import Counter
 
@@ -94,23 +95,29 @@ def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, 
     records = _sim_events(12_000)
     events = [r for r in records if isinstance(r, Event)]
     produced = Counter(e.type for e in events)
+
+    def applied(m: dict[str, float]) -> float:
+        return sum(v for k, v in m.items() if k.startswith("recstream_events_total{"))
+
     worker.start()
-    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
-        publisher.publish(records)
-    for fraction in (0.2, 0.5, 0.8):
-        worker.wait_for(lambda m, f=fraction: sum(
-            v for k, v in m.items() if k.startswith("recstream_events_total{")) >= f * len(events),
-            120, f"{fraction:.0%} applied")
-        time.sleep(0.5 + fraction)  # kill at different distances from the last checkpoint
-        worker.signal(signal.SIGKILL)
-        worker.start()
-    metrics = worker.wait_for(lambda m: sum(
-        v for k, v in m.items() if k.startswith("recstream_events_total{")) >= len(events), 180,
-        "every event applied")
+    with EventPublisher(broker.bootstrap, topics.events, topics.items, rate=500) as publisher:
+        sending = threading.Thread(target=publisher.publish, args=(records,), daemon=True)
+        sending.start()  # the stream keeps flowing through the kills and restarts
+        for fraction in (0.2, 0.5, 0.8):
+            # a checkpoint of this run first (the restart must resume from it), then the
+            # kill, at a different distance from that checkpoint each time
+            worker.wait_for(lambda m, f=fraction: applied(m) >= f * len(events)
+                            and m.get("recstream_checkpoints_total", 0) >= 1,
+                            120, f"{fraction:.0%} applied and a checkpoint written")
+            time.sleep(0.2 + fraction)
+            worker.signal(signal.SIGKILL)
+            worker.start()
+        sending.join(timeout=120)
+    metrics = worker.wait_for(lambda m: applied(m) >= len(events), 180, "every event applied")
     time.sleep(2.0)  # nothing more arrives: a double application would show now
     metrics = worker.metrics()
-    applied = {kind: metrics[f"recstream_events_total{{type={kind}}}"] for kind in produced}
-    assert applied == dict(produced)
+    assert {kind: metrics[f"recstream_events_total{{type={kind}}}"] for kind in produced} == dict(
+        produced)
     assert metrics["recstream_scores_published_total"] > 0  # scores keep flowing after restart
     assert worker.tail(10**7).count("restored checkpoint-") == 3  # resumed, not replayed whole
 

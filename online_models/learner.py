@@ -56,7 +56,10 @@ class MultiTaskConfig:
     name
         The learner's name in reports and metrics.
     architecture
-        ``"shared_bottom"``, ``"mmoe"`` or ``"ple"``.
+        ``"shared_bottom"``, ``"mmoe"`` or ``"ple"``. Shared-bottom is the
+        default: on the simulated shop (200k events, seeds 7 and 11, with and
+        without impressions) it was as good as MMoE and better than PLE, and
+        the fastest of the three.
     embedding_dim, content_dim
         Width of user/item vectors; width of content embeddings (category
         tokens, brand, price bucket, device).
@@ -99,7 +102,7 @@ class MultiTaskConfig:
     """
 
     name: str = "mtl"
-    architecture: str = "mmoe"
+    architecture: str = "shared_bottom"
     embedding_dim: int = 32
     content_dim: int = 16
     hidden: int = 64
@@ -123,7 +126,7 @@ class MultiTaskConfig:
     sparse_lr: float = 0.05
     dense_lr: float = 0.006
     init_std: float = 0.1
-    max_batch_size: int = 512
+    max_batch_size: int = 2048
     provisional_negative_ms: tuple[int, int, int] | None = (60_000, 1_800_000, 1_800_000)
     id_ttl_ms: int | None = 30 * DAY_MS
     expiry_every: int = 256

@@ -2,8 +2,10 @@
 
 One pass over the source (the simulator or a real log) builds ONE sample
 stream with :class:`~online_models.labels.LabelResolver`, cut into
-micro-batches of about ``batch_size`` samples. Every model then runs over the
-same micro-batches, test-then-train: it scores the batch's new samples,
+micro-batches of about ``batch_size`` samples (new plus labelled; 2,048 by
+default, about what the worker's default micro-batch of 1,000 events
+carries). Every model then runs over the same micro-batches,
+test-then-train: it scores the batch's new samples,
 then learns the batch's labelled samples (new ones and delayed label
 updates). Scores are made before any of a sample's labels is learned.
 
@@ -91,7 +93,7 @@ class QualityOptions:
     drift: bool = True
     report: Path | None = None
     plot: Path | None = None
-    batch_size: int = 512
+    batch_size: int = 2048
     models: tuple[str, ...] = MODEL_NAMES
     progress: bool = True
 

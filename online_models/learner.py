@@ -152,9 +152,18 @@ class MultiTaskConfig:
         )
 
     def with_capacity(self, rows: int) -> MultiTaskConfig:
-        """The same config with every table capped at ``rows`` (small tests)."""
+        """The same config with every table capped at ``rows`` (small tests).
+
+        Steps are capped at half the rows: one step's ids must fit in a table.
+        """
         return replace(
-            self, user_rows=rows, item_rows=rows, token_rows=rows, brand_rows=rows, device_rows=rows
+            self,
+            user_rows=rows,
+            item_rows=rows,
+            token_rows=rows,
+            brand_rows=rows,
+            device_rows=rows,
+            max_batch_size=min(self.max_batch_size, rows // 2),
         )
 
     def to_dict(self) -> dict[str, Any]:

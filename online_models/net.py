@@ -195,7 +195,8 @@ class TaskHeads(nn.Module):
         self.bias = nn.Parameter(torch.empty(tasks).uniform_(-bound, bound))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return (hidden * self.weight).sum(dim=2) + self.bias
+        block = torch.block_diag(*self.weight.unsqueeze(2))  # (tasks * width, tasks)
+        return torch.addmm(self.bias, hidden.flatten(1), block)
 
 
 class MultiTaskNet(nn.Module):
@@ -329,7 +330,7 @@ class MultiTaskNet(nn.Module):
         user = self.user_vector(batch, user_offset)  # (G, d)
         if config.use_ids:
             user = torch.cat([user, user_wide], dim=1)
-        user = user[batch.user_state]
+        user = user.index_select(0, batch.user_state)
         if config.use_ids:
             user, user_wide = user.split([d, tasks], dim=1)
             wide = wide + user_wide

@@ -139,7 +139,7 @@ class FeatureBatch:
     item: torch.Tensor  # (B,)
     content: torch.Tensor  # (B, PATH_TOKENS + 3): category tokens (0-padded), brand, price, device
     dense: torch.Tensor  # (B, len(DENSE_FEATURES)) float32
-    item_count: torch.Tensor  # (B,) float32 interactions so far
+    item_interactions: torch.Tensor  # (B,) float32 clicks, carts and purchases so far
     user_state: torch.Tensor  # (B,) row of each sample's user state
     state_user: torch.Tensor  # (G,) user row of each state
     state_user_count: torch.Tensor  # (G,) float32
@@ -378,7 +378,7 @@ class ContentRows:
         self._releases = self._table_releases()
 
 
-_FEATURES = ("history", "dense", "user_count", "item_count")
+_FEATURES = ("history", "dense", "user_count", "item_count", "item_interactions")
 """The features :meth:`FeatureEncoder._features` works out (and snapshots keep)."""
 
 
@@ -603,7 +603,11 @@ class FeatureEncoder:
             ],
             axis=1,
         )
-        counts = {"user_count": user_count, "item_count": item_count}
+        counts = {
+            "user_count": user_count,
+            "item_count": item_count,
+            "item_interactions": tables["item"].interactions[items],
+        }
         return {"history": history, "dense": dense, **counts}
 
     def _batch(
@@ -616,7 +620,7 @@ class FeatureEncoder:
             item=torch.from_numpy(rows.items),
             content=torch.from_numpy(rows.content),
             dense=torch.from_numpy(dense),
-            item_count=torch.from_numpy(features["item_count"].astype(np.float32)),
+            item_interactions=torch.from_numpy(features["item_interactions"].astype(np.float32)),
             user_state=torch.from_numpy(user_state),
             state_user=torch.from_numpy(rows.users[first]),
             state_user_count=torch.from_numpy(user_count[first].astype(np.float32)),

@@ -6,16 +6,18 @@ rows in use per table and the process's peak resident memory. Samples are
 generated batch by batch, so the stream itself takes no memory.
 
 Run ``python -m online_models.memory_check`` for the full check (2,000,000
-events over 1,000,000 items: a few minutes on 2 cores); it prints the report
-as JSON.
+events over 1,000,000 items: about a minute on 2 cores); it prints the report
+as JSON: ``at_cap`` is true for a table that filled up and evicts, and
+``peak_rss_bytes`` is the process's peak resident memory (measured: user and
+item tables at 254k-258k of their 262,144 rows, peak RSS 0.87 GB).
 
 Example
 -------
 >>> from online_models.learner import MultiTaskConfig
 >>> report = memory_check(events=4_000, distinct_items=3_000, batch_size=1_000,
 ...                       config=MultiTaskConfig().with_capacity(512))
->>> report["tables"]["item"] <= 511, report["events"]
-(True, 4000)
+>>> report["tables"]["item"] <= 511, report["at_cap"]["item"], report["events"]
+(True, True, 4000)
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def memory_check(
     for first in range(0, events, batch_size):
         learner.learn(_batch(rng, first, min(batch_size, events - first), distinct_items))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    tables = learner.encoder.tables
     return {
         "events": events,
         "distinct_items": distinct_items,
@@ -94,6 +97,10 @@ def memory_check(
             "token": learner.config.token_rows,
             "brand": learner.config.brand_rows,
             "device": learner.config.device_rows,
+        },
+        "at_cap": {  # full and evicting: rows in use within one eviction sweep of the cap
+            name: table.releases > 0 and len(table) >= table.capacity - 1 - table.evict_count
+            for name, table in tables.items()
         },
         "peak_rss_bytes": peak_kib * 1024,
     }

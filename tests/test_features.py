@@ -70,7 +70,7 @@ def test_an_unseen_item_is_row_zero_with_its_content_encoded():
     encoder.record(encoder.encode([known], learning=True), label_matrix([known]))
     new = replace(known, item_id="brand-new", ts=2)
     batch = encoder.encode([new], learning=False)
-    assert batch.item.tolist() == [0] and batch.item_count.tolist() == [0.0]
+    assert batch.item.tolist() == [0] and batch.item_interactions.tolist() == [0.0]
     same = encoder.encode([known], learning=False)
     assert torch.equal(batch.content, same.content)  # tokens, brand, price bucket, device
     assert len(encoder.tables["item"]) == 1  # scoring inserted nothing

@@ -496,6 +496,8 @@ class FeatureEncoder:
         self.category_prices = DecayedSums(capacities.token, 3, stats_half_life)
         self.history = UserHistory(capacities.user, history_length, len(HISTORY_FIELDS))
         self.snapshots = ScoringSnapshots(snapshot_capacity)
+        self.user_snapshots = ScoringSnapshots(snapshot_capacity)  # histories, per user state
+        self._user_states_kept = 0
         self.content = ContentRows(self.tables["token"], self.tables["brand"], capacities.item)
 
     def encode(
@@ -511,10 +513,10 @@ class FeatureEncoder:
         if not learning:
             rows = self._look_up(samples, insert=False)
             features = self._features(rows)
+            states = _user_states(features["history"], rows.users, features["user_count"])
             if (keys >= 0).any():
-                generation = np.full(len(samples), self._generation())
-                self.snapshots.keep(keys, generation=generation, **rows.arrays(), **features)
-            return self._batch(rows, features, {})
+                self._keep(keys, rows, features, states)
+            return self._batch(rows, features, {}, states)
         if labels is None:
             labels = label_matrix(samples)
         found, kept = self.snapshots.take(keys, final=~np.isnan(labels[:, 2]))
@@ -522,8 +524,37 @@ class FeatureEncoder:
         released = self.take_released()
         features = self._features(rows.subset(~found))
         if found.any():
-            features = _scatter(found, {name: kept[name] for name in _FEATURES}, features)
+            features = _scatter(found, self._scored_features(kept), features)
         return self._batch(rows, features, released)
+
+    def _keep(
+        self,
+        keys: np.ndarray,
+        rows: _Rows,
+        features: dict[str, np.ndarray],
+        states: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """Snapshot what keyed samples are scored with; histories once per user state."""
+        first, user_state = states
+        serials = self._user_states_kept + np.arange(len(first))
+        self._user_states_kept += len(first)
+        self.user_snapshots.keep(serials, history=features["history"][first])
+        per_sample = {name: features[name] for name in _FEATURES if name != "history"}
+        generation = np.full(len(keys), self._generation())
+        state = serials[user_state]
+        self.snapshots.keep(keys, generation=generation, state=state, **rows.arrays(), **per_sample)
+
+    def _scored_features(self, kept: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The features kept samples were scored with (a user state's history, if still kept)."""
+        found, states = self.user_snapshots.take(
+            kept["state"], final=np.zeros(len(kept["state"]), bool)
+        )
+        history = self.history.gather(kept["users"], kept["times"]) if not found.all() else None
+        if history is None:
+            history = states["history"]
+        elif found.any():
+            history[found] = states["history"]
+        return {"history": history, **{n: kept[n] for n in _FEATURES if n != "history"}}
 
     def _generation(self) -> int:
         """Changes whenever a table releases rows (then rows kept since scoring may be stale)."""
@@ -611,10 +642,14 @@ class FeatureEncoder:
         return {"history": history, "dense": dense, **counts}
 
     def _batch(
-        self, rows: _Rows, features: dict[str, np.ndarray], released: dict[str, np.ndarray]
+        self,
+        rows: _Rows,
+        features: dict[str, np.ndarray],
+        released: dict[str, np.ndarray],
+        states: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FeatureBatch:
         history, dense, user_count = features["history"], features["dense"], features["user_count"]
-        first, user_state = _user_states(history, rows.users, user_count)
+        first, user_state = states or _user_states(history, rows.users, user_count)
         return FeatureBatch(
             user=torch.from_numpy(rows.users),
             item=torch.from_numpy(rows.items),
@@ -733,6 +768,8 @@ class FeatureEncoder:
             "category_prices": self.category_prices.state_dict(),
             "history": self.history.state_dict(),
             "snapshots": self.snapshots.state_dict(),
+            "user_snapshots": self.user_snapshots.state_dict(),
+            "user_states_kept": self._user_states_kept,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -745,6 +782,8 @@ class FeatureEncoder:
         self.category_prices.load_state_dict(state["category_prices"])
         self.history.load_state_dict(state["history"])
         self.snapshots.load_state_dict(state["snapshots"])
+        self.user_snapshots.load_state_dict(state["user_snapshots"])
+        self._user_states_kept = int(state["user_states_kept"])
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

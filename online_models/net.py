@@ -241,6 +241,10 @@ class MultiTaskNet(nn.Module):
                 self.add_module(table, EmbeddingTable(offset, width + tasks, config.sparse_lr))
         content_fields = (*("token",) * PATH_TOKENS, "brand", "price", "device")
         self.register_buffer("content_offsets", self._offsets(content_fields), persistent=False)
+        if config.use_content:  # where the content fields of a history entry start
+            self.register_buffer(
+                "history_offsets", self._offsets(HISTORY_SECTIONS[1:]), persistent=False
+            )
         behaviour_in = 1 + (d if config.use_ids else 0) + (4 * c if config.use_content else 0)
         if config.use_content:
             self.content_tower = nn.Sequential(
@@ -378,20 +382,17 @@ class MultiTaskNet(nn.Module):
         about a fifth faster.
         """
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        filled = (fill * history.shape[2]).clamp(min=1).unsqueeze(1)
+        groups, _, slots = history.shape
+        filled = (fill * slots).clamp(min=1).unsqueeze(1)
         summary = [fill.unsqueeze(1)]
         if config.use_ids:
-            summary.append(self._history_sums("item", history[:, 0])[:, :d] / filled)
+            items = history[:, 0] + self.sections["item"][1]  # section row 0 -> a zero row
+            summary.append(F.embedding_bag(items, self.ids.weight, mode="sum")[:, :d] / filled)
         if config.use_content:
-            for field, section in enumerate(HISTORY_SECTIONS[1:], start=1):
-                summary.append(self._history_sums(section, history[:, field])[:, :c] / filled)
+            content = (history[:, 1:] + self.history_offsets.unsqueeze(1)).view(-1, slots)
+            sums = F.embedding_bag(content, self.content.weight, mode="sum")
+            summary.append(sums.view(groups, -1, c + len(TASKS))[:, :, :c].flatten(1) / filled)
         return torch.cat(summary, dim=1)
-
-    def _history_sums(self, section: str, rows: torch.Tensor) -> torch.Tensor:
-        """``(G, width)`` sums of each row of ``rows``' embeddings in ``section``."""
-        table_name, start, end = self.sections[section]
-        weight = self.get_submodule(table_name).weight[start:end]
-        return F.embedding_bag(rows, weight, mode="sum")
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
@@ -401,12 +402,12 @@ class MultiTaskNet(nn.Module):
         ``labels`` is ``(B, 3)`` with NaN where unknown; ``weights`` ``(B,)``.
         """
         known = ~torch.isnan(labels)
-        targets = torch.where(known, labels, torch.zeros_like(labels))
+        targets = torch.nan_to_num(labels)
         log_p = torch.cumsum(F.logsigmoid(logits), dim=1)  # entire-space log p_click/cart/purchase
         log_p = log_p.clamp(max=-1e-7)
         log_not_p = torch.log(-torch.expm1(log_p))
-        bce = -(targets * log_p + (1 - targets) * log_not_p)
-        per_task = (bce * known * weights.unsqueeze(1)).sum(dim=0) / logits.shape[0]
+        bce = -(log_not_p + targets * (log_p - log_not_p))
+        per_task = (bce * (known * weights.unsqueeze(1))).sum(dim=0) / logits.shape[0]
         if self.config.conditional_loss_weight > 0:
             passed = ~known | (labels > 0.5)  # stage passed (an unknown earlier stage was)
             reached = torch.cat(

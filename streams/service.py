@@ -5,7 +5,7 @@ it from the newest valid checkpoint at start, turns each batch's results into
 messages to send, keeps every dead letter in an *outbox* until it has been
 handed to the producer (the outbox is part of the checkpoint, so a rejected
 message is never lost to a shutdown), updates the Prometheus metrics, and
-writes checkpoints (periodically in a background thread, and at shutdown).
+writes checkpoints (periodically from a forked child process, and at shutdown).
 
 Garbage collection is kept off the latency path by :mod:`streams.gc_freeze`.
 

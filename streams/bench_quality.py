@@ -18,7 +18,10 @@ so that other work on a shared machine does not slow whichever model happens
 to run beside it (wall time did: one run's ``mtl`` went from ~60k to ~4k/s
 while another process held the cores). For the
 simulator the ``oracle`` scores every sample with the shop's true
-probabilities at the time it appeared. Drift detections come from the
+probabilities at the time it appeared. ``comparisons`` gives, per task,
+``mtl``'s AUC minus each other model's over the same samples, with its
+DeLong standard error: a difference well within two standard errors is not
+one. Drift detections come from the
 ``mtl`` model's loss streams (:class:`~online_models.drift.ConceptDriftMonitor`);
 ``injected_at`` lists the simulator's drift points (event indexes).
 
@@ -60,6 +63,7 @@ from online_models.evaluation import (
     InteractionCounter,
     SampleLog,
     label_rows,
+    paired_comparison,
     prequential_metrics,
     rolling_auc,
 )
@@ -384,6 +388,12 @@ def run(options: QualityOptions) -> dict[str, Any]:
         metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
         report["models"][name] = metrics
         runs[name] = result.scores
+    if "mtl" in runs:
+        report["comparisons"] = {
+            f"mtl-{name}": paired_comparison(runs["mtl"], scores, stream.log, from_position)
+            for name, scores in runs.items()
+            if name != "mtl"
+        }
     if stream.oracle is not None:
         report["oracle"] = prequential_metrics(stream.oracle, stream.log, from_position)
         runs["oracle"] = stream.oracle

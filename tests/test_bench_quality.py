@@ -44,6 +44,16 @@ def test_the_report_has_every_model_task_and_group(sim_report):
     assert set(report["oracle"]["tasks"]) == {"click", "cart", "purchase"}
 
 
+def test_mtl_is_compared_with_every_model_on_the_same_samples(sim_report):
+    report, _ = sim_report
+    comparisons = report["comparisons"]
+    assert set(comparisons) == {f"mtl-{name}" for name in MODEL_NAMES if name != "mtl"}
+    click = comparisons["mtl-popularity"]["click"]
+    mtl, popularity = report["models"]["mtl"], report["models"]["popularity"]
+    expected = mtl["tasks"]["click"]["auc"] - popularity["tasks"]["click"]["auc"]
+    assert abs(click["auc_difference"] - expected) < 1e-9 and click["standard_error"] > 0
+
+
 def test_models_learn_something_and_the_oracle_knows_best(sim_report):
     report, _ = sim_report
     oracle = report["oracle"]["tasks"]["click"]["auc"]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import time
@@ -369,6 +370,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
     """Build the stream, run every model, write the report (and plot); return the report."""
     factories = _model_factories()
     stream = build_stream(options)
+    gc.freeze()  # the stream lives to the end: keep the collector from rescanning it per model
     from_position = stream.events // 2
     concept, features = ConceptDriftMonitor(), FeatureDriftMonitor()
     report: dict[str, Any] = {

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="simulator: no injected drift")
     quality.add_argument("--report", type=Path, help="write the JSON report here")
     quality.add_argument("--plot", type=Path, help="write a PNG of rolling AUC per task here")
-    quality.add_argument("--batch-size", type=int, default=512, help="samples per micro-batch")
+    quality.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
     quality.add_argument("--models", default="mtl,river_lr,single_task,id_only,popularity",
                          help="comma-separated subset of the models to compare")
     quality.set_defaults(run=run_bench_quality)

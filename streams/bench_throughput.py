@@ -38,6 +38,7 @@ from online_models.learner import MultiTaskConfig, mtl
 from producers.contract import CatalogItem, encode_catalog_item, encode_event
 from producers.simulator import Shop, ShopConfig
 from streams.checkpoint import CheckpointStore
+from streams.demo import DELAY_SCALE, EVENTS_PER_SESSION, DemoOptions
 from streams.gc_freeze import GcFreezer
 from streams.pipeline import Pipeline, RawMessage
 from streams.progress import optional_progress
@@ -60,9 +61,10 @@ class ThroughputOptions:
 
 def demo_stream(events: int, seed: int) -> tuple[list[RawMessage], list[RawMessage]]:
     """The demo's shop as wire messages: (catalog records, events), in order."""
-    rate = 2_000.0
+    demo = DemoOptions()
     shop = Shop(ShopConfig(seed=seed, events=events, impressions=True,
-                           sessions_per_second=rate / 16, delay_scale=1 / 60))
+                           sessions_per_second=demo.rate / EVENTS_PER_SESSION,
+                           delay_scale=DELAY_SCALE))
     catalog: list[RawMessage] = []
     stream: list[RawMessage] = []
     for record in shop.records():
@@ -79,9 +81,10 @@ def demo_stream(events: int, seed: int) -> tuple[list[RawMessage], list[RawMessa
 def run(options: ThroughputOptions) -> dict[str, Any]:
     """Feed the stream through a pipeline; return (and write, if asked) the figures."""
     catalog, stream = demo_stream(options.events, options.seed)
-    pipeline = Pipeline(mtl(MultiTaskConfig(num_threads=1)),
-                        labels=LabelConfig(impressions=True, click_window_ms=10_000,
-                                           conversion_window_ms=60_000))
+    demo = DemoOptions()  # the worker's windows as the demo sets them
+    labels = LabelConfig(impressions=True, click_window_ms=int(demo.click_window_s * 1000),
+                         conversion_window_ms=int(demo.conversion_window_s * 1000))
+    pipeline = Pipeline(mtl(MultiTaskConfig(num_threads=1)), labels=labels)
     pipeline.process_catalog(catalog, "items")
     batches = [stream[i:i + options.batch] for i in range(0, len(stream), options.batch)]
     total, update, ranked = np.zeros(len(batches)), np.zeros(len(batches)), np.zeros(len(batches))

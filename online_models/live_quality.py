@@ -57,7 +57,9 @@ class LiveQuality:
 
     def labelled(self, samples: Sequence[TrackedSample], position: int) -> list[dict[str, Any]]:
         """Pair resolved labels with their predictions; return drift detections raised."""
-        by_task: dict[int, tuple[list[float], list[float]]] = {t: ([], []) for t in range(3)}
+        by_task: dict[int, tuple[list[float], list[float], list[str | None]]] = {
+            t: ([], [], []) for t in range(3)
+        }
         for sample in samples:
             row = self._open.get(sample.key)
             if row is None:
@@ -66,14 +68,15 @@ class LiveQuality:
                 if label is not None:
                     by_task[task][0].append(float(row[task]))
                     by_task[task][1].append(label)
+                    by_task[task][2].append(sample.category)
             if sample.purchase is not None:  # the last stage: this sample is complete
                 del self._open[sample.key]
         raised: list[dict[str, Any]] = []
-        for task, (scores, labels) in by_task.items():
+        for task, (scores, labels, categories) in by_task.items():
             if scores:
                 self._pairs[TASKS[task]].extend(zip(scores, labels, strict=True))
                 raised += self.drift.update(TASKS[task], np.array(scores), np.array(labels),
-                                            position)
+                                            position, categories)
         return raised
 
     def summary(self) -> dict[str, dict[str, float]]:

@@ -22,7 +22,8 @@ probabilities at the time it appeared. ``comparisons`` gives, per task,
 ``mtl``'s AUC minus each other model's over the same samples, with its
 DeLong standard error: a difference well within two standard errors is not
 one. Drift detections come from the
-``mtl`` model's loss streams (:class:`~online_models.drift.ConceptDriftMonitor`);
+``mtl`` model's loss streams and its calibration per item category
+(:class:`~online_models.drift.ConceptDriftMonitor`, fed each label's item category);
 ``injected_at`` lists the simulator's drift points (event indexes).
 
 Windows per source (event time): the simulator clicks 2-30 s after an
@@ -355,15 +356,25 @@ def run_model(
             features.observe(step.events)
         if concept is not None and step.learn:
             keys, tasks, labels = label_rows(step.learn)
+            categories = _label_categories(step.learn)
             for task, name in enumerate(TASKS):
                 mine = tasks == task
                 if mine.any():
                     predicted = scores[keys[mine], task]
-                    if concept.update(name, predicted, labels[mine], step.position) and features:
+                    found = concept.update(
+                        name, predicted, labels[mine], step.position, categories[mine]
+                    )
+                    if found and features:
                         features.rebase()
         if advance is not None:
             advance(len(step.events))
     return ModelRun(scores=scores, seconds=seconds, learned=learned)
+
+
+def _label_categories(samples: list[TrackedSample]) -> np.ndarray:
+    """The item category of each row :func:`label_rows` gives for the samples, in its order."""
+    rows = [s.category for s in samples for label in s.labels() if label is not None]
+    return np.array(rows, dtype=object)
 
 
 def run(options: QualityOptions) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from online_models.drift import (
     ConceptDriftMonitor,
     DriftConfig,
     FeatureDriftMonitor,
+    category_bins,
     normalised_entropy,
 )
 from producers.contract import Event, ItemContent
@@ -157,3 +158,86 @@ def test_feature_monitor_state_round_trips():
     monitor.observe(more)
     twin.observe(more)
     assert twin.history == monitor.history and len(twin.history) == 3
+
+
+
+DEPARTMENTS = ("beauty", "books", "electronics", "fashion", "grocery", "home", "sports", "toys")
+RATES = np.array([0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11])
+TURNED = RATES[[5, 2, 7, 0, 6, 1, 3, 4]]  # the same rates, liked elsewhere: the pooled rate stays
+
+
+def shop(labels_total, rates_at, model_rates_at, seed):
+    """Chunks of (position, predictions, labels, categories) over items of 8 departments.
+
+    Labels follow ``rates_at(position)`` (click rate per department) times
+    an item's own appeal, which varies a lot within a department and which
+    the model knows; the model predicts as if ``model_rates_at(position)``
+    were the department rates.
+    """
+    rng = np.random.default_rng(seed)
+    for position in range(0, labels_total, CHUNK):
+        department = rng.integers(0, len(DEPARTMENTS), CHUNK)
+        appeal = np.exp(rng.normal(-0.72, 1.2, CHUNK))  # mean 1
+        truth = np.minimum(rates_at(position)[department] * appeal, 1.0)
+        predictions = np.minimum(model_rates_at(position)[department] * appeal, 1.0)
+        labels = (rng.random(CHUNK) < truth).astype(float)
+        subs = rng.integers(0, 4, CHUNK)
+        categories = [f"{DEPARTMENTS[d]}.sub{s}" for d, s in zip(department, subs, strict=True)]
+        yield position, predictions, labels, categories
+
+
+def turning(position):
+    return RATES if position < 100_000 else TURNED
+
+
+def unaware(position):
+    return RATES  # a model that has not noticed the turn yet
+
+
+def test_tastes_moving_between_departments_are_flagged_though_the_pooled_rate_stays():
+    monitor, loss_only = ConceptDriftMonitor(), ConceptDriftMonitor()
+    for position, predictions, labels, categories in shop(110_000, turning, unaware, seed=1):
+        monitor.update("click", predictions, labels, position, categories)
+        loss_only.update("click", predictions, labels, position)
+    found = monitor.detections
+    assert [(d["task"], d["detector"]) for d in found] == [("click", "top_category_calibration")]
+    assert 100_000 <= found[0]["event"] < 105_000  # within 5,000 labels
+    # the pooled loss moves little: the loss detectors alone find it later, if at all
+    assert all(d["event"] > found[0]["event"] + 2_000 for d in loss_only.detections)
+
+
+def test_a_calibrated_model_raises_nothing_in_any_department():
+    monitor = ConceptDriftMonitor()
+    for position, predictions, labels, categories in shop(200_000, unaware, unaware, seed=2):
+        monitor.update("click", predictions, labels, position, categories)
+    assert monitor.detections == []
+
+
+def test_every_department_rising_together_is_not_a_group_drift():
+    def jumping(position):
+        return RATES if position < 100_000 else 1.5 * RATES  # more clicks everywhere
+
+    monitor = ConceptDriftMonitor()
+    for position, predictions, labels, categories in shop(150_000, jumping, unaware, seed=3):
+        monitor.update("click", predictions, labels, position, categories)
+    assert [d for d in monitor.detections if d["detector"].endswith("_calibration")] == []
+
+
+def test_a_restored_monitor_charts_the_groups_as_the_original_would_have():
+    whole, first, second = ConceptDriftMonitor(), ConceptDriftMonitor(), ConceptDriftMonitor()
+    for position, predictions, labels, categories in shop(110_000, turning, unaware, seed=4):
+        whole.update("click", predictions, labels, position, categories)
+        if position == 60_250:  # inside a block
+            second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        (first if position < 60_250 else second).update(
+            "click", predictions, labels, position, categories
+        )
+    assert second.detections == whole.detections != []
+
+
+def test_category_bins_hash_the_top_level_or_the_whole_path():
+    paths = ["home.kitchen", "home.garden", "toys.games", None]
+    top = category_bins(paths, 32, "top_category")
+    assert top[0] == top[1] != top[2] and top[3] == -1
+    whole = category_bins(paths, 128, "category")
+    assert len(set(whole[:3].tolist())) == 3 and whole[3] == -1

@@ -385,9 +385,8 @@ class _GroupCalibration:
         self.residual = decay * self.residual + self.observed - scale * self.expected
         self.residual_variance = decay**2 * self.residual_variance + scale * self.variance
         floored = np.maximum(self.residual_variance, c.group_floor)
-        self.statistic = float(
-            np.sum(self.residual**2 / floored) / np.sum(self.residual_variance / floored)
-        )
+        expected = float(np.sum(self.residual_variance / floored))  # 0 if every p was 0 or 1
+        self.statistic = float(np.sum(self.residual**2 / floored)) / expected if expected else 0.0
         self.observed[:], self.expected[:], self.variance[:] = 0.0, 0.0, 0.0
         self.labels, self.positives = 0, 0
         self.blocks_seen += 1

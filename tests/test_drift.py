@@ -227,12 +227,13 @@ def test_a_restored_monitor_charts_the_groups_as_the_original_would_have():
     whole, first, second = ConceptDriftMonitor(), ConceptDriftMonitor(), ConceptDriftMonitor()
     for position, predictions, labels, categories in shop(110_000, turning, unaware, seed=4):
         whole.update("click", predictions, labels, position, categories)
-        if position == 60_250:  # inside a block
+        if position == 100_750:  # after the turn, inside a block, before the alarm
             second.load_state_dict(json.loads(json.dumps(first.state_dict())))
-        (first if position < 60_250 else second).update(
+        (first if position < 100_750 else second).update(
             "click", predictions, labels, position, categories
         )
     assert second.detections == whole.detections != []
+    assert json.dumps(second.state_dict()) == json.dumps(whole.state_dict())
 
 
 def test_category_bins_hash_the_top_level_or_the_whole_path():

@@ -53,11 +53,11 @@ Concept drift (:class:`ConceptDriftMonitor`)
     without impressions, with and without the taste shift at event 120,000:
     24 streams) were saved once and replayed through the monitor. Loss
     detectors alone (``block_positives=50, scale_blocks=30, ph_delta=1.0``)
-    missed the shift with impressions on seed 11 and were late on others
-    (its log loss hardly moves; rolling AUC dips by ~0.02), and at
-    ``ph_threshold=6`` raised a false alarm on cart (seed 17 without
-    impressions, event 73,730, with and without drift); at 7 they raise none
-    and still find the shift on 6 of the 12 streams. With the group charts
+    at ``ph_threshold=6`` raised a false alarm on cart (seed 17 without
+    impressions, event 73,730, with and without drift); at 7 they raise
+    none and find 11 of the 12 shifts, but miss seed 11 with impressions
+    (its log loss hardly moves; rolling AUC dips by ~0.02) and find seed 17
+    with impressions only 4,274 events late. With the group charts
     (``group_block=500, group_block_positives=50, group_lambda=0.7,
     group_floor=5, group_warmup_blocks=60, group_threshold=6``) every shift
     was found within 3,313 events (with impressions: seeds 3/5/7/11/13/17 at

@@ -137,14 +137,26 @@ class EmbeddingTable(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
+        rows, positions = self.lookup(index)
+        return gather(rows, positions)
+
+    def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, positions)``: ``rows[positions]`` are the rows at ``index``.
+
+        Scoring: the table itself and ``index``. Training: the distinct rows
+        of ``index`` as one leaf tensor (stepped by :meth:`step`) and where
+        each of ``index`` is in it. Callers gather column slices of ``rows``
+        (:func:`gather`), so each part of a row gets its gradient from the
+        parts of the batch that use it, without a full-width gradient per
+        lookup.
+        """
         if not torch.is_grad_enabled():
-            return F.embedding(index, self.weight)
+            return self.weight, index
         unique, inverse = distinct_rows(index.numpy().ravel(), self._position)
         unique = torch.from_numpy(unique)
         rows = self.weight.index_select(0, unique).requires_grad_()
         self._used = (unique, rows)
-        looked_up = rows.index_select(0, torch.from_numpy(inverse))  # backward: index_add_
-        return looked_up.view(*index.shape, rows.shape[1])
+        return rows, torch.from_numpy(inverse).view(index.shape)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -162,6 +174,15 @@ class EmbeddingTable(nn.Module):
         self.weight.index_copy_(0, unique, rows.detach().sub_(step, alpha=self.lr))
         self.weight[0] = 0.0
         self.squared_gradients[0] = 0.0
+
+
+def gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[index]`` as ``(*index.shape, width)`` (backward: an ``index_add_``).
+
+    >>> gather(torch.eye(3), torch.tensor([[2, 0]])).tolist()
+    [[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]]
+    """
+    return rows.index_select(0, index.reshape(-1)).view(*index.shape, rows.shape[1])
 
 
 def distinct_rows(index: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -314,33 +335,32 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, batch: FeatureBatch) -> torch.Tensor:
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        tasks = len(TASKS)
         rows = batch.content if config.use_content else batch.content[:, -1:]
         offsets = self.content_offsets if config.use_content else self.content_offsets[-1:]
-        content = self.content(torch.where(rows > 0, rows + offsets, 0))
-        vectors, wides = content.split([c, tasks], dim=2)  # (B, fields, c), (B, fields, 3)
-        wide = wides.sum(dim=1)
-        device = vectors[:, -1]
+        table, fields = self.content.lookup(torch.where(rows > 0, rows + offsets, 0))
+        vectors, wides = table[:, :c], table[:, c:]
+        wide = gather(wides, fields).sum(dim=1)
+        device = vectors.index_select(0, fields[:, -1])
         item_content = user_offset = item_offset = None
         if config.use_content:
             log_price = batch.dense[:, LOG_PRICE : LOG_PRICE + 1]
-            tokens, brand_price = vectors[:, :PATH_TOKENS].sum(dim=1), vectors[:, PATH_TOKENS:-1]
-            content_in = torch.cat([tokens, brand_price.flatten(1), log_price], dim=1)
+            tokens = gather(vectors, fields[:, :PATH_TOKENS]).sum(dim=1)
+            brand_price = gather(vectors, fields[:, PATH_TOKENS:-1]).flatten(1)
+            content_in = torch.cat([tokens, brand_price, log_price], dim=1)
             item_content = self.content_tower(content_in)
         states = len(batch.state_user)
         if config.use_ids:
             users, items = self._rows("user", batch.state_user), self._rows("item", batch.item)
-            user_ids, item_ids = self.ids(torch.cat([users, items])).split([states, len(items)])
-            user_offset, user_wide = user_ids.split([d, tasks], dim=1)
-            item_offset, item_wide = item_ids.split([d, tasks], dim=1)
-            wide = wide + item_wide
-        user = self.user_vector(batch, user_offset)  # (G, d)
+            table, ids = self.ids.lookup(torch.cat([users, items]))
+            offsets, wides = table[:, :d], table[:, d:]
+            user_rows, item_rows = ids[:states], ids[states:]
+            user_offset = offsets.index_select(0, user_rows)
+            user_wide = wides.index_select(0, user_rows)
+            item_offset = offsets.index_select(0, item_rows)
+            wide = wide + wides.index_select(0, item_rows)
+        user = self.user_vector(batch, user_offset).index_select(0, batch.user_state)  # (B, d)
         if config.use_ids:
-            user = torch.cat([user, user_wide], dim=1)
-        user = user.index_select(0, batch.user_state)
-        if config.use_ids:
-            user, user_wide = user.split([d, tasks], dim=1)
-            wide = wide + user_wide
+            wide = wide + user_wide.index_select(0, batch.user_state)
         v = self.item_vector(batch, item_content, item_offset)
         dense = batch.dense if self.dense_columns is None else batch.dense[:, self.dense_columns]
         x = torch.cat([user, v, user * v, device, dense], dim=1)

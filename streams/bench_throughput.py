@@ -42,6 +42,7 @@ from streams.demo import DELAY_SCALE, EVENTS_PER_SESSION, DemoOptions
 from streams.gc_freeze import GcFreezer
 from streams.pipeline import Pipeline, RawMessage
 from streams.progress import optional_progress
+from streams.settings import Settings
 
 SEGMENTS = 5
 """The stream is cut into this many segments for the growth rows."""
@@ -84,7 +85,10 @@ def run(options: ThroughputOptions) -> dict[str, Any]:
     demo = DemoOptions()  # the worker's windows as the demo sets them
     labels = LabelConfig(impressions=True, click_window_ms=int(demo.click_window_s * 1000),
                          conversion_window_ms=int(demo.conversion_window_s * 1000))
-    pipeline = Pipeline(mtl(MultiTaskConfig(num_threads=1)), labels=labels)
+    waits = Settings(click_window_s=demo.click_window_s, click_wait_s=demo.click_wait_s,
+                     conversion_window_s=demo.conversion_window_s).learner_waits_ms()
+    model = MultiTaskConfig(num_threads=1, provisional_negative_ms=waits)
+    pipeline = Pipeline(mtl(model), labels=labels)
     pipeline.process_catalog(catalog, "items")
     batches = [stream[i:i + options.batch] for i in range(0, len(stream), options.batch)]
     total, update, ranked = np.zeros(len(batches)), np.zeros(len(batches)), np.zeros(len(batches))

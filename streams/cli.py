@@ -123,6 +123,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None, help="the stream has no impressions: sample negatives")
     parser.add_argument("--click-window", dest="click_window_s", type=float,
                         help="seconds of event time a click is attributed to an impression")
+    parser.add_argument("--click-wait", dest="click_wait_s", type=float,
+                        help="seconds of event time after which an impression without a click "
+                             "is learned as a negative (default 60; keep it above the usual "
+                             "click delay and at most the click window)")
     parser.add_argument("--conversion-window", dest="conversion_window_s", type=float,
                         help="seconds of event time a cart/purchase is attributed to a click")
 

@@ -57,6 +57,7 @@ class DemoOptions:
     seed: int = 7
     impressions: bool = True
     click_window_s: float = 10.0
+    click_wait_s: float = 60 * DELAY_SCALE  # the shop's clicks come 2-30 s * DELAY_SCALE late
     conversion_window_s: float = 60.0
     drain_timeout_s: float = 60.0
 
@@ -132,6 +133,7 @@ def _start_worker(bootstrap: str, settings: Settings, options: DemoOptions, port
     command = [str(Path(sys.executable).with_name("recstream")), "worker", "--broker", bootstrap,
                "--metrics-port", str(port), "--checkpoint-dir", str(tmp / "checkpoints"),
                "--click-window", str(options.click_window_s),
+               "--click-wait", str(options.click_wait_s),
                "--conversion-window", str(options.conversion_window_s)]
     if not options.impressions:
         command.append("--no-impressions")

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class WorkerService:
         # often a producer; two OpenMP threads then spin against each other (measured:
         # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
         model = model or MultiTaskConfig(num_threads=1)
+        if model.provisional_negative_ms is not None:
+            model = replace(model, provisional_negative_ms=settings.learner_waits_ms())
         self.pipeline = Pipeline(mtl(model), labels=labels,
                                  ranking=RankingConfig(top_k=settings.top_k),
                                  events_topic=settings.topics.events)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from online_models.baselines import Popularity
+from online_models.drift import DETECTORS
 from streams.bench_quality import (
     MODEL_NAMES,
     QualityOptions,
@@ -71,7 +72,7 @@ def test_drift_is_injected_where_asked_and_detections_name_task_and_detector(sim
     for detection in drift["detections"]:
         assert set(detection) == {"event", "task", "detector"}
         assert detection["task"] in ("click", "cart", "purchase")
-        assert detection["detector"] in ("adwin", "page_hinkley")
+        assert detection["detector"] in DETECTORS
     assert set(drift["calibration"]) == {"click", "cart", "purchase"}
     assert (out / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

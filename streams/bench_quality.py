@@ -46,7 +46,6 @@ Example
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -71,7 +70,7 @@ from online_models.evaluation import (
 )
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from producers.contract import CatalogItem, Event
-from streams.progress import progress_bar
+from streams.progress import optional_progress
 
 MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "single_task", "id_only", "popularity")
 DRIFT_AT = 0.6
@@ -195,7 +194,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
     steps: list[Step] = []
     step = Step(position=0)
     numbered = _numbered(records, resolver)
-    with _progress(options.progress, "prepare stream", options.events) as advance:
+    with optional_progress(options.progress, "prepare stream", options.events) as advance:
         for index, event in numbered:
             resolution = resolver.observe(event)
             cold = [counter.is_cold(s.item_id) for s in resolution.new]
@@ -395,7 +394,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
     for name in options.models:
         model = factories[name]()
         monitors = (concept, features) if name == "mtl" else (None, None)
-        with _progress(options.progress, name, stream.events) as advance:
+        with optional_progress(options.progress, name, stream.events) as advance:
             result = run_model(model, stream, *monitors, advance)
         metrics = prequential_metrics(result.scores, stream.log, from_position)
         metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
@@ -422,16 +421,6 @@ def run(options: QualityOptions) -> dict[str, Any]:
     if options.plot is not None:
         plot_rolling_auc(runs, stream, report["drift"], options.plot)
     return report
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, label: str, total: int | None) -> Iterator[Callable[[float], None]]:
-    """A rich progress bar on stderr, or a silent stand-in."""
-    if not enabled:
-        yield lambda _: None
-        return
-    with progress_bar(label, total) as advance:
-        yield advance
 
 
 def _finite(value: Any) -> Any:

@@ -445,7 +445,6 @@ def _float_array(values: Sequence[float | None]) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-
 class FeatureEncoder:
     """Owns the ID tables, label statistics and user histories; encodes batches.
 

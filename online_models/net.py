@@ -269,10 +269,14 @@ class MultiTaskNet(nn.Module):
         behaviour_in = 1 + (d if config.use_ids else 0) + (4 * c if config.use_content else 0)
         if config.use_content:
             self.content_tower = nn.Sequential(
-                nn.Linear(3 * c + 1, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d)
+                nn.Linear(3 * c + 1, config.hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.hidden, d),
             )
         self.behaviour_tower = nn.Sequential(
-            nn.Linear(behaviour_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d)
+            nn.Linear(behaviour_in, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.hidden, d),
         )
         dense_columns = [
             i

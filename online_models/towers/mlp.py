@@ -16,6 +16,6 @@ def mlp(in_dim: int, *widths: int) -> nn.Sequential:
     """``Linear -> ReLU`` for each width in turn."""
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
         in_dim = width
     return nn.Sequential(*layers)

@@ -278,7 +278,10 @@ class UserHistory:
         added at or after a row's ``before_ms`` are 0.
         """
         visible = self.added_ms[user_rows] < before_ms[:, None]
-        return self.entries[user_rows] * visible[:, None, :]
+        entries = self.entries.take(user_rows, axis=0)
+        if not visible.all():  # usually every entry is older than the sample
+            entries *= visible[:, None, :]
+        return entries
 
     def append(self, user_rows: np.ndarray, features: np.ndarray, now_ms: int) -> None:
         """Append one entry (a row of ``features``) to each user, in order, at ``now_ms``.

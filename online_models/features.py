@@ -301,8 +301,10 @@ class ContentRows:
             self._item_slot[item_rows] = kept[(kept >= 0) & (items[missing] > 0)]
             self._item_identity[item_rows] = identity[remember]
             self._item_price[item_rows] = price_values[remember]
-            objects = [(categories[i], brands[i]) for i in remember.tolist()]
-            self._item_objects[item_rows] = np.array(objects, dtype=object).reshape(-1, 2)
+            chosen = remember.tolist()
+            for column, values in enumerate((categories, brands)):
+                objects = np.fromiter(map(values.__getitem__, chosen), object, len(chosen))
+                self._item_objects[item_rows, column] = objects
         if insert:
             self.touch(rows, now_ms)
         return rows, log_prices, complete

@@ -77,8 +77,6 @@ STAGES = 3
 NONE = -1
 """No stage (in the waiting and assumed arrays), no key (in the key array)."""
 _TIME = attrgetter("ts")
-_LABELS = attrgetter("click", "cart", "purchase")
-_NO_LABELS = (None, None, None)
 _NEGATIVES = np.array(
     [[0.0, 0.0, 0.0], [math.nan, 0.0, 0.0], [math.nan, math.nan, 0.0]], dtype=np.float32
 )
@@ -156,7 +154,10 @@ class ProvisionalNegatives:
         fresh = np.flatnonzero(keys >= 0)
         if len(fresh) == 0:
             return
-        unlabelled = map(_NO_LABELS.__eq__, map(_LABELS, [samples[i] for i in fresh.tolist()]))
+        unlabelled = (
+            s.click is None and s.cart is None and s.purchase is None
+            for s in [samples[i] for i in fresh.tolist()]
+        )
         fresh = fresh[np.fromiter(unlabelled, bool, len(fresh))]
         keys = keys[fresh]
         if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():  # usually in order already
@@ -168,7 +169,7 @@ class ProvisionalNegatives:
         )
         fresh, keys, slots = fresh[~tracked], keys[~tracked], slots[~tracked]
         self._wait(slots, keys, np.zeros(len(slots), np.int8), times[fresh] + self.waits_ms[0])
-        self._sample[slots] = [samples[i] for i in fresh.tolist()]
+        self._sample[slots] = _objects([samples[i] for i in fresh.tolist()])
 
     def admit(self, samples: Sequence[Sample], labels: np.ndarray) -> np.ndarray:
         """Which of ``samples`` (with ``labels``, ``(n, 3)``) to learn; moves the waits on.
@@ -202,7 +203,7 @@ class ProvisionalNegatives:
             rows, slots = rows[moves_on], slots[moves_on]
             stage = (last[rows] + 1).astype(np.int8)
             self._wait(slots, keys[rows], stage, clock[rows] + np.take(self.waits_ms, stage))
-            self._sample[slots] = [samples[i] for i in rows]
+            self._sample[slots] = _objects([samples[i] for i in rows.tolist()])
         return admitted
 
     def due(self) -> tuple[list[TrackedSample], np.ndarray]:
@@ -272,6 +273,11 @@ class ProvisionalNegatives:
             slot = key % self.capacity
             self._key[slot], self._assumed[slot] = key, stage
         self.now_ms = int(state["now_ms"])
+
+
+def _objects(items: list[Any]) -> np.ndarray:
+    """``items`` as a 1-d object array (~10x faster than numpy's own conversion of a list)."""
+    return np.fromiter(items, dtype=object, count=len(items))
 
 
 def _keys(samples: Sequence[Sample]) -> np.ndarray:

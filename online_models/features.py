@@ -66,7 +66,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import repeat
-from operator import attrgetter, is_not
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,6 @@ CONTENT_DENSE_FEATURES = (
     *(f"{entity}_{task}_rate" for entity in ("brand", "category") for task in TASKS),
 )
 """The dense features that describe content (a net without content drops them)."""
-_LABELS = attrgetter("click", "cart", "purchase")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +183,8 @@ def label_matrix(samples: Sequence[Sample]) -> np.ndarray:
     [[1.0, nan, nan]]
     """
     nan = math.nan
-    labels = [nan if label is None else label for row in map(_LABELS, samples) for label in row]
-    return np.array(labels, dtype=np.float32).reshape(-1, len(TASKS))
+    flat = [nan if v is None else v for s in samples for v in (s.click, s.cart, s.purchase)]
+    return np.array(flat, dtype=np.float32).reshape(-1, len(TASKS))
 
 
 def price_buckets(prices: Sequence[float | None]) -> np.ndarray:

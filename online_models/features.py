@@ -686,6 +686,8 @@ class FeatureEncoder:
         cleared here; the caller reinitialises the embedding rows.
         """
         released = {name: table.take_released() for name, table in self.tables.items()}
+        if not any(len(rows) for rows in released.values()):  # the usual step
+            return released
         self.history.clear(released["user"])
         self.content.forget_items(released["item"])
         for name, table in RATE_ENTITIES.items():

@@ -407,16 +407,17 @@ class MultiTaskNet(nn.Module):
         """
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
         groups, _, slots = history.shape
-        filled = (fill * slots).clamp(min=1).unsqueeze(1)
-        summary = [fill.unsqueeze(1)]
+        parts = [fill.unsqueeze(1)]
         if config.use_ids:
             items = history[:, 0] + self.sections["item"][1]  # section row 0 -> a zero row
-            summary.append(F.embedding_bag(items, self.ids.weight, mode="sum")[:, :d] / filled)
+            parts.append(F.embedding_bag(items, self.ids.weight, mode="sum")[:, :d])
         if config.use_content:
             content = (history[:, 1:] + self.history_offsets.unsqueeze(1)).view(-1, slots)
             sums = F.embedding_bag(content, self.content.weight, mode="sum")
-            summary.append(sums.view(groups, -1, c + len(TASKS))[:, :, :c].flatten(1) / filled)
-        return torch.cat(summary, dim=1)
+            parts.append(sums.view(groups, -1, c + len(TASKS))[:, :, :c].flatten(1))
+        summary = torch.cat(parts, dim=1)
+        summary[:, 1:] /= (fill * slots).clamp(min=1).unsqueeze(1)  # sums to means
+        return summary
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor

@@ -585,7 +585,9 @@ class FeatureEncoder:
         generation = self._generation()
         if found.any():
             reuse[found] = kept["complete"] & (kept["generation"] == generation)
-        kept_rows = _Rows.from_arrays(kept).subset(reuse[found])
+        kept_rows = _Rows.from_arrays(kept)
+        if not reuse[found].all():
+            kept_rows = kept_rows.subset(reuse[found])
         latest = int(kept_rows.times.max()) if reuse.any() else None
         if reuse.all():
             rows = kept_rows

@@ -370,11 +370,16 @@ class ScoringSnapshots:
         """Remember the first scoring of each key ``>= 0`` (later scorings do not replace it)."""
         if self.capacity == 0:
             return
-        keys, first = np.unique(keys, return_index=True)
+        ascending = bool((keys[1:] > keys[:-1]).all())  # the usual batch: no sort needed
+        if ascending:
+            first = np.arange(len(keys))
+        else:
+            keys, first = np.unique(keys, return_index=True)
         slots = keys % self.capacity
         new = (keys >= 0) & (self.keys[slots] != keys)
         if not new.any():
             return
+        every = ascending and bool(new.all())
         slots, rows = slots[new], first[new]
         self.keys[slots] = keys[new]
         for name, array in arrays.items():
@@ -382,7 +387,7 @@ class ScoringSnapshots:
             if column is None:
                 column = np.zeros((self.capacity, *array.shape[1:]), dtype=array.dtype)
                 self.columns[name] = column
-            column[slots] = array[rows]
+            column[slots] = array if every else array[rows]
 
     def take(self, keys: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(found, kept)``: which keys have a snapshot, and its arrays (found ones, in order).

@@ -110,6 +110,16 @@ def _total(metrics: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in metrics.items() if k.startswith(prefix + "{") or k == prefix)
 
 
+def _labelled(metrics: dict[str, float], name: str) -> dict[str, int]:
+    """Non-zero series of a counter by their labels.
+
+    >>> _labelled({"x_total{task=click}": 1.0, "x_total{task=cart}": 0.0, "y": 3.0}, "x_total")
+    {'task=click': 1}
+    """
+    prefix = name + "{"
+    return {k[len(prefix):-1]: int(v) for k, v in metrics.items() if k.startswith(prefix) and v}
+
+
 def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     """Run the demo; return (and write, if asked) the report."""
     with connect(settings) as bootstrap, tempfile.TemporaryDirectory(prefix="recstream-") as tmp:
@@ -249,7 +259,8 @@ def _report(duration: float, sent: PublishReport, metrics: dict[str, float],
                        "scored_before_first_interaction": scored_first},
         "latency_ms": {"p50": round(watcher.latency_ms(50), 1),
                        "p99": round(watcher.latency_ms(99), 1)},
-        "drift": {"detections": int(_total(metrics, "recstream_drift_detections_total"))},
+        "drift": {"detections": int(_total(metrics, "recstream_drift_detections_total")),
+                  "by": _labelled(metrics, "recstream_drift_detections_total")},
     }
 
 

@@ -200,6 +200,8 @@ class WorkerService:
         for detection in result.drift:
             m.drift_detections.labels(task=detection["task"],
                                       detector=detection["detector"]).inc()
+            log.warning("drift detected: task %s, detector %s, at event %d of this worker",
+                        detection["task"], detection["detector"], detection["event"])
         version = int(getattr(pipeline.learner, "model_version", 0))
         m.model_updates.inc(max(0, version - self._model_version))
         self._model_version = version

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from online_models.labels import LabelConfig
 from online_models.learner import MultiTaskConfig, mtl
 from producers.contract import CatalogItem, encode_catalog_item, encode_event
 from producers.simulator import Shop, ShopConfig
@@ -42,7 +41,6 @@ from streams.demo import DELAY_SCALE, EVENTS_PER_SESSION, DemoOptions
 from streams.gc_freeze import GcFreezer
 from streams.pipeline import Pipeline, RawMessage
 from streams.progress import optional_progress
-from streams.settings import Settings
 
 SEGMENTS = 5
 """The stream is cut into this many segments for the growth rows."""
@@ -82,13 +80,9 @@ def demo_stream(events: int, seed: int) -> tuple[list[RawMessage], list[RawMessa
 def run(options: ThroughputOptions) -> dict[str, Any]:
     """Feed the stream through a pipeline; return (and write, if asked) the figures."""
     catalog, stream = demo_stream(options.events, options.seed)
-    demo = DemoOptions()  # the worker's windows as the demo sets them
-    labels = LabelConfig(impressions=True, click_window_ms=int(demo.click_window_s * 1000),
-                         conversion_window_ms=int(demo.conversion_window_s * 1000))
-    waits = Settings(click_window_s=demo.click_window_s, click_wait_s=demo.click_wait_s,
-                     conversion_window_s=demo.conversion_window_s).learner_waits_ms()
-    model = MultiTaskConfig(num_threads=1, provisional_negative_ms=waits)
-    pipeline = Pipeline(mtl(model), labels=labels)
+    settings = DemoOptions().worker_settings()  # the worker's windows as the demo sets them
+    model = MultiTaskConfig(num_threads=1, provisional_negative_ms=settings.learner_waits_ms())
+    pipeline = Pipeline(mtl(model), labels=settings.label_config())
     pipeline.process_catalog(catalog, "items")
     batches = [stream[i:i + options.batch] for i in range(0, len(stream), options.batch)]
     total, update, ranked = np.zeros(len(batches)), np.zeros(len(batches)), np.zeros(len(batches))

@@ -61,6 +61,12 @@ class DemoOptions:
     conversion_window_s: float = 60.0
     drain_timeout_s: float = 60.0
 
+    def worker_settings(self) -> Settings:
+        """The label windows and waits the demo gives its worker, as worker settings."""
+        return Settings(impressions=self.impressions, click_window_s=self.click_window_s,
+                        click_wait_s=self.click_wait_s,
+                        conversion_window_s=self.conversion_window_s)
+
 
 class LiveShop:
     """The simulator's records stamped with wall-clock time as they are sent.

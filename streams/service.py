@@ -32,7 +32,6 @@ from typing import Any
 import faust
 
 from online_models.base import TASKS
-from online_models.labels import LabelConfig
 from online_models.learner import MultiTaskConfig, mtl
 from streams.checkpoint import CheckpointError, CheckpointStore, ChildSave, save_in_child
 from streams.gc_freeze import GcFreezer
@@ -60,9 +59,7 @@ class WorkerService:
                  model: MultiTaskConfig | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        labels = LabelConfig(impressions=settings.impressions,
-                             click_window_ms=int(settings.click_window_s * 1000),
-                             conversion_window_ms=int(settings.conversion_window_s * 1000))
+        labels = settings.label_config()
         # One intra-op thread: the worker shares two cores with Faust's consumer thread and
         # often a producer; two OpenMP threads then spin against each other (measured:
         # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from online_models.labels import LabelConfig
+
 
 @dataclass(frozen=True)
 class TopicNames:
@@ -116,6 +118,12 @@ class Settings:
     click_wait_s: float = 60.0
     conversion_window_s: float = 3600.0
     impressions: bool = True
+
+    def label_config(self) -> LabelConfig:
+        """How the worker's label resolver turns events into samples (its windows in ms)."""
+        return LabelConfig(impressions=self.impressions,
+                           click_window_ms=int(self.click_window_s * 1000),
+                           conversion_window_ms=int(self.conversion_window_s * 1000))
 
     def learner_waits_ms(self) -> tuple[int, int, int]:
         """Event time the learner waits before learning a missing click, cart, purchase as 0.

@@ -120,18 +120,13 @@ def test_the_settings_waits_keep_a_fresh_learner_calibrated_on_the_demo_shop():
     when its 10 s click window closes fed a fresh model 20,000 events of almost only
     positives, and it over-predicted clicks four times over long after.
     """
-    from online_models.labels import LabelConfig
     from streams.bench_throughput import demo_stream
     from streams.demo import DemoOptions
-    from streams.settings import Settings
 
-    demo = DemoOptions()
-    settings = Settings(click_window_s=demo.click_window_s, click_wait_s=demo.click_wait_s,
-                        conversion_window_s=demo.conversion_window_s)
+    settings = DemoOptions().worker_settings()
     assert settings.learner_waits_ms() == (1_000, 30_000, 30_000)
-    labels = LabelConfig(impressions=True, click_window_ms=10_000, conversion_window_ms=60_000)
     model = MultiTaskConfig(provisional_negative_ms=settings.learner_waits_ms())
-    pipe = Pipeline(mtl(model), labels=labels)
+    pipe = Pipeline(mtl(model), labels=settings.label_config())
     shop_catalog, stream = demo_stream(40_000, seed=7)
     pipe.process_catalog(shop_catalog, "items")
     for start in range(0, len(stream), 500):

@@ -244,21 +244,18 @@ class _TaskDetectors:
 
     def add(self, losses: np.ndarray, positive: np.ndarray) -> list[str]:
         """Feed losses (and which labels were positive); detectors that fired on closed blocks."""
-        fired: list[str] = []
-        size, wanted = self.config.loss_block, self.config.block_positives
-        # label counts and positive counts at which each position would close the block
-        counts = self.block_count + np.arange(1, len(losses) + 1)
-        positives = self.block_positives + np.cumsum(positive)
-        closing = np.flatnonzero((counts >= size) & (positives >= wanted))
-        if len(closing) == 0:
+        c = self.config
+        end = block_end(self.block_count, self.block_positives, positive, c.loss_block,
+                        c.block_positives)
+        if end is None:
             self.block_sum += float(losses.sum())
             self.block_count += len(losses)
             self.block_positives += int(positive.sum())
-            return fired
-        end = int(closing[0]) + 1
+            return []
         count = self.block_count + end
         mean_loss = (self.block_sum + float(losses[:end].sum())) / count
-        fired += self._block(normalised_entropy(mean_loss, positives[end - 1] / count))
+        positives = self.block_positives + int(positive[:end].sum())
+        fired = self._block(normalised_entropy(mean_loss, positives / count))
         self.block_sum, self.block_count, self.block_positives = 0.0, 0, 0
         return fired + self.add(losses[end:], positive[end:])
 
@@ -362,17 +359,16 @@ class _GroupCalibration:
     def add(self, predictions: np.ndarray, labels: np.ndarray, bins: np.ndarray) -> bool:
         """Feed labelled predictions and their group bins; True if the chart crossed the line."""
         c = self.config
-        counts = self.labels + np.arange(1, len(labels) + 1)
-        positives = self.positives + np.cumsum(labels > 0.5)
-        closing = np.flatnonzero((counts >= c.group_block) & (positives >= c.group_block_positives))
-        end = int(closing[0]) + 1 if len(closing) else len(labels)
+        closes = block_end(self.labels, self.positives, labels > 0.5, c.group_block,
+                           c.group_block_positives)
+        end = len(labels) if closes is None else closes
         p, y, b = predictions[:end], labels[:end], bins[:end]
         self.observed += np.bincount(b, y, self.bins)
         self.expected += np.bincount(b, p, self.bins)
         self.variance += np.bincount(b, p * (1.0 - p), self.bins)
         self.labels += end
         self.positives += int((y > 0.5).sum())
-        if not len(closing):
+        if closes is None:
             return False
         fired = self._block()
         rest = end < len(labels) and self.add(predictions[end:], labels[end:], bins[end:])
@@ -415,6 +411,24 @@ class _GroupCalibration:
         self.positives = int(state["positives"])
         self.blocks_seen = int(state["blocks_seen"])
         self.statistic = float(state["statistic"])
+
+
+def block_end(
+    count: int, positives: int, positive: np.ndarray, size: int, wanted: int
+) -> int | None:
+    """How many of the new labels close a block that already holds ``count`` (``positives``).
+
+    A block closes at the first label that brings it to ``size`` labels and
+    ``wanted`` positives; ``None`` if the new labels do not close it.
+
+    >>> block_end(3, 1, np.array([False, True, False, True]), size=4, wanted=2)
+    2
+    >>> block_end(0, 0, np.array([True, True]), size=4, wanted=1) is None
+    True
+    """
+    counts = count + np.arange(1, len(positive) + 1)
+    closing = np.flatnonzero((counts >= size) & (positives + np.cumsum(positive) >= wanted))
+    return int(closing[0]) + 1 if len(closing) else None
 
 
 def category_bins(categories: Sequence[str | None], bins: int, level: str) -> np.ndarray:

@@ -94,6 +94,7 @@ from online_models.features import (
     FeatureBatch,
 )
 from online_models.towers import build_towers
+from online_models.towers.mlp import mlp
 
 if TYPE_CHECKING:
     from online_models.learner import MultiTaskConfig
@@ -269,14 +270,10 @@ class MultiTaskNet(nn.Module):
         behaviour_in = 1 + (d if config.use_ids else 0) + (4 * c if config.use_content else 0)
         if config.use_content:
             self.content_tower = nn.Sequential(
-                nn.Linear(3 * c + 1, config.hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(config.hidden, d),
+                *mlp(3 * c + 1, config.hidden), nn.Linear(config.hidden, d)
             )
         self.behaviour_tower = nn.Sequential(
-            nn.Linear(behaviour_in, config.hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(config.hidden, d),
+            *mlp(behaviour_in, config.hidden), nn.Linear(config.hidden, d)
         )
         dense_columns = [
             i

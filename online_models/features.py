@@ -193,7 +193,7 @@ def price_buckets(prices: Sequence[float | None]) -> np.ndarray:
     >>> price_buckets([None, 0.0, 1.0, 199.0, 1e30]).tolist()
     [1, 2, 4, 17, 63]
     """
-    values = np.array([math.nan if p is None else p for p in prices], dtype=np.float64)
+    values = _float_array(prices)
     missing = np.isnan(values)
     scaled = np.floor(2.0 * np.log2(1.0 + np.where(missing, 0.0, values)))
     buckets = 2 + np.clip(scaled, 0, PRICE_BUCKETS - 3).astype(np.int64)
@@ -347,7 +347,7 @@ class ContentRows:
         tokens = self.tokens.rows(keys, now_ms, insert).reshape(-1, PATH_TOKENS)
         brand_rows = self.brands.rows(brands, now_ms, insert)
         rows = np.column_stack([tokens, brand_rows, price_buckets(prices)])
-        log_prices = np.log1p(np.array([math.nan if p is None else p for p in prices]))
+        log_prices = np.log1p(_float_array(prices))
         named_tokens = np.array([key is not None for key in keys]).reshape(-1, PATH_TOKENS)
         named_brands = np.array([brand is not None for brand in brands])
         complete = ((tokens > 0) | ~named_tokens).all(axis=1) & ((brand_rows > 0) | ~named_brands)

@@ -245,8 +245,9 @@ class _TaskDetectors:
     def add(self, losses: np.ndarray, positive: np.ndarray) -> list[str]:
         """Feed losses (and which labels were positive); detectors that fired on closed blocks."""
         c = self.config
-        end = block_end(self.block_count, self.block_positives, positive, c.loss_block,
-                        c.block_positives)
+        end = block_end(
+            self.block_count, self.block_positives, positive, c.loss_block, c.block_positives
+        )
         if end is None:
             self.block_sum += float(losses.sum())
             self.block_count += len(losses)
@@ -359,8 +360,9 @@ class _GroupCalibration:
     def add(self, predictions: np.ndarray, labels: np.ndarray, bins: np.ndarray) -> bool:
         """Feed labelled predictions and their group bins; True if the chart crossed the line."""
         c = self.config
-        closes = block_end(self.labels, self.positives, labels > 0.5, c.group_block,
-                           c.group_block_positives)
+        closes = block_end(
+            self.labels, self.positives, labels > 0.5, c.group_block, c.group_block_positives
+        )
         end = len(labels) if closes is None else closes
         p, y, b = predictions[:end], labels[:end], bins[:end]
         self.observed += np.bincount(b, y, self.bins)

@@ -40,8 +40,12 @@ from online_models.labels import TrackedSample
 class LiveQuality:
     """Rolling prequential metrics per task, fed by scored samples and resolved labels."""
 
-    def __init__(self, window: int = 20_000, max_open: int = 500_000,
-                 drift: ConceptDriftMonitor | None = None) -> None:
+    def __init__(
+        self,
+        window: int = 20_000,
+        max_open: int = 500_000,
+        drift: ConceptDriftMonitor | None = None,
+    ) -> None:
         self.window = window
         self.max_open = max_open
         self.drift = drift or ConceptDriftMonitor()
@@ -75,8 +79,9 @@ class LiveQuality:
         for task, (scores, labels, categories) in by_task.items():
             if scores:
                 self._pairs[TASKS[task]].extend(zip(scores, labels, strict=True))
-                raised += self.drift.update(TASKS[task], np.array(scores), np.array(labels),
-                                            position, categories)
+                raised += self.drift.update(
+                    TASKS[task], np.array(scores), np.array(labels), position, categories
+                )
         return raised
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -105,8 +110,9 @@ class LiveQuality:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
-        self._open = OrderedDict(zip(state["open_keys"], np.asarray(state["open_predictions"]),
-                                     strict=True))
+        self._open = OrderedDict(
+            zip(state["open_keys"], np.asarray(state["open_predictions"]), strict=True)
+        )
         for task, pairs in state["pairs"].items():
             self._pairs[task].clear()
             self._pairs[task].extend(map(tuple, np.asarray(pairs).tolist()))

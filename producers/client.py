@@ -64,10 +64,12 @@ class PublishReport:
         """One line for people: counts and rate."""
         refused = sum(self.refused.values())
         reasons = ", ".join(f"{r} {n}" for r, n in self.refused.most_common())
-        return (f"sent {self.events_sent:,} events ({self.events_failed:,} failed, "
-                f"{refused:,} refused{': ' + reasons if reasons else ''}) and "
-                f"{self.items_sent:,} catalog items ({self.items_failed:,} failed) in "
-                f"{self.elapsed_s:.1f} s: {self.events_per_s:,.0f} events/s")
+        return (
+            f"sent {self.events_sent:,} events ({self.events_failed:,} failed, "
+            f"{refused:,} refused{': ' + reasons if reasons else ''}) and "
+            f"{self.items_sent:,} catalog items ({self.items_failed:,} failed) in "
+            f"{self.elapsed_s:.1f} s: {self.events_per_s:,.0f} events/s"
+        )
 
 
 CHUNK_EVENTS = 500
@@ -86,10 +88,18 @@ class EventPublisher:
     passes SASL/TLS settings to kafka-python unchanged.
     """
 
-    def __init__(self, bootstrap: str, events_topic: str, items_topic: str, *,
-                 rate: float = 0.0, client_config: dict[str, Any] | None = None,
-                 max_in_flight: int = 5, linger_ms: int = 5,
-                 bootstrap_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        events_topic: str,
+        items_topic: str,
+        *,
+        rate: float = 0.0,
+        client_config: dict[str, Any] | None = None,
+        max_in_flight: int = 5,
+        linger_ms: int = 5,
+        bootstrap_timeout_s: float = 5.0,
+    ) -> None:
         self.events_topic = events_topic
         self.items_topic = items_topic
         self.rate = rate
@@ -113,10 +123,15 @@ class EventPublisher:
                 "check --broker / RECSTREAM_BROKER (or omit it to use the embedded broker)"
             ) from err
 
-    def publish(self, records: Iterable[Event | CatalogItem], *, max_events: int | None = None,
-                stop: threading.Event | None = None,
-                on_progress: ProgressCallback | None = None,
-                encode_in_subprocess: bool = False) -> PublishReport:
+    def publish(
+        self,
+        records: Iterable[Event | CatalogItem],
+        *,
+        max_events: int | None = None,
+        stop: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+        encode_in_subprocess: bool = False,
+    ) -> PublishReport:
         """Send records in order until exhausted, ``max_events`` or ``stop``; flush; report.
 
         With ``encode_in_subprocess`` the records are generated, validated and
@@ -201,8 +216,11 @@ class EncodedChunk:
     refused: Counter[str] = field(default_factory=Counter)
 
 
-def encoded_chunks(records: Iterable[Event | CatalogItem], max_events: int | None = None,
-                   chunk_events: int = CHUNK_EVENTS) -> Iterator[EncodedChunk]:
+def encoded_chunks(
+    records: Iterable[Event | CatalogItem],
+    max_events: int | None = None,
+    chunk_events: int = CHUNK_EVENTS,
+) -> Iterator[EncodedChunk]:
     """Validate and encode records as (key, value) pairs, a chunk at a time, in order.
 
     A catalog item that arrives after some events starts a new chunk, so items
@@ -251,8 +269,9 @@ _END = "end of records"
 
 
 @contextlib.contextmanager
-def _in_subprocess(chunks: Iterator[EncodedChunk],
-                   queued: int = 64) -> Iterator[Iterator[EncodedChunk]]:
+def _in_subprocess(
+    chunks: Iterator[EncodedChunk], queued: int = 64
+) -> Iterator[Iterator[EncodedChunk]]:
     """Run the chunk generator in a forked child; yield its chunks here, in order."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue(maxsize=queued)  # bounded: the child waits when we fall behind
@@ -271,8 +290,9 @@ def _in_subprocess(chunks: Iterator[EncodedChunk],
                 chunk = queue.get(timeout=1.0)
             except Empty:
                 if not child.is_alive():
-                    raise RuntimeError("the encoding process died "
-                                       f"(exit code {child.exitcode})") from None
+                    raise RuntimeError(
+                        f"the encoding process died (exit code {child.exitcode})"
+                    ) from None
                 continue
             if chunk == _END:
                 return

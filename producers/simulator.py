@@ -739,8 +739,7 @@ class Shop:
             purchase=rng.random((n, width)),
             click_delay=_scaled(rng.integers(2_000, 30_000, (n, width)), cfg.delay_scale),
             cart_delay=_scaled(rng.integers(60_000, 1_800_000, (n, width)), cfg.delay_scale),
-            purchase_delay=_scaled(rng.integers(60_000, 1_800_000, (n, width)),
-                                   cfg.delay_scale),
+            purchase_delay=_scaled(rng.integers(60_000, 1_800_000, (n, width)), cfg.delay_scale),
         )
 
     def _refresh_popular(self) -> None:

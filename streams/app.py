@@ -96,8 +96,9 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
 
     @app.agent(events, name="learn")
     async def learn(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.batch_size,
-                                              within=settings.batch_wait_ms / 1000):
+        async for batch in stream.take_events(
+            settings.batch_size, within=settings.batch_wait_ms / 1000
+        ):
             await publish(service.events_batch([e.message for e in batch]))
             if service.checkpoint_due():
                 await app.producer.flush()
@@ -108,12 +109,12 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
 
     @app.on_partitions_assigned.connect
     async def start_from_checkpoint(app: faust.App, assigned: set[TP], **_: Any) -> None:
-        offsets = service.first_assignment_offsets(
-            [(tp.topic, tp.partition) for tp in assigned])
+        offsets = service.first_assignment_offsets([(tp.topic, tp.partition) for tp in assigned])
         if offsets:  # Faust's recovery seeks to the committed offsets next
             await app.consumer._commit({TP(t, p): o for (t, p), o in offsets.items()})
         service.metrics.assigned_partitions.set(
-            sum(1 for tp in assigned if tp.topic == names.events))
+            sum(1 for tp in assigned if tp.topic == names.events)
+        )
 
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:

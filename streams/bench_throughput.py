@@ -61,15 +61,22 @@ class ThroughputOptions:
 def demo_stream(events: int, seed: int) -> tuple[list[RawMessage], list[RawMessage]]:
     """The demo's shop as wire messages: (catalog records, events), in order."""
     demo = DemoOptions()
-    shop = Shop(ShopConfig(seed=seed, events=events, impressions=True,
-                           sessions_per_second=demo.rate / EVENTS_PER_SESSION,
-                           delay_scale=DELAY_SCALE))
+    shop = Shop(
+        ShopConfig(
+            seed=seed,
+            events=events,
+            impressions=True,
+            sessions_per_second=demo.rate / EVENTS_PER_SESSION,
+            delay_scale=DELAY_SCALE,
+        )
+    )
     catalog: list[RawMessage] = []
     stream: list[RawMessage] = []
     for record in shop.records():
         if isinstance(record, CatalogItem):
-            catalog.append(RawMessage(0, len(catalog), record.item_id.encode(),
-                                      encode_catalog_item(record)))
+            catalog.append(
+                RawMessage(0, len(catalog), record.item_id.encode(), encode_catalog_item(record))
+            )
             continue
         stream.append(RawMessage(0, len(stream), record.user_id.encode(), encode_event(record)))
         if len(stream) >= events:
@@ -84,7 +91,7 @@ def run(options: ThroughputOptions) -> dict[str, Any]:
     model = MultiTaskConfig(num_threads=1, provisional_negative_ms=settings.learner_waits_ms())
     pipeline = Pipeline(mtl(model), labels=settings.label_config())
     pipeline.process_catalog(catalog, "items")
-    batches = [stream[i:i + options.batch] for i in range(0, len(stream), options.batch)]
+    batches = [stream[i : i + options.batch] for i in range(0, len(stream), options.batch)]
     total, update, ranked = np.zeros(len(batches)), np.zeros(len(batches)), np.zeros(len(batches))
     freezer = GcFreezer()  # as the worker does
     with optional_progress(options.progress, "apply batches", len(stream)) as advance:
@@ -121,11 +128,16 @@ def _quantiles(seconds: np.ndarray) -> dict[str, float]:
 
 def _segments(total: np.ndarray, update: np.ndarray, batch: int) -> list[dict[str, float]]:
     rows = []
-    for part, part_update in zip(np.array_split(total, SEGMENTS),
-                                 np.array_split(update, SEGMENTS), strict=True):
-        rows.append({"events_per_s": round(batch * len(part) / part.sum(), 1),
-                     "update_ms": round(float(part_update.mean()) * 1000, 2),
-                     "rank_ms": round(float((part - part_update).mean()) * 1000, 2)})
+    for part, part_update in zip(
+        np.array_split(total, SEGMENTS), np.array_split(update, SEGMENTS), strict=True
+    ):
+        rows.append(
+            {
+                "events_per_s": round(batch * len(part) / part.sum(), 1),
+                "update_ms": round(float(part_update.mean()) * 1000, 2),
+                "rank_ms": round(float((part - part_update).mean()) * 1000, 2),
+            }
+        )
     return rows
 
 
@@ -135,12 +147,16 @@ def _checkpoint_figures(pipeline: Pipeline) -> dict[str, float]:
     state_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()
-        path = CheckpointStore(directory, owner="events").save({"pipeline": state},
-                                                               dict(pipeline.offsets))
+        path = CheckpointStore(directory, owner="events").save(
+            {"pipeline": state}, dict(pipeline.offsets)
+        )
         save_s = time.perf_counter() - started
         size = path.stat().st_size
-    return {"state_ms": round(state_s * 1000, 1), "save_ms": round(save_s * 1000, 1),
-            "megabytes": round(size / 1e6, 1)}
+    return {
+        "state_ms": round(state_s * 1000, 1),
+        "save_ms": round(save_s * 1000, 1),
+        "megabytes": round(size / 1e6, 1),
+    }
 
 
 def plot_batches(total: np.ndarray, update: np.ndarray, batch: int, path: Path) -> None:
@@ -166,14 +182,17 @@ def plot_batches(total: np.ndarray, update: np.ndarray, batch: int, path: Path) 
 
 def print_summary(report: dict[str, Any], write: Callable[[str], None] = print) -> None:
     """The figures a person reads first."""
-    write(f"{report['events']:,} events in batches of {report['batch_size']}: "
-          f"{report['events_per_s']:,.0f} events/s on one core")
+    write(
+        f"{report['events']:,} events in batches of {report['batch_size']}: "
+        f"{report['events_per_s']:,.0f} events/s on one core"
+    )
     for name in ("batch_ms", "update_ms", "rank_ms"):
         q = report[name]
         write(f"  {name:<10} p50 {q['p50']:7.2f}  p90 {q['p90']:7.2f}  p99 {q['p99']:7.2f}")
     rows = ", ".join(f"{row['events_per_s']:,.0f}" for row in report["segments"])
     write(f"  events/s per fifth of the stream: {rows}")
     c = report["checkpoint"]
-    write(f"  checkpoint: state {c['state_ms']:.0f} ms, save {c['save_ms']:.0f} ms, "
-          f"{c['megabytes']:.0f} MB")
-
+    write(
+        f"  checkpoint: state {c['state_ms']:.0f} ms, save {c['save_ms']:.0f} ms, "
+        f"{c['megabytes']:.0f} MB"
+    )

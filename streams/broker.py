@@ -82,15 +82,21 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 10.0, **client_config: o
             last_error = err
         finally:
             admin.close()
-    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f} s"
-                      f" ({last_error})")
+    raise BrokerError(
+        f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f} s ({last_error})"
+    )
 
 
 class EmbeddedBroker:
     """A Tansu broker on ``127.0.0.1:port`` (a free port unless one is given)."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None,
-                 ready_timeout_s: float = 10.0, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        ready_timeout_s: float = 10.0,
+        log_path: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary
         self.ready_timeout_s = ready_timeout_s
@@ -110,11 +116,22 @@ class EmbeddedBroker:
         if _port_in_use(self.port):
             raise BrokerError(f"port {self.port} on 127.0.0.1 is already in use")
         url = f"tcp://127.0.0.1:{self.port}"
-        command = [resolve_tansu_binary(self.binary), "broker", "--listener-url", url,
-                   "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        command = [
+            resolve_tansu_binary(self.binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
             preexec_fn=die_with_parent,
         )
         atexit.register(self.stop)

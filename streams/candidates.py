@@ -129,8 +129,9 @@ class CandidatePool:
         scale = math.exp(self._clock * math.log(2.0) / self.config.half_life_events)
         self._popularity = {k: v / scale for k, v in self._popularity.items() if v / scale > 1e-3}
         self._clock = 0
-        ranked = heapq.nlargest(self.config.max_items, self._popularity.items(),
-                                key=lambda pair: pair[1])
+        ranked = heapq.nlargest(
+            self.config.max_items, self._popularity.items(), key=lambda pair: pair[1]
+        )
         self._top = [item for item, _ in ranked[: self.config.popular]]
         by_category: dict[str, list[str]] = {}
         for item, _ in ranked:

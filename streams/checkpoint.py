@@ -105,14 +105,20 @@ class CheckpointStore:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise CheckpointError(f"{path.name}: not a recstream checkpoint")
         if payload.get("version") != VERSION:
-            raise CheckpointError(f"{path.name}: format version {payload.get('version')!r}, "
-                                  f"this recstream reads {VERSION}")
+            raise CheckpointError(
+                f"{path.name}: format version {payload.get('version')!r}, "
+                f"this recstream reads {VERSION}"
+            )
         if payload.get("owner") != self.owner:
-            raise CheckpointError(f"{path.name}: written for input {payload.get('owner')!r}, "
-                                  f"not {self.owner!r}")
-        return Checkpoint(path=path, state=from_loadable(payload["state"]),
-                          offsets={int(p): int(o) for p, o in payload["offsets"].items()},
-                          created_unix=float(payload["created_unix"]))
+            raise CheckpointError(
+                f"{path.name}: written for input {payload.get('owner')!r}, not {self.owner!r}"
+            )
+        return Checkpoint(
+            path=path,
+            state=from_loadable(payload["state"]),
+            offsets={int(p): int(o) for p, o in payload["offsets"].items()},
+            created_unix=float(payload["created_unix"]),
+        )
 
     def load_latest(self) -> tuple[Checkpoint | None, list[str]]:
         """The newest valid checkpoint (None if there is none) and why newer ones were refused."""
@@ -144,13 +150,16 @@ class ChildSave:
         _, status = os.waitpid(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if code != 0 or not message.startswith("ok "):
-            raise CheckpointError(f"the checkpoint writer (pid {self.pid}) exited with code "
-                                  f"{code}: {message or 'no message'}")
+            raise CheckpointError(
+                f"the checkpoint writer (pid {self.pid}) exited with code "
+                f"{code}: {message or 'no message'}"
+            )
         return Path(message[3:])
 
 
-def save_in_child(store: CheckpointStore, state: Callable[[], dict[str, Any]],
-                  offsets: dict[int, int]) -> ChildSave:
+def save_in_child(
+    store: CheckpointStore, state: Callable[[], dict[str, Any]], offsets: dict[int, int]
+) -> ChildSave:
     """Fork; the child saves ``state()``, built from its snapshot of memory, then exits.
 
     The child dies with the worker (a killed worker leaves at most a

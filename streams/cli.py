@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce = commands.add_parser("produce", help="publish events from the simulator or a log")
     add_connection_arguments(produce)
     add_source_arguments(produce)
-    produce.add_argument("--rate", type=float, default=0.0,
-                         help="events per second (0 = as fast as possible)")
+    produce.add_argument(
+        "--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)"
+    )
     produce.set_defaults(run=run_produce)
 
     worker = commands.add_parser("worker", help="run the Faust worker against --broker")
@@ -65,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=90.0, help="seconds to run (default 90)")
     demo.add_argument("--rate", type=float, default=2000.0, help="events per second")
     demo.add_argument("--report", type=Path, help="write the JSON report here")
-    demo.add_argument("--metrics-port", dest="metrics_port", type=int,
-                      help="the worker's metrics port (default: a free one)")
+    demo.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="the worker's metrics port (default: a free one)",
+    )
     demo.add_argument("--seed", type=int, default=7, help="simulator seed")
     demo.add_argument("--no-impressions", dest="impressions", action="store_false")
     demo.set_defaults(run=run_demo)
@@ -74,27 +79,37 @@ def build_parser() -> argparse.ArgumentParser:
     scores = commands.add_parser("scores", help="print score records as they arrive")
     add_connection_arguments(scores)
     scores.add_argument("--user", help="only this user's records")
-    scores.add_argument("--from-beginning", action="store_true",
-                        help="start at the oldest record, not the newest")
+    scores.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest record, not the newest"
+    )
     scores.set_defaults(run=run_scores)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     quality = benches.add_parser("quality", help="prequential replay comparing every model")
     add_source_arguments(quality)
-    quality.add_argument("--no-drift", dest="drift", action="store_false",
-                         help="simulator: no injected drift")
+    quality.add_argument(
+        "--no-drift", dest="drift", action="store_false", help="simulator: no injected drift"
+    )
     quality.add_argument("--report", type=Path, help="write the JSON report here")
     quality.add_argument("--plot", type=Path, help="write a PNG of rolling AUC per task here")
     quality.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
-    quality.add_argument("--models", default="mtl,river_lr,single_task,id_only,popularity",
-                         help="comma-separated subset of the models to compare")
+    quality.add_argument(
+        "--models",
+        default="mtl,river_lr,single_task,id_only,popularity",
+        help="comma-separated subset of the models to compare",
+    )
     quality.set_defaults(run=run_bench_quality)
     throughput = benches.add_parser(
-        "throughput", help="the worker's pipeline on the demo stream: events/s, batch times")
+        "throughput", help="the worker's pipeline on the demo stream: events/s, batch times"
+    )
     throughput.add_argument("--events", type=int, default=100_000, help="events to apply")
-    throughput.add_argument("--batch", type=int, default=200,
-                            help="messages per batch (200 = 100 ms at the demo's 2,000/s)")
+    throughput.add_argument(
+        "--batch",
+        type=int,
+        default=200,
+        help="messages per batch (200 = 100 ms at the demo's 2,000/s)",
+    )
     throughput.add_argument("--seed", type=int, default=7, help="simulator seed")
     throughput.add_argument("--report", type=Path, help="write the JSON report here")
     throughput.add_argument("--plot", type=Path, help="write a PNG of batch times here")
@@ -104,44 +119,96 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the worker (also used by the demo)."""
-    parser.add_argument("--metrics-port", dest="metrics_port", type=int,
-                        help="serve Prometheus metrics on this port")
-    parser.add_argument("--metrics-host", dest="metrics_host",
-                        help="address to bind the metrics server (default 127.0.0.1)")
-    parser.add_argument("--checkpoint-dir", dest="checkpoint_dir", type=Path,
-                        help="where checkpoints are written (default ./checkpoints)")
-    parser.add_argument("--checkpoint-interval", dest="checkpoint_interval_s", type=float,
-                        help="seconds between periodic checkpoints (default 30)")
+    parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics on this port",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        dest="metrics_host",
+        help="address to bind the metrics server (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        dest="checkpoint_dir",
+        type=Path,
+        help="where checkpoints are written (default ./checkpoints)",
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        dest="checkpoint_interval_s",
+        type=float,
+        help="seconds between periodic checkpoints (default 30)",
+    )
     parser.add_argument("--top-k", dest="top_k", type=int, help="items per score record")
-    parser.add_argument("--batch-size", dest="batch_size", type=int,
-                        help="most events per micro-batch (default 1000; a batch also "
-                             "closes after --batch-wait ms)")
-    parser.add_argument("--batch-wait", dest="batch_wait_ms", type=int,
-                        help="milliseconds a micro-batch waits to fill (default 100): "
-                             "bigger batches learn faster, smaller ones score sooner")
-    parser.add_argument("--no-impressions", dest="impressions", action="store_false",
-                        default=None, help="the stream has no impressions: sample negatives")
-    parser.add_argument("--click-window", dest="click_window_s", type=float,
-                        help="seconds of event time a click is attributed to an impression")
-    parser.add_argument("--click-wait", dest="click_wait_s", type=float,
-                        help="seconds of event time after which an impression without a click "
-                             "is learned as a negative (default 60; keep it above the usual "
-                             "click delay and at most the click window)")
-    parser.add_argument("--conversion-window", dest="conversion_window_s", type=float,
-                        help="seconds of event time a cart/purchase is attributed to a click")
+    parser.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help="most events per micro-batch (default 1000; a batch also "
+        "closes after --batch-wait ms)",
+    )
+    parser.add_argument(
+        "--batch-wait",
+        dest="batch_wait_ms",
+        type=int,
+        help="milliseconds a micro-batch waits to fill (default 100): "
+        "bigger batches learn faster, smaller ones score sooner",
+    )
+    parser.add_argument(
+        "--no-impressions",
+        dest="impressions",
+        action="store_false",
+        default=None,
+        help="the stream has no impressions: sample negatives",
+    )
+    parser.add_argument(
+        "--click-window",
+        dest="click_window_s",
+        type=float,
+        help="seconds of event time a click is attributed to an impression",
+    )
+    parser.add_argument(
+        "--click-wait",
+        dest="click_wait_s",
+        type=float,
+        help="seconds of event time after which an impression without a click "
+        "is learned as a negative (default 60; keep it above the usual "
+        "click delay and at most the click window)",
+    )
+    parser.add_argument(
+        "--conversion-window",
+        dest="conversion_window_s",
+        type=float,
+        help="seconds of event time a cart/purchase is attributed to a click",
+    )
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags that choose an event source: the simulator or a real log."""
-    parser.add_argument("--source", default="sim",
-                        help="'sim' for the simulated shop, or the path of a CSV log")
-    parser.add_argument("--format", choices=["rees46", "taobao"],
-                        help="format of a CSV log (guessed from the header if omitted)")
-    parser.add_argument("--events", type=int, default=None,
-                        help="number of events (default: 200,000 for sim, all for a log)")
+    parser.add_argument(
+        "--source", default="sim", help="'sim' for the simulated shop, or the path of a CSV log"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["rees46", "taobao"],
+        help="format of a CSV log (guessed from the header if omitted)",
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="number of events (default: 200,000 for sim, all for a log)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="simulator seed")
-    parser.add_argument("--no-impressions", dest="impressions", action="store_false",
-                        help="simulator: do not put impression events on the wire")
+    parser.add_argument(
+        "--no-impressions",
+        dest="impressions",
+        action="store_false",
+        help="simulator: do not put impression events on the wire",
+    )
 
 
 class RecstreamError(RuntimeError):
@@ -154,8 +221,11 @@ def run_broker(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         with connect(dataclasses.replace(settings, broker=None), port=args.port) as bootstrap:
-            print(f"recstream broker ready at {bootstrap} (topics: "
-                  f"{', '.join(settings.topics.all())}); Ctrl-C to stop", flush=True)
+            print(
+                f"recstream broker ready at {bootstrap} (topics: "
+                f"{', '.join(settings.topics.all())}); Ctrl-C to stop",
+                flush=True,
+            )
             with stop_on_signals() as stop:
                 stop.wait()
     except BrokerError as err:
@@ -191,19 +261,31 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
     records, expected, source = open_source(args)
     counts_rows = hasattr(source, "stats")  # a replay counts rows as it goes: keep it here
     try:
-        with connect(settings) as bootstrap, EventPublisher(
-            bootstrap, settings.topics.events, settings.topics.items, rate=args.rate,
-            client_config=settings.kafka_client_config(),
-        ) as publisher, stop_on_signals() as stop, progress_bar("produce", expected) as advance:
+        with (
+            connect(settings) as bootstrap,
+            EventPublisher(
+                bootstrap,
+                settings.topics.events,
+                settings.topics.items,
+                rate=args.rate,
+                client_config=settings.kafka_client_config(),
+            ) as publisher,
+            stop_on_signals() as stop,
+            progress_bar("produce", expected) as advance,
+        ):
             done = [0]
 
             def on_progress(events: int, _items: int) -> None:
                 advance(events - done[0])
                 done[0] = events
 
-            report = publisher.publish(records, max_events=args.events, stop=stop,
-                                       on_progress=on_progress,
-                                       encode_in_subprocess=not counts_rows)
+            report = publisher.publish(
+                records,
+                max_events=args.events,
+                stop=stop,
+                on_progress=on_progress,
+                encode_in_subprocess=not counts_rows,
+            )
     except (BrokerError, BrokerUnavailable) as err:
         raise RecstreamError(str(err)) from err
     if counts_rows:
@@ -227,9 +309,14 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import DemoOptions
     from streams.demo import run_demo as run
 
-    options = DemoOptions(duration_s=args.duration, rate=args.rate, report=args.report,
-                          metrics_port=args.metrics_port, seed=args.seed,
-                          impressions=args.impressions)
+    options = DemoOptions(
+        duration_s=args.duration,
+        rate=args.rate,
+        report=args.report,
+        metrics_port=args.metrics_port,
+        seed=args.seed,
+        impressions=args.impressions,
+    )
     try:
         report = run(settings, options)
     except (BrokerError, RuntimeError) as err:
@@ -248,9 +335,16 @@ def run_scores(args: argparse.Namespace, settings: Settings) -> int:
     def show(record: dict) -> None:
         print(json.dumps(record, separators=(",", ":")), flush=True)
 
-    with stop_on_signals() as stop, ScoreWatcher(
-        settings.broker, settings.topics.scores, from_beginning=args.from_beginning,
-        user=args.user, on_record=show, client_config=settings.kafka_client_config(),
+    with (
+        stop_on_signals() as stop,
+        ScoreWatcher(
+            settings.broker,
+            settings.topics.scores,
+            from_beginning=args.from_beginning,
+            user=args.user,
+            on_record=show,
+            client_config=settings.kafka_client_config(),
+        ),
     ):
         stop.wait()
     return 0
@@ -271,9 +365,9 @@ def run_bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     from streams import bench_throughput
     from streams.progress import stderr
 
-    options = bench_throughput.ThroughputOptions(events=args.events, batch=args.batch,
-                                                 seed=args.seed, report=args.report,
-                                                 plot=args.plot)
+    options = bench_throughput.ThroughputOptions(
+        events=args.events, batch=args.batch, seed=args.seed, report=args.report, plot=args.plot
+    )
     report = bench_throughput.run(options)
     bench_throughput.print_summary(report, stderr.print)
     print(json.dumps(report, indent=2))

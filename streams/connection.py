@@ -21,17 +21,20 @@ from streams.topics import ensure_topics
 
 
 @contextlib.contextmanager
-def connect(settings: Settings, port: int | None = None,
-            ready_timeout_s: float = 10.0) -> Iterator[str]:
+def connect(
+    settings: Settings, port: int | None = None, ready_timeout_s: float = 10.0
+) -> Iterator[str]:
     """Yield a bootstrap address whose four topics exist; stop what we started."""
     if settings.broker:
         wait_until_ready(settings.broker, ready_timeout_s, **settings.kafka_client_config())
-        ensure_topics(settings.broker, settings.topics, settings.partitions,
-                      **settings.kafka_client_config())
+        ensure_topics(
+            settings.broker, settings.topics, settings.partitions, **settings.kafka_client_config()
+        )
         yield settings.broker
         return
-    with EmbeddedBroker(port=port, binary=settings.tansu_bin,
-                        ready_timeout_s=ready_timeout_s) as broker:
+    with EmbeddedBroker(
+        port=port, binary=settings.tansu_bin, ready_timeout_s=ready_timeout_s
+    ) as broker:
         ensure_topics(broker.bootstrap, settings.topics, settings.partitions)
         yield broker.bootstrap
 

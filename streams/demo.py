@@ -63,9 +63,12 @@ class DemoOptions:
 
     def worker_settings(self) -> Settings:
         """The label windows and waits the demo gives its worker, as worker settings."""
-        return Settings(impressions=self.impressions, click_window_s=self.click_window_s,
-                        click_wait_s=self.click_wait_s,
-                        conversion_window_s=self.conversion_window_s)
+        return Settings(
+            impressions=self.impressions,
+            click_window_s=self.click_window_s,
+            click_wait_s=self.click_wait_s,
+            conversion_window_s=self.conversion_window_s,
+        )
 
 
 class LiveShop:
@@ -123,7 +126,7 @@ def _labelled(metrics: dict[str, float], name: str) -> dict[str, int]:
     {'task=click': 1}
     """
     prefix = name + "{"
-    return {k[len(prefix):-1]: int(v) for k, v in metrics.items() if k.startswith(prefix) and v}
+    return {k[len(prefix) : -1]: int(v) for k, v in metrics.items() if k.startswith(prefix) and v}
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
@@ -144,13 +147,25 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     return report
 
 
-def _start_worker(bootstrap: str, settings: Settings, options: DemoOptions, port: int,
-                  tmp: Path) -> subprocess.Popen[bytes]:
-    command = [str(Path(sys.executable).with_name("recstream")), "worker", "--broker", bootstrap,
-               "--metrics-port", str(port), "--checkpoint-dir", str(tmp / "checkpoints"),
-               "--click-window", str(options.click_window_s),
-               "--click-wait", str(options.click_wait_s),
-               "--conversion-window", str(options.conversion_window_s)]
+def _start_worker(
+    bootstrap: str, settings: Settings, options: DemoOptions, port: int, tmp: Path
+) -> subprocess.Popen[bytes]:
+    command = [
+        str(Path(sys.executable).with_name("recstream")),
+        "worker",
+        "--broker",
+        bootstrap,
+        "--metrics-port",
+        str(port),
+        "--checkpoint-dir",
+        str(tmp / "checkpoints"),
+        "--click-window",
+        str(options.click_window_s),
+        "--click-wait",
+        str(options.click_wait_s),
+        "--conversion-window",
+        str(options.conversion_window_s),
+    ]
     if not options.impressions:
         command.append("--no-impressions")
     env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
@@ -158,8 +173,9 @@ def _start_worker(bootstrap: str, settings: Settings, options: DemoOptions, port
     return subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
 
-def _wait_for_worker(url: str, worker: subprocess.Popen[bytes], log: Path,
-                     timeout_s: float = 90.0) -> None:
+def _wait_for_worker(
+    url: str, worker: subprocess.Popen[bytes], log: Path, timeout_s: float = 90.0
+) -> None:
     """Until the worker serves metrics and has its partitions (so latency is not join time)."""
     deadline = time.monotonic() + timeout_s
     with stderr.status("starting the worker and joining the consumer group..."):
@@ -173,22 +189,40 @@ def _wait_for_worker(url: str, worker: subprocess.Popen[bytes], log: Path,
     raise RuntimeError(f"the worker was not ready within {timeout_s:.0f} s")
 
 
-def _run(bootstrap: str, settings: Settings, options: DemoOptions, url: str,
-         worker: subprocess.Popen[bytes]) -> dict[str, Any]:
+def _run(
+    bootstrap: str,
+    settings: Settings,
+    options: DemoOptions,
+    url: str,
+    worker: subprocess.Popen[bytes],
+) -> dict[str, Any]:
     expected = int(options.duration_s * options.rate) + 1
-    shop = LiveShop(ShopConfig(seed=options.seed, events=max(expected, 10_000),
-                               impressions=options.impressions,
-                               sessions_per_second=options.rate / EVENTS_PER_SESSION,
-                               delay_scale=DELAY_SCALE))
-    watcher = ScoreWatcher(bootstrap, settings.topics.scores,
-                           client_config=settings.kafka_client_config()).start()
-    publisher = EventPublisher(bootstrap, settings.topics.events, settings.topics.items,
-                               rate=options.rate, client_config=settings.kafka_client_config())
+    shop = LiveShop(
+        ShopConfig(
+            seed=options.seed,
+            events=max(expected, 10_000),
+            impressions=options.impressions,
+            sessions_per_second=options.rate / EVENTS_PER_SESSION,
+            delay_scale=DELAY_SCALE,
+        )
+    )
+    watcher = ScoreWatcher(
+        bootstrap, settings.topics.scores, client_config=settings.kafka_client_config()
+    ).start()
+    publisher = EventPublisher(
+        bootstrap,
+        settings.topics.events,
+        settings.topics.items,
+        rate=options.rate,
+        client_config=settings.kafka_client_config(),
+    )
     stop = threading.Event()
     produced: list[PublishReport] = []
     producer = threading.Thread(
         target=lambda: produced.append(publisher.publish(shop.records(), stop=stop)),
-        name="producer", daemon=True)
+        name="producer",
+        daemon=True,
+    )
     started = time.monotonic()
     producer.start()
     metrics: dict[str, float] = {}
@@ -218,8 +252,9 @@ def _run(bootstrap: str, settings: Settings, options: DemoOptions, url: str,
 
 
 def _processed(metrics: dict[str, float]) -> float:
-    return _total(metrics, "recstream_events_total") + _total(metrics,
-                                                              "recstream_invalid_events_total")
+    return _total(metrics, "recstream_events_total") + _total(
+        metrics, "recstream_invalid_events_total"
+    )
 
 
 def _status(metrics: dict[str, float], watcher: ScoreWatcher, elapsed: float) -> Table:
@@ -233,18 +268,30 @@ def _status(metrics: dict[str, float], watcher: ScoreWatcher, elapsed: float) ->
         loss = metrics.get(f"recstream_logloss{{task={task}}}", float("nan"))
         table.add_row(f"{task} AUC / log loss", f"{auc:.3f} / {loss:.4f}")
     table.add_row("drift alarms", f"{_total(metrics, 'recstream_drift_detections_total'):,.0f}")
-    table.add_row("scores published", f"{metrics.get('recstream_scores_published_total', 0):,.0f}"
-                  f"  ({len(watcher.users):,} users)")
-    table.add_row("latency p50 / p99", f"{watcher.latency_ms(50):,.0f} / "
-                  f"{watcher.latency_ms(99):,.0f} ms (event time -> readable score)")
+    table.add_row(
+        "scores published",
+        f"{metrics.get('recstream_scores_published_total', 0):,.0f}"
+        f"  ({len(watcher.users):,} users)",
+    )
+    table.add_row(
+        "latency p50 / p99",
+        f"{watcher.latency_ms(50):,.0f} / "
+        f"{watcher.latency_ms(99):,.0f} ms (event time -> readable score)",
+    )
     table.add_row("cold items", f"{metrics.get('recstream_cold_items', 0):,.0f}")
     return table
 
 
-def _report(duration: float, sent: PublishReport, metrics: dict[str, float],
-            watcher: ScoreWatcher, shop: LiveShop) -> dict[str, Any]:
+def _report(
+    duration: float,
+    sent: PublishReport,
+    metrics: dict[str, float],
+    watcher: ScoreWatcher,
+    shop: LiveShop,
+) -> dict[str, Any]:
     scored_first = sum(
-        1 for item, arrived in shop.new_items.items()
+        1
+        for item, arrived in shop.new_items.items()
         if item in watcher.first_seen
         and watcher.first_seen[item][0] < shop.first_interaction.get(item, float("inf"))
     )
@@ -257,16 +304,24 @@ def _report(duration: float, sent: PublishReport, metrics: dict[str, float],
         "active_users": len(shop.active_users),
         "active_users_scored": len(shop.active_users & watcher.users),
         "tasks": {
-            task: {"auc": metrics.get(f"recstream_auc{{task={task}}}", float("nan")),
-                   "logloss": metrics.get(f"recstream_logloss{{task={task}}}", float("nan"))}
+            task: {
+                "auc": metrics.get(f"recstream_auc{{task={task}}}", float("nan")),
+                "logloss": metrics.get(f"recstream_logloss{{task={task}}}", float("nan")),
+            }
             for task in TASKS
         },
-        "cold_items": {"new_items": len(shop.new_items),
-                       "scored_before_first_interaction": scored_first},
-        "latency_ms": {"p50": round(watcher.latency_ms(50), 1),
-                       "p99": round(watcher.latency_ms(99), 1)},
-        "drift": {"detections": int(_total(metrics, "recstream_drift_detections_total")),
-                  "by": _labelled(metrics, "recstream_drift_detections_total")},
+        "cold_items": {
+            "new_items": len(shop.new_items),
+            "scored_before_first_interaction": scored_first,
+        },
+        "latency_ms": {
+            "p50": round(watcher.latency_ms(50), 1),
+            "p99": round(watcher.latency_ms(99), 1),
+        },
+        "drift": {
+            "detections": int(_total(metrics, "recstream_drift_detections_total")),
+            "by": _labelled(metrics, "recstream_drift_detections_total"),
+        },
     }
 
 

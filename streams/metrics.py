@@ -31,58 +31,98 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events = Counter("recstream_events", "Valid events applied, by type.",
-                              ["type"], registry=r)
-        self.invalid_events = Counter("recstream_invalid_events",
-                                      "Rejected messages sent to the dead-letter topic, by reason.",
-                                      ["reason"], registry=r)
-        self.model_updates = Counter("recstream_model_updates",
-                                     "Micro-batch updates applied to the model.", registry=r)
-        self.model_version = Gauge("recstream_model_version",
-                                   "Version of the model that produced the latest scores.",
-                                   registry=r)
-        self.samples_learned = Counter("recstream_samples_learned",
-                                       "Labels learned, by task.", ["task"], registry=r)
-        self.auc = Gauge("recstream_auc", "Rolling prequential ROC AUC, by task.",
-                         ["task"], registry=r)
-        self.logloss = Gauge("recstream_logloss", "Rolling prequential log loss, by task.",
-                             ["task"], registry=r)
-        self.label_rate = Gauge("recstream_label_rate",
-                                "Rolling observed positive rate, by task.", ["task"], registry=r)
-        self.mean_prediction = Gauge("recstream_mean_prediction",
-                                     "Rolling mean predicted probability, by task.",
-                                     ["task"], registry=r)
-        self.drift_detections = Counter("recstream_drift_detections",
-                                        "Concept drift detections on loss streams.",
-                                        ["task", "detector"], registry=r)
-        self.feature_psi = Gauge("recstream_feature_psi",
-                                 "Population stability index against the reference window.",
-                                 ["feature"], registry=r)
+        self.events = Counter(
+            "recstream_events", "Valid events applied, by type.", ["type"], registry=r
+        )
+        self.invalid_events = Counter(
+            "recstream_invalid_events",
+            "Rejected messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_updates = Counter(
+            "recstream_model_updates", "Micro-batch updates applied to the model.", registry=r
+        )
+        self.model_version = Gauge(
+            "recstream_model_version",
+            "Version of the model that produced the latest scores.",
+            registry=r,
+        )
+        self.samples_learned = Counter(
+            "recstream_samples_learned", "Labels learned, by task.", ["task"], registry=r
+        )
+        self.auc = Gauge(
+            "recstream_auc", "Rolling prequential ROC AUC, by task.", ["task"], registry=r
+        )
+        self.logloss = Gauge(
+            "recstream_logloss", "Rolling prequential log loss, by task.", ["task"], registry=r
+        )
+        self.label_rate = Gauge(
+            "recstream_label_rate", "Rolling observed positive rate, by task.", ["task"], registry=r
+        )
+        self.mean_prediction = Gauge(
+            "recstream_mean_prediction",
+            "Rolling mean predicted probability, by task.",
+            ["task"],
+            registry=r,
+        )
+        self.drift_detections = Counter(
+            "recstream_drift_detections",
+            "Concept drift detections on loss streams.",
+            ["task", "detector"],
+            registry=r,
+        )
+        self.feature_psi = Gauge(
+            "recstream_feature_psi",
+            "Population stability index against the reference window.",
+            ["feature"],
+            registry=r,
+        )
         self.event_to_score_latency = Histogram(
             "recstream_event_to_score_latency_seconds",
             "Event time of the triggering event to its user's scores being sent.",
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.update_duration = Histogram("recstream_update_duration_seconds",
-                                         "Wall time of one micro-batch update (score + learn).",
-                                         buckets=UPDATE_BUCKETS, registry=r)
-        self.scores_published = Counter("recstream_scores_published",
-                                        "Score messages (one user's top-K) published.", registry=r)
-        self.embedding_rows = Gauge("recstream_embedding_rows",
-                                    "Rows in use in each embedding table.", ["table"], registry=r)
-        self.cold_items = Gauge("recstream_cold_items",
-                                "Catalog items still too little seen for their own embedding.",
-                                registry=r)
-        self.catalog_items = Gauge("recstream_catalog_items", "Items known from the catalog.",
-                                   registry=r)
-        self.pending_labels = Gauge("recstream_pending_labels",
-                                    "Samples whose cart/purchase labels are still open.",
-                                    registry=r)
-        self.assigned_partitions = Gauge("recstream_assigned_partitions",
-                                         "Partitions of the events topic this worker reads.",
-                                         registry=r)
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.update_duration = Histogram(
+            "recstream_update_duration_seconds",
+            "Wall time of one micro-batch update (score + learn).",
+            buckets=UPDATE_BUCKETS,
+            registry=r,
+        )
+        self.scores_published = Counter(
+            "recstream_scores_published", "Score messages (one user's top-K) published.", registry=r
+        )
+        self.embedding_rows = Gauge(
+            "recstream_embedding_rows",
+            "Rows in use in each embedding table.",
+            ["table"],
+            registry=r,
+        )
+        self.cold_items = Gauge(
+            "recstream_cold_items",
+            "Catalog items still too little seen for their own embedding.",
+            registry=r,
+        )
+        self.catalog_items = Gauge(
+            "recstream_catalog_items", "Items known from the catalog.", registry=r
+        )
+        self.pending_labels = Gauge(
+            "recstream_pending_labels",
+            "Samples whose cart/purchase labels are still open.",
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "recstream_assigned_partitions",
+            "Partitions of the events topic this worker reads.",
+            registry=r,
+        )
         self.checkpoints = Counter("recstream_checkpoints", "Checkpoints written.", registry=r)
-        self.last_checkpoint = Gauge("recstream_last_checkpoint_timestamp_seconds",
-                                     "Unix time of the newest checkpoint written.", registry=r)
+        self.last_checkpoint = Gauge(
+            "recstream_last_checkpoint_timestamp_seconds",
+            "Unix time of the newest checkpoint written.",
+            registry=r,
+        )
         self._initialise_label_sets()
 
     def _initialise_label_sets(self) -> None:
@@ -96,8 +136,13 @@ class Metrics:
         for task in TASKS:
             for detector in DETECTORS:
                 self.drift_detections.labels(task=task, detector=detector)
-            for family in (self.samples_learned, self.auc, self.logloss, self.label_rate,
-                           self.mean_prediction):
+            for family in (
+                self.samples_learned,
+                self.auc,
+                self.logloss,
+                self.label_rate,
+                self.mean_prediction,
+            ):
                 family.labels(task=task)
 
     def exposition(self) -> bytes:

@@ -73,9 +73,16 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         raw = (self.raw or b"")[:4096].decode("utf-8", errors="replace")
-        return json.dumps({"error": f"{self.reason}: {self.detail}", "reason": self.reason,
-                           "raw": raw, "topic": self.topic, "partition": self.partition,
-                           "offset": self.offset}).encode()
+        return json.dumps(
+            {
+                "error": f"{self.reason}: {self.detail}",
+                "reason": self.reason,
+                "raw": raw,
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": self.offset,
+            }
+        ).encode()
 
 
 @dataclass
@@ -93,10 +100,14 @@ class BatchResult:
 class Pipeline:
     """Decode -> label -> score-then-learn -> rank, for one worker's input."""
 
-    def __init__(self, learner: Learner, labels: LabelConfig | None = None,
-                 ranking: RankingConfig | None = None,
-                 candidates: CandidateConfig | None = None,
-                 events_topic: str = "events") -> None:
+    def __init__(
+        self,
+        learner: Learner,
+        labels: LabelConfig | None = None,
+        ranking: RankingConfig | None = None,
+        candidates: CandidateConfig | None = None,
+        events_topic: str = "events",
+    ) -> None:
         self.learner = learner
         self.events_topic = events_topic
         self.resolver = LabelResolver(labels)
@@ -111,8 +122,9 @@ class Pipeline:
 
     # ---------------------------------------------------------------- catalog
 
-    def process_catalog(self, messages: Sequence[RawMessage], topic: str,
-                        now_ms: int | None = None) -> list[DeadLetter]:
+    def process_catalog(
+        self, messages: Sequence[RawMessage], topic: str, now_ms: int | None = None
+    ) -> list[DeadLetter]:
         """Catalog records update item content; bad ones become dead letters."""
         dead = []
         for message in messages:
@@ -127,8 +139,9 @@ class Pipeline:
 
     # ---------------------------------------------------------------- events
 
-    def process_events(self, messages: Sequence[RawMessage],
-                       now_ms: int | None = None) -> BatchResult:
+    def process_events(
+        self, messages: Sequence[RawMessage], now_ms: int | None = None
+    ) -> BatchResult:
         """Apply one micro-batch of ``events`` messages; return what to publish."""
         out = BatchResult()
         started = time.perf_counter()
@@ -179,13 +192,21 @@ class Pipeline:
             return []
         candidates = {user: self.pool.candidates(user) for user in triggers}
         is_cold = getattr(self.learner, "is_cold", None) or (lambda _item: False)
-        return self.ranker.rank(self.learner, candidates, triggers,
-                                now_ms=int(time.time() * 1000), is_cold=is_cold)
+        return self.ranker.rank(
+            self.learner, candidates, triggers, now_ms=int(time.time() * 1000), is_cold=is_cold
+        )
 
     def _dead(self, message: RawMessage, bad: InvalidRecord, topic: str) -> DeadLetter:
         self.rejected[bad.reason] += 1
-        return DeadLetter(message.key, bad.reason, bad.detail, message.value, topic,
-                          message.partition, message.offset)
+        return DeadLetter(
+            message.key,
+            bad.reason,
+            bad.detail,
+            message.value,
+            topic,
+            message.partition,
+            message.offset,
+        )
 
     # ---------------------------------------------------------------- state
 

@@ -47,8 +47,9 @@ def progress_bar(label: str, total: float | None) -> Iterator[Callable[[float], 
 
 
 @contextlib.contextmanager
-def optional_progress(enabled: bool, label: str,
-                      total: float | None) -> Iterator[Callable[[float], None]]:
+def optional_progress(
+    enabled: bool, label: str, total: float | None
+) -> Iterator[Callable[[float], None]]:
     """:func:`progress_bar` when ``enabled``, else a silent ``advance``."""
     if not enabled:
         yield lambda _n: None

@@ -57,18 +57,30 @@ class Ranker:
     def __init__(self, config: RankingConfig | None = None) -> None:
         self.config = config or RankingConfig()
 
-    def rank(self, learner: Learner, candidates: Mapping[str, Sequence[tuple[str, ItemContent]]],
-             event_ts: Mapping[str, int], now_ms: int,
-             is_cold: Callable[[str], bool]) -> list[dict[str, Any]]:
+    def rank(
+        self,
+        learner: Learner,
+        candidates: Mapping[str, Sequence[tuple[str, ItemContent]]],
+        event_ts: Mapping[str, int],
+        now_ms: int,
+        is_cold: Callable[[str], bool],
+    ) -> list[dict[str, Any]]:
         """One score record per user with candidates (see DESIGN.md, "Scores")."""
         users = [user for user, items in candidates.items() if items]
         pairs = [pair for user in users for pair in candidates[user]]
         if not pairs:
             return []
         samples = [
-            Sample(user_id=user, item_id=item, ts=event_ts[user], category=content.category,
-                   brand=content.brand, price=content.price)
-            for user in users for item, content in candidates[user]
+            Sample(
+                user_id=user,
+                item_id=item,
+                ts=event_ts[user],
+                category=content.category,
+                brand=content.brand,
+                price=content.price,
+            )
+            for user in users
+            for item, content in candidates[user]
         ]
         probabilities = learner.predict(samples)
         joint = self._joint(probabilities, pairs)
@@ -79,17 +91,24 @@ class Ranker:
         for user in users:
             end = start + len(candidates[user])
             chosen = start + self._top_k(joint[start:end], cold[start:end])
-            records.append({
-                "user_id": user, "ts": now_ms, "event_ts": event_ts[user],
-                "model_version": version,
-                "items": [_entry(pairs[i][0], probabilities[i], float(joint[i]), bool(cold[i]))
-                          for i in chosen],
-            })
+            records.append(
+                {
+                    "user_id": user,
+                    "ts": now_ms,
+                    "event_ts": event_ts[user],
+                    "model_version": version,
+                    "items": [
+                        _entry(pairs[i][0], probabilities[i], float(joint[i]), bool(cold[i]))
+                        for i in chosen
+                    ],
+                }
+            )
             start = end
         return records
 
-    def _joint(self, probabilities: np.ndarray,
-               pairs: Sequence[tuple[str, ItemContent]]) -> np.ndarray:
+    def _joint(
+        self, probabilities: np.ndarray, pairs: Sequence[tuple[str, ItemContent]]
+    ) -> np.ndarray:
         """The joint score of every candidate (the ranking objective)."""
         if self.config.objective == "revenue":
             prices = np.array([content.price or 0.0 for _, content in pairs])
@@ -110,5 +129,11 @@ def _entry(item_id: str, row: np.ndarray, score: float, cold: bool) -> dict[str,
     p_click = round(float(row[0]), 6)
     p_cart = min(round(float(row[1]), 6), p_click)
     p_purchase = min(round(float(row[2]), 6), p_cart)
-    return {"item_id": item_id, "p_click": p_click, "p_cart": p_cart, "p_purchase": p_purchase,
-            "score": round(score, 6), "cold": cold}
+    return {
+        "item_id": item_id,
+        "p_click": p_click,
+        "p_cart": p_cart,
+        "p_purchase": p_purchase,
+        "score": round(score, 6),
+        "cold": cold,
+    }

@@ -29,10 +29,16 @@ from kafka import KafkaConsumer, TopicPartition
 class ScoreWatcher:
     """Tail a score topic in a background thread and keep statistics about it."""
 
-    def __init__(self, bootstrap: str, topic: str, *, from_beginning: bool = False,
-                 user: str | None = None,
-                 on_record: Callable[[dict[str, Any]], None] | None = None,
-                 client_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        from_beginning: bool = False,
+        user: str | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        client_config: dict[str, Any] | None = None,
+    ) -> None:
         self.topic = topic
         self.user = user
         self.on_record = on_record
@@ -43,9 +49,13 @@ class ScoreWatcher:
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                       fetch_max_wait_ms=10, bootstrap_timeout_ms=10_000,
-                                       **(client_config or {}))
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+            bootstrap_timeout_ms=10_000,
+            **(client_config or {}),
+        )
         partitions = self._consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         self._consumer.assign(assigned)

@@ -55,8 +55,12 @@ class Outgoing:
 class WorkerService:
     """The pipeline plus everything a long-running worker needs around it."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 model: MultiTaskConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        model: MultiTaskConfig | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         labels = settings.label_config()
@@ -66,9 +70,12 @@ class WorkerService:
         model = model or MultiTaskConfig(num_threads=1)
         if model.provisional_negative_ms is not None:
             model = replace(model, provisional_negative_ms=settings.learner_waits_ms())
-        self.pipeline = Pipeline(mtl(model), labels=labels,
-                                 ranking=RankingConfig(top_k=settings.top_k),
-                                 events_topic=settings.topics.events)
+        self.pipeline = Pipeline(
+            mtl(model),
+            labels=labels,
+            ranking=RankingConfig(top_k=settings.top_k),
+            events_topic=settings.topics.events,
+        )
         self.store = CheckpointStore(settings.checkpoint_dir, owner=settings.topics.events)
         self._outbox: list[Outgoing] = []
         self._freezer = GcFreezer()
@@ -118,8 +125,10 @@ class WorkerService:
         topics = self.settings.topics
         return {
             (topic, partition): self._restored_offsets.get(partition, 0)
-            if topic == topics.events else 0
-            for topic, partition in assigned if topic in (topics.events, topics.items)
+            if topic == topics.events
+            else 0
+            for topic, partition in assigned
+            if topic in (topics.events, topics.items)
         }
 
     def take_saved_offsets(self) -> dict[int, int]:
@@ -133,7 +142,8 @@ class WorkerService:
         security = self.settings.security
         if security.sasl_mechanism:
             return faust.SASLCredentials(
-                username=security.sasl_username, password=security.sasl_password,
+                username=security.sasl_username,
+                password=security.sasl_password,
                 mechanism=security.sasl_mechanism,
                 ssl_context=_ssl_context(security) if "SSL" in (security.protocol or "") else None,
             )
@@ -153,8 +163,9 @@ class WorkerService:
 
     def catalog_batch(self, messages: Sequence[Any]) -> Outgoing:
         """Apply one batch of ``items`` messages."""
-        dead = self.pipeline.process_catalog([_raw(m) for m in messages],
-                                             self.settings.topics.items)
+        dead = self.pipeline.process_catalog(
+            [_raw(m) for m in messages], self.settings.topics.items
+        )
         self.metrics.catalog_items.set(self.pipeline.pool.catalog_size)
         for letter in dead:
             self.metrics.invalid_events.labels(reason=letter.reason).inc()
@@ -178,8 +189,10 @@ class WorkerService:
     def _outgoing(self, dead_letters: Sequence[Any], scores: Sequence[dict]) -> Outgoing:
         outgoing = Outgoing(
             dead_letters=[(d.key, d.to_json()) for d in dead_letters],
-            scores=[(s["user_id"].encode(), json.dumps(s, separators=(",", ":")).encode())
-                    for s in scores],
+            scores=[
+                (s["user_id"].encode(), json.dumps(s, separators=(",", ":")).encode())
+                for s in scores
+            ],
             score_event_ts=[s["event_ts"] for s in scores],
         )
         if outgoing.dead_letters:
@@ -195,10 +208,13 @@ class WorkerService:
         for letter in result.dead_letters:
             m.invalid_events.labels(reason=letter.reason).inc()
         for detection in result.drift:
-            m.drift_detections.labels(task=detection["task"],
-                                      detector=detection["detector"]).inc()
-            log.warning("drift detected: task %s, detector %s, at event %d of this worker",
-                        detection["task"], detection["detector"], detection["event"])
+            m.drift_detections.labels(task=detection["task"], detector=detection["detector"]).inc()
+            log.warning(
+                "drift detected: task %s, detector %s, at event %d of this worker",
+                detection["task"],
+                detection["detector"],
+                detection["event"],
+            )
         version = int(getattr(pipeline.learner, "model_version", 0))
         m.model_updates.inc(max(0, version - self._model_version))
         self._model_version = version
@@ -249,8 +265,9 @@ class WorkerService:
             self._saved(self.store.save(self._state(), offsets), offsets)
             return
         child = save_in_child(self.store, self._state, offsets)
-        self._saving = threading.Thread(target=self._await_child, args=(child, offsets),
-                                        name="checkpoint", daemon=True)
+        self._saving = threading.Thread(
+            target=self._await_child, args=(child, offsets), name="checkpoint", daemon=True
+        )
         self._saving.start()
 
     def _state(self) -> dict[str, Any]:

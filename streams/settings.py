@@ -121,9 +121,11 @@ class Settings:
 
     def label_config(self) -> LabelConfig:
         """How the worker's label resolver turns events into samples (its windows in ms)."""
-        return LabelConfig(impressions=self.impressions,
-                           click_window_ms=int(self.click_window_s * 1000),
-                           conversion_window_ms=int(self.conversion_window_s * 1000))
+        return LabelConfig(
+            impressions=self.impressions,
+            click_window_ms=int(self.click_window_s * 1000),
+            conversion_window_ms=int(self.conversion_window_s * 1000),
+        )
 
     def learner_waits_ms(self) -> tuple[int, int, int]:
         """Event time the learner waits before learning a missing click, cart, purchase as 0.
@@ -165,9 +167,7 @@ class Settings:
         """These settings overridden by any command-line flag that was given."""
         names = {f.name for f in fields(self)} - {"security"}
         changes = {
-            name: getattr(args, name)
-            for name in names
-            if getattr(args, name, None) is not None
+            name: getattr(args, name) for name in names if getattr(args, name, None) is not None
         }
         security_changes = {
             name: getattr(args, name)
@@ -199,12 +199,16 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--broker", help="bootstrap servers, e.g. kafka:9092 (env RECSTREAM_BROKER)")
     group.add_argument("--topic-prefix", dest="topic_prefix", help="prefix for all topic names")
     group.add_argument("--partitions", type=int, help="partitions of created topics (default 4)")
-    group.add_argument("--security-protocol", dest="protocol",
-                       choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    group.add_argument(
+        "--security-protocol",
+        dest="protocol",
+        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+    )
     group.add_argument("--sasl-mechanism", dest="sasl_mechanism")
     group.add_argument("--sasl-username", dest="sasl_username")
-    group.add_argument("--sasl-password", dest="sasl_password",
-                       help="prefer env RECSTREAM_SASL_PASSWORD")
+    group.add_argument(
+        "--sasl-password", dest="sasl_password", help="prefer env RECSTREAM_SASL_PASSWORD"
+    )
     group.add_argument("--ssl-cafile", dest="ssl_cafile")
     group.add_argument("--ssl-certfile", dest="ssl_certfile")
     group.add_argument("--ssl-keyfile", dest="ssl_keyfile")

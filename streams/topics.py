@@ -31,11 +31,17 @@ def topic_specs(names: TopicNames, partitions: int) -> list[tuple[str, int, dict
     ]
 
 
-def ensure_topics(bootstrap: str, names: TopicNames, partitions: int = 4,
-                  replication: int = 1, **client_config: Any) -> list[str]:
+def ensure_topics(
+    bootstrap: str,
+    names: TopicNames,
+    partitions: int = 4,
+    replication: int = 1,
+    **client_config: Any,
+) -> list[str]:
     """Create whichever of the topics are missing; return the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=10_000,
-                             **client_config)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, bootstrap_timeout_ms=10_000, **client_config
+    )
     try:
         existing = set(admin.list_topics())
         missing = [

@@ -25,18 +25,22 @@ from streams.topics import ensure_topics
 def run_worker(settings: Settings, loglevel: str = "WARNING") -> int:
     """Run until SIGTERM or Ctrl-C; the last checkpoint is written on the way out."""
     if not settings.broker:
-        raise ValueError("the worker needs a cluster: --broker HOST:PORT or RECSTREAM_BROKER "
-                         "(`recstream demo` runs everything on the embedded broker)")
-    logging.basicConfig(level=loglevel, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        raise ValueError(
+            "the worker needs a cluster: --broker HOST:PORT or RECSTREAM_BROKER "
+            "(`recstream demo` runs everything on the embedded broker)"
+        )
+    logging.basicConfig(
+        level=loglevel, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     client_config = settings.kafka_client_config()
     wait_until_ready(settings.broker, 10.0, **client_config)
     ensure_topics(settings.broker, settings.topics, settings.partitions, **client_config)
     disable_created_metrics()  # *_created series only clutter dashboards
     metrics = Metrics()
     if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host,
-                          registry=metrics.registry)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
     service = WorkerService(settings, metrics)
     app = build_app(service, settings.broker)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

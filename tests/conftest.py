@@ -41,5 +41,8 @@ def settings(broker: EmbeddedBroker, topics: TopicNames) -> Settings:
 @pytest.fixture
 def cli_env(broker: EmbeddedBroker, topics: TopicNames) -> dict[str, str]:
     """Environment for running the ``recstream`` command against the test broker and topics."""
-    return {**os.environ, "RECSTREAM_BROKER": broker.bootstrap,
-            "RECSTREAM_TOPIC_PREFIX": topics.prefix}
+    return {
+        **os.environ,
+        "RECSTREAM_BROKER": broker.bootstrap,
+        "RECSTREAM_TOPIC_PREFIX": topics.prefix,
+    }

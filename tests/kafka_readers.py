@@ -8,8 +8,13 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 
-def read_all(bootstrap: str, topic: str, expected: int | None = None,
-             idle_s: float = 3.0, timeout_s: float = 60.0) -> list[tuple[bytes | None, bytes]]:
+def read_all(
+    bootstrap: str,
+    topic: str,
+    expected: int | None = None,
+    idle_s: float = 3.0,
+    timeout_s: float = 60.0,
+) -> list[tuple[bytes | None, bytes]]:
     """Every (key, value) on ``topic`` from the start, read until ``expected`` or idle.
 
     Partitions are assigned directly (no consumer group), and the end is found
@@ -17,8 +22,14 @@ def read_all(bootstrap: str, topic: str, expected: int | None = None,
     """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "test-reader",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     out: list[tuple[bytes | None, bytes]] = []
     deadline = time.monotonic() + timeout_s

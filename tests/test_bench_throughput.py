@@ -11,9 +11,24 @@ from tests.conftest import RECSTREAM
 def test_bench_throughput_reports_figures_and_plots(tmp_path):
     report_path, plot_path = tmp_path / "tp.json", tmp_path / "tp.png"
     done = subprocess.run(
-        [RECSTREAM, "bench", "throughput", "--events", "3000", "--batch", "300",
-         "--report", str(report_path), "--plot", str(plot_path)],
-        capture_output=True, text=True, timeout=300, check=True)
+        [
+            RECSTREAM,
+            "bench",
+            "throughput",
+            "--events",
+            "3000",
+            "--batch",
+            "300",
+            "--report",
+            str(report_path),
+            "--plot",
+            str(plot_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(report_path.read_text())
     assert json.loads(done.stdout) == report
     assert report["events"] == 3000 and report["batches"] == 10

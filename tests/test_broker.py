@@ -25,16 +25,18 @@ def _alive(pid: int) -> bool:
 
 
 def _broker_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "tansu.* broker --listener-url"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["pgrep", "-f", "tansu.* broker --listener-url"], capture_output=True, text=True
+    ).stdout
     return {int(pid) for pid in out.split()}
 
 
 def test_broker_command_is_ready_within_5s_and_librdkafka_lists_the_four_topics():
     port = free_port()
     started = time.monotonic()
-    process = subprocess.Popen([RECSTREAM, "broker", "--port", str(port)],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [RECSTREAM, "broker", "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = process.stdout.readline()
         ready_s = time.monotonic() - started
@@ -48,8 +50,10 @@ def test_broker_command_is_ready_within_5s_and_librdkafka_lists_the_four_topics(
 
 def test_sigkilled_parent_leaves_no_orphan_broker():
     before = _broker_pids()
-    code = ("import time; from streams.broker import EmbeddedBroker\n"
-            "b = EmbeddedBroker().start(); print(b.pid, flush=True); time.sleep(60)")
+    code = (
+        "import time; from streams.broker import EmbeddedBroker\n"
+        "b = EmbeddedBroker().start(); print(b.pid, flush=True); time.sleep(60)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     broker_pid = int(parent.stdout.readline())
     assert broker_pid not in before and _alive(broker_pid)
@@ -78,8 +82,12 @@ def test_a_broker_that_is_not_there_is_a_clear_error_within_seconds():
 
 def test_produce_against_a_missing_broker_exits_with_a_message_not_a_hang():
     started = time.monotonic()
-    result = subprocess.run([RECSTREAM, "produce", "--broker", f"127.0.0.1:{free_port()}",
-                             "--events", "10"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [RECSTREAM, "produce", "--broker", f"127.0.0.1:{free_port()}", "--events", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "no Kafka broker answered" in result.stderr
     assert time.monotonic() - started < 20

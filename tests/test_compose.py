@@ -64,8 +64,9 @@ def test_prometheus_scrapes_the_worker_and_grafana_is_provisioned():
     assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
     config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
     targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
-    worker_port = SERVICES["worker"]["command"][SERVICES["worker"]["command"].index(
-        "--metrics-port") + 1]
+    worker_port = SERVICES["worker"]["command"][
+        SERVICES["worker"]["command"].index("--metrics-port") + 1
+    ]
     assert targets == [f"worker:{worker_port}"]
     grafana = SERVICES["grafana"]
     assert "3000:3000" in grafana["ports"]
@@ -76,12 +77,18 @@ def test_dashboards_and_alerts_use_only_metrics_the_worker_exposes():
     from streams.metrics import Metrics
 
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
-    exposed = {family.name + suffix for family in Metrics().registry.collect()
-               for suffix in suffixes[family.type]}
+    exposed = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes[family.type]
+    }
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/recstream.json").read_text())
     expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    expressions += [r["expr"] for g in yaml.safe_load(
-        (ROOT / "deploy/alerts.yml").read_text())["groups"] for r in g["rules"]]
+    expressions += [
+        r["expr"]
+        for g in yaml.safe_load((ROOT / "deploy/alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    ]
     used = {name for expr in expressions for name in re.findall(r"recstream_[a-z_]+", expr)}
     assert used and used <= exposed, used - exposed
 
@@ -89,7 +96,9 @@ def test_dashboards_and_alerts_use_only_metrics_the_worker_exposes():
 def test_prometheus_config_and_alert_rules_pass_promtool():
     if shutil.which("promtool") is None:
         pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does)")
-    for args in (["check", "config", "deploy/prometheus.yml"],
-                 ["check", "rules", "deploy/alerts.yml"]):
+    for args in (
+        ["check", "config", "deploy/prometheus.yml"],
+        ["check", "rules", "deploy/alerts.yml"],
+    ):
         result = subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -160,7 +160,6 @@ def test_feature_monitor_state_round_trips():
     assert twin.history == monitor.history and len(twin.history) == 3
 
 
-
 DEPARTMENTS = ("beauty", "books", "electronics", "fashion", "grocery", "home", "sports", "toys")
 RATES = np.array([0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11])
 TURNED = RATES[[5, 2, 7, 0, 6, 1, 3, 4]]  # the same rates, liked elsewhere: the pooled rate stays

@@ -33,33 +33,54 @@ DESIGN_METRICS = {
 
 
 def test_metrics_endpoint_has_every_design_metric_live_and_passes_promtool(
-        tmp_path, cli_env, broker, topics):
+    tmp_path, cli_env, broker, topics
+):
     from producers.simulator import Shop, ShopConfig
 
-    worker = WorkerProcess(worker_env(cli_env), tmp_path / "checkpoints",
-                           "--click-window", "5", "--conversion-window", "10")
+    worker = WorkerProcess(
+        worker_env(cli_env),
+        tmp_path / "checkpoints",
+        "--click-window",
+        "5",
+        "--conversion-window",
+        "10",
+    )
     worker.start()
     try:
-        records = list(Shop(ShopConfig(seed=2, events=12_000, users=400, initial_items=300,
-                                       new_items=20, drifts=())).records())
+        records = list(
+            Shop(
+                ShopConfig(
+                    seed=2, events=12_000, users=400, initial_items=300, new_items=20, drifts=()
+                )
+            ).records()
+        )
         with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
             publisher.publish(records)
-        worker.wait_for(lambda m: m.get("recstream_model_version", 0) > 0
-                        and m.get("recstream_scores_published_total", 0) > 0
-                        and m.get("recstream_feature_psi{feature=category}") is not None
-                        and m.get("recstream_embedding_rows{table=item}", 0) > 0,
-                        180, "live values")
+        worker.wait_for(
+            lambda m: (
+                m.get("recstream_model_version", 0) > 0
+                and m.get("recstream_scores_published_total", 0) > 0
+                and m.get("recstream_feature_psi{feature=category}") is not None
+                and m.get("recstream_embedding_rows{table=item}", 0) > 0
+            ),
+            180,
+            "live values",
+        )
         with urllib.request.urlopen(worker.url, timeout=5) as response:
             text = response.read().decode()
     finally:
         worker.stop()
-    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-             if line and not line.startswith("#")}
+    names = {
+        line.split("{")[0].split(" ")[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     missing = {name: what for name, what in DESIGN_METRICS.items() if name not in names}
     assert not missing
     assert 'recstream_drift_detections_total{detector="adwin",task="click"}' in text
     if shutil.which("promtool") is None:
         pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does)")
-    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
-                           text=True)
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr

@@ -23,15 +23,21 @@ def pipeline() -> Pipeline:
 
 
 def messages(events: list[Event], start: int = 0) -> list[RawMessage]:
-    return [RawMessage(0, start + n, e.user_id.encode(), encode_event(e))
-            for n, e in enumerate(events)]
+    return [
+        RawMessage(0, start + n, e.user_id.encode(), encode_event(e)) for n, e in enumerate(events)
+    ]
 
 
 def catalog(pipe: Pipeline, count: int = 30) -> None:
-    items = [CatalogItem(f"i{n}", NOW, "home.lamp" if n % 2 else "garden.hose", f"b{n % 3}",
-                         10.0 + n) for n in range(count)]
-    pipe.process_catalog([RawMessage(0, n, None, encode_catalog_item(i))
-                          for n, i in enumerate(items)], "items", now_ms=NOW)
+    items = [
+        CatalogItem(f"i{n}", NOW, "home.lamp" if n % 2 else "garden.hose", f"b{n % 3}", 10.0 + n)
+        for n in range(count)
+    ]
+    pipe.process_catalog(
+        [RawMessage(0, n, None, encode_catalog_item(i)) for n, i in enumerate(items)],
+        "items",
+        now_ms=NOW,
+    )
 
 
 def clicks(count: int, user: str = "u1") -> list[Event]:
@@ -85,7 +91,8 @@ def test_ranker_reserves_cold_slots_for_the_best_cold_items():
 
     candidates = {"u": [(f"i{n}", LAMP) for n in range(6)]}
     record = Ranker(RankingConfig(top_k=3, cold_slots=1)).rank(
-        Fixed(), candidates, {"u": NOW}, NOW, is_cold=lambda item: item in ("i4", "i5"))[0]
+        Fixed(), candidates, {"u": NOW}, NOW, is_cold=lambda item: item in ("i4", "i5")
+    )[0]
     assert [i["item_id"] for i in record["items"]] == ["i0", "i1", "i4"]
     assert [i["cold"] for i in record["items"]] == [False, False, True]
 
@@ -130,7 +137,7 @@ def test_the_settings_waits_keep_a_fresh_learner_calibrated_on_the_demo_shop():
     shop_catalog, stream = demo_stream(40_000, seed=7)
     pipe.process_catalog(shop_catalog, "items")
     for start in range(0, len(stream), 500):
-        pipe.process_events(stream[start:start + 500])
+        pipe.process_events(stream[start : start + 500])
     click = pipe.quality.summary()["click"]
     assert click["labels"] > 10_000
     assert 0.75 < click["mean_prediction"] / click["label_rate"] < 1.33

@@ -18,14 +18,16 @@ RATE = re.compile(r"sent ([\d,]+) events \((\d+) failed.* ([\d,]+) events/s")
 
 
 def produce(cli_env, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([RECSTREAM, "produce", *args], env=cli_env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [RECSTREAM, "produce", *args], env=cli_env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
 
-def test_simulated_events_are_read_back_by_librdkafka_exactly_and_all_valid(broker, topics,
-                                                                            cli_env):
+def test_simulated_events_are_read_back_by_librdkafka_exactly_and_all_valid(
+    broker, topics, cli_env
+):
     result = produce(cli_env, "--source", "sim", "--events", "100000", "--rate", "0")
     sent, failed, rate = RATE.search(result.stdout).groups()
     assert int(sent.replace(",", "")) == 100_000 and failed == "0"
@@ -34,8 +36,9 @@ def test_simulated_events_are_read_back_by_librdkafka_exactly_and_all_valid(brok
     events = read_all(broker.bootstrap, topics.events, expected=100_000)
     assert len(events) == 100_000
     decoded = [decode_event(value) for _, value in events]
-    assert all(key.decode() == event.user_id for (key, _), event in zip(events, decoded,
-                                                                        strict=True))
+    assert all(
+        key.decode() == event.user_id for (key, _), event in zip(events, decoded, strict=True)
+    )
     assert len({event.event_id for event in decoded}) == 100_000
     kinds = Counter(event.type for event in decoded)
     assert kinds["click"] > 0 and kinds["cart"] > 0 and kinds["purchase"] > 0
@@ -53,21 +56,41 @@ def _rows_by_type(path, column, has_header):
     return Counter(row[column] for row in rows if len(row) == (9 if has_header else 5))
 
 
-@pytest.mark.parametrize(("name", "fmt", "column", "header", "mapping"), [
-    ("rees46-2019-oct-head.csv", "rees46", 1, True,
-     {"view": "click", "cart": "cart", "purchase": "purchase"}),
-    ("taobao-userbehavior-sample.csv", "taobao", 3, False,
-     {"pv": "click", "cart": "cart", "buy": "purchase"}),
-])
+@pytest.mark.parametrize(
+    ("name", "fmt", "column", "header", "mapping"),
+    [
+        (
+            "rees46-2019-oct-head.csv",
+            "rees46",
+            1,
+            True,
+            {"view": "click", "cart": "cart", "purchase": "purchase"},
+        ),
+        (
+            "taobao-userbehavior-sample.csv",
+            "taobao",
+            3,
+            False,
+            {"pv": "click", "cart": "cart", "buy": "purchase"},
+        ),
+    ],
+)
 def test_a_replayed_log_puts_every_funnel_row_on_events_in_event_time_order(
-        broker, topics, cli_env, name, fmt, column, header, mapping):
+    broker, topics, cli_env, name, fmt, column, header, mapping
+):
     path = DATA / name
     result = produce(cli_env, "--source", str(path), "--format", fmt)
-    expected = Counter({mapping[kind]: n for kind, n in
-                        _rows_by_type(path, column, header).items() if kind in mapping})
-    events = [decode_event(value, now_ms=None)
-              for _, value in read_all(broker.bootstrap, topics.events,
-                                       expected=sum(expected.values()))]
+    expected = Counter(
+        {
+            mapping[kind]: n
+            for kind, n in _rows_by_type(path, column, header).items()
+            if kind in mapping
+        }
+    )
+    events = [
+        decode_event(value, now_ms=None)
+        for _, value in read_all(broker.bootstrap, topics.events, expected=sum(expected.values()))
+    ]
     assert Counter(event.type for event in events) == expected
     by_user: dict[str, list[int]] = {}
     for event in events:  # order holds per partition, so per user

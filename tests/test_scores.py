@@ -29,13 +29,18 @@ def worker(tmp_path, cli_env):
 def _warm_up(broker, topics, worker, events: int = 6_000) -> list[Event]:
     from producers.simulator import Shop, ShopConfig
 
-    records = list(Shop(ShopConfig(seed=11, events=events, users=300, initial_items=400,
-                                   new_items=0, drifts=())).records())
+    records = list(
+        Shop(
+            ShopConfig(seed=11, events=events, users=300, initial_items=400, new_items=0, drifts=())
+        ).records()
+    )
     with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
         publisher.publish(records)
-    worker.wait_for(lambda m: sum(v for k, v in m.items()
-                                  if k.startswith("recstream_events_total{")) >= events,
-                    180, "warm-up applied")
+    worker.wait_for(
+        lambda m: sum(v for k, v in m.items() if k.startswith("recstream_events_total{")) >= events,
+        180,
+        "warm-up applied",
+    )
     return [r for r in records if isinstance(r, Event)]
 
 
@@ -57,8 +62,7 @@ def test_librdkafka_reads_scores_that_match_the_contract(broker, topics, worker)
             assert 0.0 <= item["p_purchase"] <= item["p_cart"] <= item["p_click"] <= 1.0
 
 
-def test_a_new_catalog_item_is_scored_cold_before_anyone_interacts_with_it(broker, topics,
-                                                                           worker):
+def test_a_new_catalog_item_is_scored_cold_before_anyone_interacts_with_it(broker, topics, worker):
     events = _warm_up(broker, topics, worker)
     clicks = [e for e in events if e.type == "click" and e.item is not None]
     user = Counter(e.user_id for e in clicks).most_common(1)[0][0]
@@ -73,14 +77,20 @@ def test_a_new_catalog_item_is_scored_cold_before_anyone_interacts_with_it(broke
     catalog = worker.total("recstream_catalog_items")
     with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
         publisher.publish([new_item])
-        worker.wait_for(lambda m: m.get("recstream_catalog_items", 0) > catalog, 60,
-                        "the new item reached the worker")
+        worker.wait_for(
+            lambda m: m.get("recstream_catalog_items", 0) > catalog,
+            60,
+            "the new item reached the worker",
+        )
         publisher.publish([trigger])
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        mine = [json.loads(v) for k, v in read_all(broker.bootstrap, topics.scores, idle_s=1.0)
-                if k.decode() == user]
+        mine = [
+            json.loads(v)
+            for k, v in read_all(broker.bootstrap, topics.scores, idle_s=1.0)
+            if k.decode() == user
+        ]
         latest = [r for r in mine if r["event_ts"] == now]
         if latest:
             break

@@ -330,8 +330,17 @@ def test_after_a_taste_shift_the_old_truth_predicts_clicks_clearly_worse() -> No
 
 def test_delay_scale_brings_conversions_closer_to_their_clicks():
     def cart_gaps(scale: float) -> list[int]:
-        shop = Shop(ShopConfig(seed=4, events=30_000, users=2_000, initial_items=500,
-                               new_items=0, drifts=(), delay_scale=scale))
+        shop = Shop(
+            ShopConfig(
+                seed=4,
+                events=30_000,
+                users=2_000,
+                initial_items=500,
+                new_items=0,
+                drifts=(),
+                delay_scale=scale,
+            )
+        )
         clicks: dict[tuple[str, str], int] = {}
         gaps = []
         for record in shop.records():

@@ -23,8 +23,9 @@ NOW = int(time.time() * 1000)
 
 
 def valid(n: int, user: str = "u1", item: str = "i1", kind: str = "click") -> bytes:
-    return encode_event(Event(f"ok-{n}", NOW, kind, user, item,
-                              item=ItemContent("home.lamp", "acme", 20.0)))
+    return encode_event(
+        Event(f"ok-{n}", NOW, kind, user, item, item=ItemContent("home.lamp", "acme", 20.0))
+    )
 
 
 def event_json(**changes) -> bytes:
@@ -34,10 +35,11 @@ def event_json(**changes) -> bytes:
 
 MALFORMED = {
     "not_json": b"{this is not json",
-    "not_utf8": bytes([0xff, 0xfe, 0x00, 0x81]) * 8,
+    "not_utf8": bytes([0xFF, 0xFE, 0x00, 0x81]) * 8,
     "empty": b"",
-    "missing_field": json.dumps({"event_id": "m", "ts": NOW, "type": "click",
-                                 "item_id": "i1"}).encode(),
+    "missing_field": json.dumps(
+        {"event_id": "m", "ts": NOW, "type": "click", "item_id": "i1"}
+    ).encode(),
     "unknown_type": event_json(event_id="t", type="teleport"),
     "bad_price": event_json(event_id="p", item={"price": -5.0}),
     "oversized": event_json(event_id="big", session_id="x" * 1_000_000),
@@ -54,21 +56,20 @@ def worker(tmp_path, cli_env):
     process.stop()
 
 
-def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker, broker,
-                                                                          topics):
+def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker, broker, topics):
     worker.start()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=4_000_000)
     producer.send(topics.events, key=b"u1", value=valid(0))
     for value in MALFORMED.values():
         producer.send(topics.events, key=b"u1", value=value)
-    producer.send(topics.events, key=b"u1",
-                  value=event_json(event_id="nan", item={"price": math.nan}))
+    producer.send(
+        topics.events, key=b"u1", value=event_json(event_id="nan", item={"price": math.nan})
+    )
     producer.send(topics.events, key=b"u1", value=valid(1))  # the worker keeps going
     producer.flush()
 
     expected = Counter(dict.fromkeys(MALFORMED, 1)) + Counter({"bad_price": 1})
-    letters = read_all(broker.bootstrap, topics.dlq, expected=sum(expected.values()),
-                       timeout_s=90)
+    letters = read_all(broker.bootstrap, topics.dlq, expected=sum(expected.values()), timeout_s=90)
     reasons = Counter(json.loads(value)["reason"] for _, value in letters)
     assert reasons == expected
     for _, value in letters:
@@ -76,8 +77,9 @@ def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker
         assert letter["topic"] == topics.events and letter["offset"] >= 0
         assert letter["error"].startswith(letter["reason"] + ":")
 
-    metrics = worker.wait_for(lambda m: m.get('recstream_events_total{type=click}') == 2, 60,
-                              "both valid events applied")
+    metrics = worker.wait_for(
+        lambda m: m.get("recstream_events_total{type=click}") == 2, 60, "both valid events applied"
+    )
     for reason, count in expected.items():
         assert metrics[f"recstream_invalid_events_total{{reason={reason}}}"] == count
     assert worker.process.poll() is None
@@ -86,12 +88,14 @@ def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker
 def _sim_events(n: int, seed: int = 3) -> list[Event | CatalogItem]:
     from producers.simulator import Shop, ShopConfig
 
-    return list(Shop(ShopConfig(seed=seed, events=n, users=500, initial_items=300,
-                                new_items=50, drifts=())).records())
+    return list(
+        Shop(
+            ShopConfig(seed=seed, events=n, users=500, initial_items=300, new_items=50, drifts=())
+        ).records()
+    )
 
 
-def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, broker,
-                                                                        topics):
+def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, broker, topics):
     records = _sim_events(12_000)
     events = [r for r in records if isinstance(r, Event)]
     produced = Counter(e.type for e in events)
@@ -106,9 +110,13 @@ def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, 
         for fraction in (0.2, 0.5, 0.8):
             # a checkpoint of this run first (the restart must resume from it), then the
             # kill, at a different distance from that checkpoint each time
-            worker.wait_for(lambda m, f=fraction: applied(m) >= f * len(events)
-                            and m.get("recstream_checkpoints_total", 0) >= 1,
-                            120, f"{fraction:.0%} applied and a checkpoint written")
+            worker.wait_for(
+                lambda m, f=fraction: (
+                    applied(m) >= f * len(events) and m.get("recstream_checkpoints_total", 0) >= 1
+                ),
+                120,
+                f"{fraction:.0%} applied and a checkpoint written",
+            )
             time.sleep(0.2 + fraction)
             worker.signal(signal.SIGKILL)
             worker.start()
@@ -117,21 +125,25 @@ def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, 
     time.sleep(2.0)  # nothing more arrives: a double application would show now
     metrics = worker.metrics()
     assert {kind: metrics[f"recstream_events_total{{type={kind}}}"] for kind in produced} == dict(
-        produced)
+        produced
+    )
     assert metrics["recstream_scores_published_total"] > 0  # scores keep flowing after restart
     assert worker.tail(10**7).count("restored checkpoint-") == 3  # resumed, not replayed whole
 
 
-def test_sigterm_exits_within_10s_with_a_checkpoint_and_the_next_start_resumes(worker, broker,
-                                                                              topics):
+def test_sigterm_exits_within_10s_with_a_checkpoint_and_the_next_start_resumes(
+    worker, broker, topics
+):
     records = _sim_events(3_000, seed=5)
     count = sum(isinstance(r, Event) for r in records)
     worker.start()
     with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
         publisher.publish(records)
-    worker.wait_for(lambda m: sum(v for k, v in m.items()
-                                  if k.startswith("recstream_events_total{")) >= count,
-                    120, "all applied")
+    worker.wait_for(
+        lambda m: sum(v for k, v in m.items() if k.startswith("recstream_events_total{")) >= count,
+        120,
+        "all applied",
+    )
     before = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
     assert worker.signal(signal.SIGTERM) < 10.0
     after = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))

@@ -16,8 +16,13 @@ from tests.conftest import RECSTREAM
 class WorkerProcess:
     """A worker process with its metrics port, checkpoint directory and log file."""
 
-    def __init__(self, env: dict[str, str], checkpoint_dir: Path, *extra: str,
-                 checkpoint_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        checkpoint_dir: Path,
+        *extra: str,
+        checkpoint_interval_s: float = 2.0,
+    ) -> None:
         self.env = env
         self.checkpoint_dir = checkpoint_dir
         self.extra = [*extra, "--checkpoint-interval", str(checkpoint_interval_s)]
@@ -32,11 +37,24 @@ class WorkerProcess:
     def start(self, timeout_s: float = 90.0) -> WorkerProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [RECSTREAM, "worker", "--metrics-port", str(self.port), "--checkpoint-dir",
-                 str(self.checkpoint_dir), *self.extra],
-                env=self.env, stdout=log, stderr=log)
-        self.wait_for(lambda m: m.get("recstream_assigned_partitions", 0) > 0, timeout_s,
-                      "partitions assigned")
+                [
+                    RECSTREAM,
+                    "worker",
+                    "--metrics-port",
+                    str(self.port),
+                    "--checkpoint-dir",
+                    str(self.checkpoint_dir),
+                    *self.extra,
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        self.wait_for(
+            lambda m: m.get("recstream_assigned_partitions", 0) > 0,
+            timeout_s,
+            "partitions assigned",
+        )
         return self
 
     def metrics(self) -> dict[str, float]:
@@ -55,9 +73,11 @@ class WorkerProcess:
                 return metrics
             time.sleep(0.25)
         applied = sum(v for k, v in metrics.items() if k.startswith("recstream_events_total{"))
-        raise AssertionError(f"timed out waiting for {what} ({applied:.0f} events applied, "
-                             f"partitions {metrics.get('recstream_assigned_partitions')}); "
-                             f"log: {self.tail()}")
+        raise AssertionError(
+            f"timed out waiting for {what} ({applied:.0f} events applied, "
+            f"partitions {metrics.get('recstream_assigned_partitions')}); "
+            f"log: {self.tail()}"
+        )
 
     def signal(self, sig: int, timeout_s: float = 15.0) -> float:
         """Send a signal and wait for the exit; return how long it took."""
@@ -75,5 +95,8 @@ class WorkerProcess:
 
 
 def worker_env(cli_env: dict[str, str]) -> dict[str, str]:
-    return {**cli_env, "PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items()
-                                                    if k.startswith("RECSTREAM_TANSU")}}
+    return {
+        **cli_env,
+        "PYTHONUNBUFFERED": "1",
+        **{k: v for k, v in os.environ.items() if k.startswith("RECSTREAM_TANSU")},
+    }

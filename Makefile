@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-quality bench-throughput clean
+.PHONY: demo test lint promtool bench-quality bench-throughput clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/recstream demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(ARGS)
+
+# The metrics tests check the worker's /metrics and deploy/'s rules with promtool
+# (Debian's prometheus package): installed here when we may, otherwise a clear stop.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "make test needs promtool: install Debian's 'prometheus' package" \
+	      "(apt-get install prometheus) or put promtool on PATH" >&2; exit 1; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -405,11 +405,11 @@ def benchmark(
 
     learner = learner or mtl()
     stream, _ = ToyShop(seed=seed).stream(samples)
-    start = time.perf_counter()
-    for start in range(0, len(stream), batch_size):
-        learner.predict(stream[start : start + batch_size])
-        learner.learn(stream[start : start + batch_size])
-    seconds = time.perf_counter() - start
+    started = time.perf_counter()
+    for first in range(0, len(stream), batch_size):
+        learner.predict(stream[first : first + batch_size])
+        learner.learn(stream[first : first + batch_size])
+    seconds = time.perf_counter() - started
     return {
         "samples": float(samples),
         "batch_size": float(batch_size),

@@ -95,7 +95,7 @@ def test_dashboards_and_alerts_use_only_metrics_the_worker_exposes():
 
 def test_prometheus_config_and_alert_rules_pass_promtool():
     if shutil.which("promtool") is None:
-        pytest.fail("promtool is missing: apt-get install prometheus (`make test` installs it when run as root)")
+        pytest.fail("promtool is missing: apt-get install prometheus (make test does, as root)")
     for args in (
         ["check", "config", "deploy/prometheus.yml"],
         ["check", "rules", "deploy/alerts.yml"],

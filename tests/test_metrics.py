@@ -79,7 +79,7 @@ def test_metrics_endpoint_has_every_design_metric_live_and_passes_promtool(
     assert not missing
     assert 'recstream_drift_detections_total{detector="adwin",task="click"}' in text
     if shutil.which("promtool") is None:
-        pytest.fail("promtool is missing: apt-get install prometheus (`make test` installs it when run as root)")
+        pytest.fail("promtool is missing: apt-get install prometheus (make test does, as root)")
     check = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
     )

@@ -9,7 +9,8 @@ Two things here are specific to running Faust well:
 - **Fetch wait.** faust-streaming hard-codes a 1.5 s consumer fetch wait, and
   a broker that answers multi-partition fetches only when the wait expires
   (the embedded one) then adds up to 1.5 s to every event's path. We lower it
-  on the consumer Faust builds (``fetch_wait_ms``, default 10 ms).
+  on the consumer Faust builds (``fetch_wait_ms``, default 10 ms) through
+  :mod:`streams.faust_hooks`, the one module that touches Faust's privates.
 - **Offsets come from our checkpoints.** Faust's own acks are off for the
   input topics, so Faust never commits: the group's committed offsets are
   only ever those of a checkpoint already on disk (committed after it is
@@ -27,35 +28,34 @@ Example
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from streams.faust_hooks import commit_offsets, hook_problems, use_fetch_wait, version_drift
 
 if TYPE_CHECKING:
     from streams.service import Outgoing, WorkerService
 
-_FETCH_WAIT_MS = {"value": 10}
+log = logging.getLogger("recstream.worker")
 
 
-def _create_worker_consumer_with_short_fetch_wait(self: Any, transport: Any) -> Any:
-    consumer = _ORIGINAL_CREATE(self, transport)
-    consumer._fetch_max_wait_ms = _FETCH_WAIT_MS["value"]  # read by aiokafka at start()
-    return consumer
-
-
-_ORIGINAL_CREATE = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
-faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = (
-    _create_worker_consumer_with_short_fetch_wait
-)
+class FaustHooksMoved(RuntimeError):
+    """The installed Faust or aiokafka no longer has a hook point the worker needs."""
 
 
 def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     """The worker's Faust app, wired to ``service``."""
     settings = service.settings
-    _FETCH_WAIT_MS["value"] = settings.fetch_wait_ms
+    problems = hook_problems()
+    if problems:
+        raise FaustHooksMoved("; ".join(problems))
+    for drift in version_drift():
+        log.warning("%s", drift)
+    use_fetch_wait(settings.fetch_wait_ms)
     datadir = Path(settings.checkpoint_dir) / "faust"  # Faust's own files, not in the cwd
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -105,13 +105,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 service.checkpoint(background=True)
             saved = service.take_saved_offsets()
             if saved:
-                await app.consumer._commit({TP(names.events, p): o for p, o in saved.items()})
+                await commit_offsets(app, {(names.events, p): o for p, o in saved.items()})
 
     @app.on_partitions_assigned.connect
     async def start_from_checkpoint(app: faust.App, assigned: set[TP], **_: Any) -> None:
         offsets = service.first_assignment_offsets([(tp.topic, tp.partition) for tp in assigned])
         if offsets:  # Faust's recovery seeks to the committed offsets next
-            await app.consumer._commit({TP(t, p): o for (t, p), o in offsets.items()})
+            await commit_offsets(app, offsets)
         service.metrics.assigned_partitions.set(
             sum(1 for tp in assigned if tp.topic == names.events)
         )

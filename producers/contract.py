@@ -79,7 +79,7 @@ class ItemContent:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One funnel event from a shop (see DESIGN.md, "Event")."""
+    """One funnel event from a shop (see docs/contracts.md, "Event")."""
 
     event_id: str
     ts: int

@@ -1,6 +1,6 @@
 """Replay real e-commerce logs as contract records, in event-time order.
 
-Two public logs are understood (see DESIGN.md, "Real logs"):
+Two public logs are understood (see docs/contracts.md, "Real logs"):
 
 - ``rees46``: REES46 / Open CDP "eCommerce behavior data from multi category
   store", with the header ``event_time,event_type,product_id,category_id,

@@ -65,7 +65,7 @@ class Ranker:
         now_ms: int,
         is_cold: Callable[[str], bool],
     ) -> list[dict[str, Any]]:
-        """One score record per user with candidates (see DESIGN.md, "Scores")."""
+        """One score record per user with candidates (see docs/contracts.md, "Scores")."""
         users = [user for user, items in candidates.items() if items]
         pairs = [pair for user in users for pair in candidates[user]]
         if not pairs:

@@ -1,4 +1,4 @@
-"""Create the four topics of DESIGN.md on any cluster, idempotently.
+"""Create the four topics of docs/contracts.md on any cluster, idempotently.
 
 Example
 -------

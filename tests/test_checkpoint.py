@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shlex
 
 import numpy as np
 import torch
@@ -12,10 +13,13 @@ from streams.checkpoint import CheckpointError, CheckpointStore
 
 
 class Boom:
-    """An object whose unpickling would run code."""
+    """An object whose unpickling would run code: a shell command creating ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
 
     def __reduce__(self):
-        return (os.system, ("touch /tmp/recstream-pwned",))
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
 def test_the_newest_checkpoint_is_restored_with_its_offsets(tmp_path):
@@ -47,15 +51,16 @@ def test_a_corrupt_newest_checkpoint_is_refused_and_the_previous_one_used(tmp_pa
 
 
 def test_a_pickle_that_would_run_code_is_refused_not_executed(tmp_path):
-    marker = "/tmp/recstream-pwned"
-    if os.path.exists(marker):
-        os.remove(marker)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"format": Boom(marker)})
     store = CheckpointStore(tmp_path, owner="events")
-    (tmp_path / "checkpoint-000000001.pt").write_bytes(pickle.dumps({"format": Boom()}))
+    (tmp_path / "checkpoint-000000001.pt").write_bytes(payload)
     found, refused = store.load_latest()
     assert found is None
     assert "unsafe" in refused[0]
-    assert not os.path.exists(marker)
+    assert not marker.exists()
+    pickle.loads(payload)  # what a plain unpickler would have done
+    assert marker.exists()
 
 
 def test_a_foreign_file_or_another_workers_checkpoint_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""Operators' view: every metric DESIGN.md lists, with live values, that promtool accepts."""
+"""Operators' view: every metric docs/metrics.md lists, with live values, that promtool accepts."""
 
 from __future__ import annotations
 

@@ -278,8 +278,7 @@ class MultiTaskNet(nn.Module):
         dense_columns = [
             i
             for i, name in enumerate(DENSE_FEATURES)
-            if (config.use_content or name not in CONTENT_DENSE_FEATURES)
-            and (config.rate_features or not name.endswith("_rate"))
+            if config.use_content or name not in CONTENT_DENSE_FEATURES
         ]
         self.dense_columns = None if len(dense_columns) == len(DENSE_FEATURES) else dense_columns
         self.towers = build_towers(
@@ -430,19 +429,6 @@ class MultiTaskNet(nn.Module):
         log_not_p = torch.log(-torch.expm1(log_p))
         bce = -(log_not_p + targets * (log_p - log_not_p))
         per_task = (bce * (known * weights.unsqueeze(1))).sum(dim=0) / logits.shape[0]
-        if self.config.conditional_loss_weight > 0:
-            passed = ~known | (labels > 0.5)  # stage passed (an unknown earlier stage was)
-            reached = torch.cat(
-                [passed[:, :1], passed[:, :1] & passed[:, 1:2]], dim=1
-            )  # clicked; clicked and carted
-            step = known[:, 1:] & reached
-            step_bce = F.binary_cross_entropy_with_logits(
-                logits[:, 1:], targets[:, 1:], reduction="none"
-            )
-            conditional = (step_bce * step * weights.unsqueeze(1)).sum(dim=0) / logits.shape[0]
-            per_task = per_task + self.config.conditional_loss_weight * torch.cat(
-                [torch.zeros(1), conditional]
-            )
         fixed = torch.tensor(self.config.task_weights, dtype=per_task.dtype)
         if self.config.task_weighting == "uncertainty":
             s = self.task_log_variance

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models.learner import MultiTaskConfig, mtl
+from online_models.learner import mtl
 from producers.contract import CatalogItem, encode_catalog_item, encode_event
 from producers.simulator import Shop, ShopConfig
 from streams.checkpoint import CheckpointStore
@@ -88,8 +88,7 @@ def run(options: ThroughputOptions) -> dict[str, Any]:
     """Feed the stream through a pipeline; return (and write, if asked) the figures."""
     catalog, stream = demo_stream(options.events, options.seed)
     settings = DemoOptions().worker_settings()  # the worker's windows as the demo sets them
-    model = MultiTaskConfig(num_threads=1, provisional_negative_ms=settings.learner_waits_ms())
-    pipeline = Pipeline(mtl(model), labels=settings.label_config())
+    pipeline = Pipeline(mtl(settings.model_config()), labels=settings.label_config())
     pipeline.process_catalog(catalog, "items")
     batches = [stream[i : i + options.batch] for i in range(0, len(stream), options.batch)]
     total, update, ranked = np.zeros(len(batches)), np.zeros(len(batches)), np.zeros(len(batches))

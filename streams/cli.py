@@ -7,6 +7,9 @@ Example
 >>> args = build_parser().parse_args(["produce", "--source", "sim", "--events", "10"])
 >>> args.command, args.events, args.rate
 ('produce', 10, 0.0)
+>>> args = build_parser().parse_args(["worker", "--towers", "mmoe", "--task-weights", "1,2,4"])
+>>> Settings.from_env({}).with_args(args).model_config().architecture
+'mmoe'
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from producers.contract import CatalogItem, Event
-from streams.settings import Settings, add_connection_arguments
+from streams.settings import (
+    TASK_WEIGHTINGS,
+    TOWERS,
+    Settings,
+    add_connection_arguments,
+    parse_task_weights,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env().with_args(args)
+    try:
+        settings = Settings.from_env().with_args(args)
+    except ValueError as err:  # an environment variable that cannot be used
+        print(f"recstream {args.command}: error: {err}", file=sys.stderr)
+        return 2
     try:
         return int(args.run(args, settings) or 0)
     except KeyboardInterrupt:
@@ -74,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="simulator seed")
     demo.add_argument("--no-impressions", dest="impressions", action="store_false")
+    add_model_arguments(demo)
     demo.set_defaults(run=run_demo)
 
     scores = commands.add_parser("scores", help="print score records as they arrive")
@@ -184,6 +198,56 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds of event time a cart/purchase is attributed to a click",
     )
+    add_model_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the worker's model (``recstream demo`` passes them on to its worker)."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--towers",
+        choices=TOWERS,
+        help="shared layers of the multi-task net (default shared_bottom; env RECSTREAM_TOWERS)",
+    )
+    group.add_argument(
+        "--task-weights",
+        dest="task_weights",
+        type=_task_weights,
+        metavar="CLICK,CART,PURCHASE",
+        help="training weights of the task losses, not the ranking weights of the score "
+        "(default 1,1,1; env RECSTREAM_TASK_WEIGHTS)",
+    )
+    group.add_argument(
+        "--task-weighting",
+        dest="task_weighting",
+        choices=TASK_WEIGHTINGS,
+        help="'uncertainty' learns adaptive weights (Kendall et al. 2018) on top of the task "
+        "weights (default fixed; env RECSTREAM_TASK_WEIGHTING)",
+    )
+    group.add_argument(
+        "--torch-threads",
+        dest="torch_threads",
+        type=_positive_int,
+        metavar="N",
+        help="PyTorch intra-op threads of the model (default 1; env RECSTREAM_TORCH_THREADS)",
+    )
+
+
+def _task_weights(text: str) -> tuple[float, float, float]:
+    try:
+        return parse_task_weights(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return value
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:

@@ -165,12 +165,31 @@ def _start_worker(
         str(options.click_wait_s),
         "--conversion-window",
         str(options.conversion_window_s),
+        *model_flags(settings),
     ]
     if not options.impressions:
         command.append("--no-impressions")
     env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed with the temporary directory
     return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+
+def model_flags(settings: Settings) -> list[str]:
+    """The worker flags that give its model the demo's model settings (flags or environment).
+
+    >>> model_flags(Settings(towers="mmoe", task_weights=(1.0, 0.0, 2.5)))[:4]
+    ['--towers', 'mmoe', '--task-weights', '1.0,0.0,2.5']
+    """
+    return [
+        "--towers",
+        settings.towers,
+        "--task-weights",
+        ",".join(repr(w) for w in settings.task_weights),
+        "--task-weighting",
+        settings.task_weighting,
+        "--torch-threads",
+        str(settings.torch_threads),
+    ]
 
 
 def _wait_for_worker(

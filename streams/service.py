@@ -25,14 +25,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
 
 from online_models.base import TASKS
-from online_models.learner import MultiTaskConfig, mtl
+from online_models.learner import mtl
 from streams.checkpoint import CheckpointError, CheckpointStore, ChildSave, save_in_child
 from streams.gc_freeze import GcFreezer
 from streams.metrics import Metrics
@@ -55,24 +55,12 @@ class Outgoing:
 class WorkerService:
     """The pipeline plus everything a long-running worker needs around it."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics | None = None,
-        model: MultiTaskConfig | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        labels = settings.label_config()
-        # One intra-op thread: the worker shares two cores with Faust's consumer thread and
-        # often a producer; two OpenMP threads then spin against each other (measured:
-        # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
-        model = model or MultiTaskConfig(num_threads=1)
-        if model.provisional_negative_ms is not None:
-            model = replace(model, provisional_negative_ms=settings.learner_waits_ms())
         self.pipeline = Pipeline(
-            mtl(model),
-            labels=labels,
+            mtl(settings.model_config()),  # towers, task weights, threads: the settings'
+            labels=settings.label_config(),
             ranking=RankingConfig(top_k=settings.top_k),
             events_topic=settings.topics.events,
         )

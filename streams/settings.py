@@ -11,23 +11,38 @@ Example
 ('kafka:9092', 'shop1.events', 'shop1.events.dlq')
 >>> Settings.from_env({}).kafka_client_config()
 {}
+>>> s = Settings.from_env({"RECSTREAM_TOWERS": "mmoe", "RECSTREAM_TASK_WEIGHTS": "1,2,4"})
+>>> s.towers, s.task_weights
+('mmoe', (1.0, 2.0, 4.0))
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from online_models.base import TASKS
 from online_models.labels import LabelConfig
+
+if TYPE_CHECKING:
+    from online_models.learner import MultiTaskConfig
+
+TOWERS = ("shared_bottom", "mmoe", "ple")
+"""Choices of ``towers``: :data:`online_models.towers.ARCHITECTURES`, spelled out here so
+that reading settings does not import torch (about 1.5 s on every command); a test
+checks that the two agree."""
+TASK_WEIGHTINGS = ("fixed", "uncertainty")
+"""Choices of ``task_weighting`` (:class:`~online_models.learner.MultiTaskConfig`)."""
 
 
 @dataclass(frozen=True)
 class TopicNames:
-    """The four topics of DESIGN.md, under an optional prefix."""
+    """The four topics of docs/contracts.md, under an optional prefix."""
 
     prefix: str = ""
 
@@ -82,6 +97,10 @@ _ENV = {
     "click_wait_s": "RECSTREAM_CLICK_WAIT_S",
     "conversion_window_s": "RECSTREAM_CONVERSION_WINDOW_S",
     "impressions": "RECSTREAM_IMPRESSIONS",
+    "towers": "RECSTREAM_TOWERS",
+    "task_weights": "RECSTREAM_TASK_WEIGHTS",
+    "task_weighting": "RECSTREAM_TASK_WEIGHTING",
+    "torch_threads": "RECSTREAM_TORCH_THREADS",
 }
 _SECURITY_ENV = {
     "protocol": "RECSTREAM_SECURITY_PROTOCOL",
@@ -99,6 +118,13 @@ class Settings:
     """Where the broker is, what the topics are called, and how the service runs.
 
     ``broker=None`` means: start the embedded Tansu broker on loopback.
+
+    The model: ``towers`` are the shared layers of the multi-task net
+    (shared-bottom, MMoE or PLE); ``task_weights`` weight the click, cart and
+    purchase losses in training, and ``task_weighting="uncertainty"`` learns
+    adaptive weights on top of them (Kendall et al. 2018). These *task weights*
+    are not the ranking weights of a score record's ``score``
+    (:mod:`streams.ranking`), which have no setting.
     """
 
     broker: str | None = None
@@ -118,6 +144,18 @@ class Settings:
     click_wait_s: float = 60.0
     conversion_window_s: float = 3600.0
     impressions: bool = True
+    towers: str = "shared_bottom"
+    task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    task_weighting: str = "fixed"
+    # One intra-op thread: the worker shares two cores with Faust's consumer thread and
+    # often a producer; two OpenMP threads then spin against each other (measured:
+    # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
+        for name, check in _CHECKS.items():
+            check(getattr(self, name))
 
     def label_config(self) -> LabelConfig:
         """How the worker's label resolver turns events into samples (its windows in ms)."""
@@ -147,19 +185,50 @@ class Settings:
         click = int(min(self.click_wait_s, self.click_window_s) * 1000)
         return (click, conversion, conversion)
 
+    def model_config(self) -> MultiTaskConfig:
+        """The worker's learner: towers, task weights, threads and waits from these settings.
+
+        >>> config = Settings(towers="ple", task_weights=(1.0, 0.0, 2.0)).model_config()
+        >>> config.architecture, config.task_weights, config.num_threads
+        ('ple', (1.0, 0.0, 2.0), 1)
+        >>> config.provisional_negative_ms == Settings().learner_waits_ms()
+        True
+        """
+        from online_models.learner import MultiTaskConfig  # torch: only where a model is built
+
+        return MultiTaskConfig(
+            architecture=self.towers,
+            task_weights=self.task_weights,
+            task_weighting=self.task_weighting,
+            provisional_negative_ms=self.learner_waits_ms(),
+            num_threads=self.torch_threads,
+        )
+
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Defaults overridden by ``RECSTREAM_*`` environment variables."""
+        """Defaults overridden by ``RECSTREAM_*`` environment variables.
+
+        A value that cannot be used is a ValueError naming its variable.
+        """
         env = os.environ if env is None else env
         types = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
         for name, var in _ENV.items():
-            if env.get(var):
-                values[name] = _convert(types[name], env[var])
+            raw = env.get(var)
+            if not raw:
+                continue
+            parse = _PARSERS.get(name)
+            try:
+                value = parse(raw) if parse else _convert(types[name], raw)
+                if name in _CHECKS:
+                    _CHECKS[name](value)
+            except ValueError as err:
+                raise ValueError(f"{var}={raw!r}: {err}") from err
+            values[name] = value
         security = {name: env[var] for name, var in _SECURITY_ENV.items() if env.get(var)}
         return cls(**values, security=Security(**security))
 
@@ -212,6 +281,63 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ssl-cafile", dest="ssl_cafile")
     group.add_argument("--ssl-certfile", dest="ssl_certfile")
     group.add_argument("--ssl-keyfile", dest="ssl_keyfile")
+
+
+def parse_task_weights(text: str) -> tuple[float, float, float]:
+    """``"CLICK,CART,PURCHASE"`` as three task weights.
+
+    >>> parse_task_weights("1, 0.5,2")
+    (1.0, 0.5, 2.0)
+    >>> parse_task_weights("1,2")
+    Traceback (most recent call last):
+    ...
+    ValueError: task weights are three comma-separated numbers CLICK,CART,PURCHASE, not '1,2'
+    """
+    parts = text.split(",")
+    try:
+        if len(parts) != len(TASKS):
+            raise ValueError
+        weights = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError(
+            f"task weights are three comma-separated numbers CLICK,CART,PURCHASE, not {text!r}"
+        ) from None
+    check_task_weights(weights)
+    return weights  # type: ignore[return-value]
+
+
+def check_task_weights(weights: tuple[float, ...]) -> None:
+    """Three finite non-negative numbers, not all zero; else a ValueError."""
+    if len(weights) != len(TASKS):
+        raise ValueError(f"task weights need one number per task {TASKS}, got {weights}")
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"task weights must be finite and non-negative, got {weights}")
+    if not any(w > 0 for w in weights):
+        raise ValueError("task weights must not all be zero (nothing would be learned)")
+
+
+def _check_choice(name: str, choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+    return check
+
+
+def _check_threads(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"torch threads must be at least 1, not {value}")
+
+
+_PARSERS = {"task_weights": parse_task_weights}
+"""Settings read from the environment by their own parser rather than :func:`_convert`."""
+_CHECKS = {
+    "towers": _check_choice("towers", TOWERS),
+    "task_weights": check_task_weights,
+    "task_weighting": _check_choice("task weighting", TASK_WEIGHTINGS),
+    "torch_threads": _check_threads,
+}
+"""Settings with a range of valid values: a check that raises ValueError outside it."""
 
 
 def _convert(kind: Any, raw: str) -> Any:

@@ -210,3 +210,53 @@ def test_benchmark_times_its_own_run():
     outer = time.perf_counter() - outer
     assert report["samples"] == 2_048 and 0 < report["seconds"] <= outer
     assert report["samples_per_second"] == report["samples"] / report["seconds"]
+
+
+def test_uncertainty_weighting_learns_and_its_weights_move_and_round_trip(tmp_path):
+    """Kendall et al. 2018: ``sum_t w_t (exp(-s_t) L_t + s_t)`` with learned log-variances ``s_t``.
+
+    Each ``s_t`` moves towards ``log L_t``; every task loss here is below 1, so
+    every ``s_t`` falls below 0 and its task's weight ``exp(-s_t)`` rises above 1.
+    """
+    config = replace(SMALL, task_weighting="uncertainty")
+    samples, truth = ToyShop(seed=1, users=300, items=400).stream(12_000)
+    truth = truth[:8_000]
+    learner = MultiTaskLearner(config)
+    assert torch.equal(learner.net.task_log_variance.detach(), torch.zeros(len(TASKS)))
+    scores = prequential(learner, samples[:8_000])
+    s = learner.net.task_log_variance.detach().clone()
+    assert torch.all(s < 0) and len(set(s.tolist())) == len(TASKS), s
+    labels, tail = labels_of(samples[:8_000]), slice(4_000, None)
+    click_auc = auc(labels[tail, 0], scores[tail, 0])
+    oracle_auc = auc(labels[tail, 0], truth[tail, 0])
+    assert click_auc > 0.5 + 0.5 * (oracle_auc - 0.5), (click_auc, oracle_auc)
+
+    path = tmp_path / "learner.pt"
+    torch.save(learner.state_dict(), path)
+    restored = MultiTaskLearner(SMALL)  # fixed weighting: rebuilt from the saved config
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert restored.config.task_weighting == "uncertainty"
+    assert torch.equal(restored.net.task_log_variance, learner.net.task_log_variance)
+    later = samples[8_000:]
+    assert np.array_equal(prequential(restored, later), prequential(learner, later))
+    assert torch.equal(restored.net.task_log_variance, learner.net.task_log_variance)
+    assert not torch.equal(learner.net.task_log_variance.detach(), s)  # still learning
+
+
+def test_fixed_weighting_never_moves_the_log_variances():
+    learner = MultiTaskLearner(replace(SMALL, task_weights=(1.0, 0.5, 2.0)))
+    prequential(learner, ToyShop(seed=2).stream(2_048)[0])
+    assert learner.model_version == 4
+    assert torch.equal(learner.net.task_log_variance.detach(), torch.zeros(len(TASKS)))
+
+
+def test_configs_of_older_checkpoints_load_and_removed_options_are_refused():
+    saved = SMALL.to_dict()
+    assert MultiTaskConfig.from_dict(saved) == SMALL
+    older = {**saved, "rate_features": True, "conditional_loss_weight": 0.0}  # their only values
+    assert MultiTaskConfig.from_dict(older) == SMALL
+    for name, value in (("rate_features", False), ("conditional_loss_weight", 0.5)):
+        with pytest.raises(ValueError, match=f"{name}={value!r}, an option since removed"):
+            MultiTaskConfig.from_dict({**saved, name: value})
+    with pytest.raises(ValueError, match="unknown MultiTaskConfig options"):
+        MultiTaskConfig.from_dict({**saved, "no_such_option": 1})

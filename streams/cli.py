@@ -161,15 +161,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         dest="batch_size",
         type=int,
-        help="most events per micro-batch (default 1000; a batch also "
-        "closes after --batch-wait ms)",
+        help="most events per micro-batch (default 1000; a batch is what has arrived)",
     )
     parser.add_argument(
         "--batch-wait",
         dest="batch_wait_ms",
         type=int,
-        help="milliseconds a micro-batch waits to fill (default 100): "
-        "bigger batches learn faster, smaller ones score sooner",
+        help="milliseconds an idle read waits for the first event of a batch (default 100)",
     )
     parser.add_argument(
         "--no-impressions",

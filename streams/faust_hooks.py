@@ -1,24 +1,19 @@
-"""Every private hook of Faust and aiokafka the worker relies on, in one place.
+"""The one private hook of Faust this project uses, fenced in and checked against pinned versions.
 
-faust-streaming offers no setting for two things the worker needs, so this
-module reaches into private code, and nothing else in the project does:
-
-- **The consumer's fetch wait.** Faust builds its worker consumer with a
-  hard-coded ``fetch_max_wait_ms=1500``
-  (``AIOKafkaConsumerThread._create_worker_consumer``). A broker that answers
-  a multi-partition fetch only when the wait expires (the embedded one) then
-  adds up to 1.5 s to every event's path. :func:`use_fetch_wait` wraps that
-  factory and sets aiokafka's ``_fetch_max_wait_ms`` on the consumer it
-  returns (read by ``AIOKafkaConsumer.start``).
-- **Committing offsets of our choosing.** Faust's public ``commit`` commits
-  what its acks reached; the worker commits the offsets of a checkpoint on
-  disk instead, through the consumer's ``_commit(offsets)``
-  (:func:`commit_offsets`).
+The worker itself uses none: it reads with plain aiokafka consumers
+(:mod:`streams.reader`). Only ``recstream bench throughput --kafka`` runs
+Faust's own consumer, as the pass-through the worker is compared with, and
+that comparison is fair only at the worker's fetch wait. Faust builds its
+worker consumer with a hard-coded ``fetch_max_wait_ms=1500``
+(``AIOKafkaConsumerThread._create_worker_consumer``), and a broker that answers
+a multi-partition fetch only when the wait expires (the embedded one) then
+adds up to 1.5 s to every fetch. :func:`use_fetch_wait` wraps that factory
+and sets aiokafka's ``_fetch_max_wait_ms`` on the consumer it returns (read
+by ``AIOKafkaConsumer.start``).
 
 The versions these hook points were read in are pinned in ``pyproject.toml``
 (:data:`CHECKED_VERSIONS`). :func:`hook_problems` names every hook point that
-moved, and the worker refuses to start when there is one; :func:`version_drift`
-names other installed versions, which the worker logs as a warning.
+moved and :func:`version_drift` other installed versions;
 ``tests/test_faust_hooks.py`` requires both lists empty.
 
 Example
@@ -30,14 +25,11 @@ Example
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
 import aiokafka
-import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
 
 CHECKED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
@@ -66,9 +58,6 @@ def hook_problems() -> list[str]:
         problems.append(f"faust: {_FACTORY} no longer passes fetch_max_wait_ms")
     if f"self.{_FETCH_WAIT_ATTRIBUTE}" not in inspect.getsource(aiokafka.AIOKafkaConsumer.start):
         problems.append(f"aiokafka: AIOKafkaConsumer.start no longer reads {_FETCH_WAIT_ATTRIBUTE}")
-    commit = getattr(faust_aiokafka.Consumer, "_commit", None)
-    if commit is None or list(inspect.signature(commit).parameters) != ["self", "offsets"]:
-        problems.append("faust: Consumer._commit(offsets) is gone or takes other arguments")
     return problems
 
 
@@ -76,11 +65,6 @@ def use_fetch_wait(milliseconds: int) -> None:
     """Make every worker consumer Faust builds from now on wait at most ``milliseconds``."""
     _fetch_wait_ms["value"] = int(milliseconds)
     setattr(_ConsumerThread, _FACTORY, _create_worker_consumer)
-
-
-async def commit_offsets(app: faust.App, offsets: Mapping[tuple[str, int], int]) -> bool:
-    """Commit ``{(topic, partition): next offset}`` for the app's consumer group."""
-    return await app.consumer._commit({TP(t, p): o for (t, p), o in offsets.items()})
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:

@@ -14,8 +14,8 @@ Example
 >>> import tempfile
 >>> from streams.settings import Settings
 >>> service = WorkerService(Settings(checkpoint_dir=tempfile.mkdtemp()))   # doctest: +SKIP
->>> service.first_assignment_offsets([("events", 0), ("items", 0)])      # doctest: +SKIP
-{('events', 0): 0, ('items', 0): 0}
+>>> service.next_offset(0)                                                # doctest: +SKIP
+0
 """
 
 from __future__ import annotations
@@ -72,8 +72,6 @@ class WorkerService:
         self._last_quality = 0.0
         self._model_version = 0
         self.restored_from: str | None = None
-        self._restored_offsets: dict[int, int] = {}
-        self._assigned_before = False
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
         self._restore()
@@ -90,7 +88,6 @@ class WorkerService:
         self.pipeline.load_state_dict(found.state["pipeline"], found.offsets)
         self._outbox = [Outgoing(dead_letters=[(k, v) for k, v in found.state["outbox"]])]
         self.restored_from = found.path.name
-        self._restored_offsets = dict(found.offsets)
         for event_type, count in self.pipeline.applied.items():  # counters continue, not restart
             self.metrics.events.labels(type=event_type).inc(count)
         for reason, count in self.pipeline.rejected.items():
@@ -98,26 +95,13 @@ class WorkerService:
         self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
-    def first_assignment_offsets(
-        self, assigned: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], int]:
-        """Offsets to commit when partitions are first assigned; nothing on later rebalances.
+    def next_offset(self, partition: int) -> int:
+        """The next ``events`` offset of ``partition`` not yet applied (where reading resumes)."""
+        return self.pipeline.offsets.get(partition, 0)
 
-        ``events`` partitions start at the restored checkpoint (0 without one),
-        ``items`` at 0 (the catalog is read whole). Later rebalances must not
-        commit: the live offsets are ahead of the newest checkpoint.
-        """
-        if self._assigned_before:
-            return {}
-        self._assigned_before = True
-        topics = self.settings.topics
-        return {
-            (topic, partition): self._restored_offsets.get(partition, 0)
-            if topic == topics.events
-            else 0
-            for topic, partition in assigned
-            if topic in (topics.events, topics.items)
-        }
+    def assigned(self, partitions: Sequence[int]) -> None:
+        """The ``events`` partitions this worker owns after a rebalance."""
+        self.metrics.assigned_partitions.set(len(partitions))
 
     def take_saved_offsets(self) -> dict[int, int]:
         """Offsets of the newest checkpoint written since the last call (to commit), or {}."""

@@ -26,14 +26,16 @@ def test_the_checked_versions_are_the_pinned_ones():
 
 
 def test_a_moved_hook_point_is_named(monkeypatch):
-    async def commit_elsewhere(self, offsets, start_new_transaction):  # a changed signature
-        return True
-
-    monkeypatch.setattr(faust_aiokafka.Consumer, "_commit", commit_elsewhere)
     monkeypatch.setattr(faust_hooks, "_ORIGINAL_FACTORY", None)
-    problems = hook_problems()
-    assert any("_commit" in p for p in problems)
-    assert any("_create_worker_consumer" in p for p in problems)
+    assert any("_create_worker_consumer" in p for p in hook_problems())
+
+
+def test_a_worker_that_no_longer_uses_the_fetch_wait_attribute_is_named(monkeypatch):
+    async def start(self):  # an aiokafka whose start reads another attribute
+        return self.fetch_wait
+
+    monkeypatch.setattr(faust_hooks.aiokafka.AIOKafkaConsumer, "start", start)
+    assert any("_fetch_max_wait_ms" in p for p in hook_problems())
 
 
 def _fetch_wait_of_a_new_worker_consumer() -> int:

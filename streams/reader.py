@@ -1,0 +1,191 @@
+"""Read ``events`` and ``items`` in whole micro-batches with plain aiokafka consumers.
+
+Faust's consumer hands a stream one message at a time, and that path costs
+about 300 µs of CPU per message (conductor callback, stream queue, event
+objects, acks): measured on a pre-filled topic, ``recstream worker`` on
+Faust's consumer applied 1.7k events/s and a bare Faust pass-through moved
+3.1k/s, while an aiokafka ``getmany`` loop feeding a Faust agent through a
+channel of *batches* moved 57k/s with the same JSON decode and sends. So the
+worker reads here, in bulk, and the Faust app (:mod:`streams.app`) keeps
+everything else: the agents, the lifecycle, the producer.
+
+Owning the consumer also removes every private hook Faust needed: the fetch
+wait is aiokafka's ``fetch_max_wait_ms`` (the embedded broker answers a
+multi-partition fetch only when it expires, so it sets latency), offsets are
+committed with the public ``commit``, and positions are set with ``seek``.
+
+- :class:`EventReader` is a member of the worker's consumer group. On every
+  assignment it seeks each partition to the next offset the pipeline has not
+  applied (``next_offset``: the restored checkpoint's at start), so a worker
+  never resumes ahead of its state, whatever the group committed.
+- :class:`CatalogReader` reads every partition of the compacted ``items``
+  topic from the beginning, outside any group: each worker needs the whole
+  catalog.
+
+Example
+-------
+>>> reader = EventReader(Settings(), "127.0.0.1:9092", next_offset=lambda p: 0)  # doctest: +SKIP
+>>> await reader.start(); batch = await reader.next_batch()                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.helpers import create_ssl_context
+
+from streams.pipeline import RawMessage
+from streams.settings import Settings
+
+log = logging.getLogger("recstream.worker")
+
+
+class EventReader:
+    """The worker's group member on ``events``: micro-batches in, checkpoint offsets out.
+
+    ``next_offset(partition)`` is the next offset not yet applied;
+    ``on_assigned(partitions)`` is told the partitions owned after each rebalance.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        next_offset: Callable[[int], int],
+        on_assigned: Callable[[list[int]], None] = lambda partitions: None,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.topics.events
+        self._next_offset = next_offset
+        self._on_assigned = on_assigned
+        self._config = dict(
+            bootstrap_servers=bootstrap,
+            group_id=f"recstream-{settings.topic_prefix}worker",
+            client_id="recstream-worker",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.fetch_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
+            request_timeout_ms=30_000,
+            **aiokafka_security(settings),
+        )
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Connect and join the group (aiokafka consumers are made inside the event loop)."""
+        self.consumer = AIOKafkaConsumer(**self._config)
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
+
+    async def next_batch(self) -> list[RawMessage]:
+        """Up to ``batch_size`` messages: what has arrived, waiting ``batch_wait_ms`` for one."""
+        fetched = await self.consumer.getmany(
+            timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_size
+        )
+        return [
+            RawMessage(m.partition, m.offset, m.key, m.value)
+            for records in fetched.values()
+            for m in records
+        ]
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``{partition: next offset}`` for the partitions this worker still owns."""
+        if self.consumer is None or not offsets:
+            return
+        owned = {tp.partition for tp in self.consumer.assignment()}
+        mine = {TopicPartition(self.topic, p): o for p, o in offsets.items() if p in owned}
+        if mine:
+            await self.consumer.commit(mine)
+
+    def lag(self) -> dict[int, int]:
+        """Messages between the next offset to read and the end of each owned partition."""
+        lags: dict[int, int] = {}
+        for tp in self.consumer.assignment() if self.consumer else ():
+            end = self.consumer.highwater(tp)
+            position = self._next_offset(tp.partition)
+            if end is not None:
+                lags[tp.partition] = max(0, end - position)
+        return lags
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):
+    def __init__(self, reader: EventReader) -> None:
+        self.reader = reader
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        partitions = sorted(tp.partition for tp in assigned)
+        for tp in assigned:
+            self.reader.consumer.seek(tp, self.reader._next_offset(tp.partition))
+        log.info("assigned %s partitions %s", self.reader.topic, partitions)
+        self.reader._on_assigned(partitions)
+
+
+class CatalogReader:
+    """Every partition of ``items`` from its beginning, outside the consumer group."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.topic = settings.topics.items
+        self._config = dict(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            client_id="recstream-catalog",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            **aiokafka_security(settings),
+        )
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Connect, take every partition and go to its beginning."""
+        self.consumer = AIOKafkaConsumer(**self._config)
+        await self.consumer.start()
+        await self.consumer.topics()  # metadata, so the partitions are known
+        partitions = self.consumer.partitions_for_topic(self.topic) or set()
+        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(assigned)
+        await self.consumer.seek_to_beginning(*assigned)
+
+    async def next_batch(self) -> list[RawMessage]:
+        """Up to 1,000 catalog records, waiting at most a second for one."""
+        fetched = await self.consumer.getmany(timeout_ms=1_000, max_records=1_000)
+        return [
+            RawMessage(m.partition, m.offset, m.key, m.value)
+            for records in fetched.values()
+            for m in records
+        ]
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """SASL/TLS settings as aiokafka keyword arguments (empty for plaintext)."""
+    s = settings.security
+    config: dict[str, Any] = {}
+    if s.protocol:
+        config["security_protocol"] = s.protocol
+    if s.sasl_mechanism:
+        config.update(
+            sasl_mechanism=s.sasl_mechanism,
+            sasl_plain_username=s.sasl_username,
+            sasl_plain_password=s.sasl_password,
+        )
+    if s.protocol in ("SSL", "SASL_SSL"):
+        config["ssl_context"] = create_ssl_context(
+            cafile=s.ssl_cafile, certfile=s.ssl_certfile, keyfile=s.ssl_keyfile
+        )
+    return config

@@ -110,6 +110,10 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     async def read_catalog() -> None:
         await forward(catalog, catalog_batches)
 
+    @app.timer(1.0)
+    async def report_lag() -> None:
+        service.observe_lag(events.lag())
+
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:
         await publish(service.outbox())

@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--seed", type=int, default=7, help="simulator seed")
     throughput.add_argument("--report", type=Path, help="write the JSON report here")
     throughput.add_argument("--plot", type=Path, help="write a PNG of batch times here")
+    throughput.add_argument(
+        "--kafka",
+        action="store_true",
+        help="the worker end to end on the embedded broker, beside the in-process pipeline, "
+        "a Faust pass-through and a bare client reader",
+    )
+    throughput.add_argument(
+        "--runs", type=int, default=3, help="with --kafka: rounds, figures are medians"
+    )
     throughput.set_defaults(run=run_bench_throughput)
     return parser
 
@@ -424,9 +433,23 @@ def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import bench_throughput
+    from streams import bench_kafka, bench_throughput
     from streams.progress import stderr
 
+    if args.kafka:
+        report = bench_kafka.run(
+            bench_kafka.KafkaBenchOptions(
+                events=args.events,
+                seed=args.seed,
+                runs=args.runs,
+                report=args.report,
+                plot=args.plot,
+                tansu_bin=settings.tansu_bin,
+            )
+        )
+        bench_kafka.print_summary(report, stderr.print)
+        print(json.dumps(report, indent=2))
+        return 0
     options = bench_throughput.ThroughputOptions(
         events=args.events, batch=args.batch, seed=args.seed, report=args.report, plot=args.plot
     )

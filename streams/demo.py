@@ -150,6 +150,20 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
 def _start_worker(
     bootstrap: str, settings: Settings, options: DemoOptions, port: int, tmp: Path
 ) -> subprocess.Popen[bytes]:
+    command = worker_command(bootstrap, settings, options, port, tmp / "checkpoints")
+    env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
+    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed with the temporary directory
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+
+def worker_command(
+    bootstrap: str, settings: Settings, options: DemoOptions, port: int, checkpoint_dir: Path
+) -> list[str]:
+    """``recstream worker`` as the demo runs it: its label windows and model settings.
+
+    >>> worker_command("b:9092", Settings(), DemoOptions(), 9100, Path("ck"))[1:4]
+    ['worker', '--broker', 'b:9092']
+    """
     command = [
         str(Path(sys.executable).with_name("recstream")),
         "worker",
@@ -158,7 +172,7 @@ def _start_worker(
         "--metrics-port",
         str(port),
         "--checkpoint-dir",
-        str(tmp / "checkpoints"),
+        str(checkpoint_dir),
         "--click-window",
         str(options.click_window_s),
         "--click-wait",
@@ -169,9 +183,7 @@ def _start_worker(
     ]
     if not options.impressions:
         command.append("--no-impressions")
-    env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
-    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed with the temporary directory
-    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    return command
 
 
 def model_flags(settings: Settings) -> list[str]:

@@ -117,6 +117,25 @@ class Metrics:
             "Partitions of the events topic this worker reads.",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "recstream_consumer_lag",
+            "Messages of an owned events partition not yet applied.",
+            ["partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "recstream_consumer_lag_seconds",
+            "How far behind an owned events partition is, in seconds: now minus the event "
+            "time of its last applied event while messages wait, 0 when caught up.",
+            ["partition"],
+            registry=r,
+        )
+        self.pipeline_cpu = Counter(
+            "recstream_pipeline_cpu_seconds",
+            "CPU time spent applying event batches (decode, labels, score, learn, rank); "
+            "its rate is the share of a core the model path uses.",
+            registry=r,
+        )
         self.checkpoints = Counter("recstream_checkpoints", "Checkpoints written.", registry=r)
         self.last_checkpoint = Gauge(
             "recstream_last_checkpoint_timestamp_seconds",

@@ -74,6 +74,7 @@ class WorkerService:
         self.restored_from: str | None = None
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
+        self._last_event_ts: dict[int, int] = {}
         self._restore()
         self.refresh_slow_metrics()
 
@@ -102,6 +103,26 @@ class WorkerService:
     def assigned(self, partitions: Sequence[int]) -> None:
         """The ``events`` partitions this worker owns after a rebalance."""
         self.metrics.assigned_partitions.set(len(partitions))
+        for gauge in (self.metrics.consumer_lag, self.metrics.consumer_lag_seconds):
+            gauge.clear()  # no series left behind for partitions now owned elsewhere
+
+    def observe_lag(self, waiting: dict[int, int], now_ms: float | None = None) -> None:
+        """Lag per owned partition: ``waiting`` messages, and seconds behind in event time.
+
+        >>> service = WorkerService.__new__(WorkerService)
+        >>> service.metrics, service._last_event_ts = Metrics(), {0: 1_000}
+        >>> service.observe_lag({0: 5, 1: 0}, now_ms=3_500)
+        >>> service.metrics.registry.get_sample_value(
+        ...     "recstream_consumer_lag_seconds", {"partition": "0"})
+        2.5
+        """
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        for partition, count in waiting.items():
+            label = str(partition)
+            self.metrics.consumer_lag.labels(partition=label).set(count)
+            last = self._last_event_ts.get(partition)
+            behind = max(0.0, now_ms - last) / 1000 if count and last is not None else 0.0
+            self.metrics.consumer_lag_seconds.labels(partition=label).set(behind)
 
     def take_saved_offsets(self) -> dict[int, int]:
         """Offsets of the newest checkpoint written since the last call (to commit), or {}."""
@@ -125,19 +146,28 @@ class WorkerService:
 
     # ------------------------------------------------------------ batches
 
-    def events_batch(self, messages: Sequence[Any]) -> Outgoing:
+    def events_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
         """Apply one batch of ``events`` messages; return what to send."""
-        result = self.pipeline.process_events([_raw(m) for m in messages])
+        started = time.thread_time()
+        result = self.pipeline.process_events(messages)
         outgoing = self._outgoing(result.dead_letters, result.scores)
+        self.metrics.pipeline_cpu.inc(time.thread_time() - started)
+        self._note_event_times(messages)
         self._observe(result)
         self._freezer.tick()
         return outgoing
 
-    def catalog_batch(self, messages: Sequence[Any]) -> Outgoing:
+    def _note_event_times(self, messages: Sequence[RawMessage]) -> None:
+        """The event time of each partition's last message in the batch (for lag in seconds)."""
+        last = {message.partition: message for message in messages}
+        for partition, message in last.items():
+            event_ts = _event_ts(message.value)
+            if event_ts is not None:
+                self._last_event_ts[partition] = event_ts
+
+    def catalog_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
         """Apply one batch of ``items`` messages."""
-        dead = self.pipeline.process_catalog(
-            [_raw(m) for m in messages], self.settings.topics.items
-        )
+        dead = self.pipeline.process_catalog(messages, self.settings.topics.items)
         self.metrics.catalog_items.set(self.pipeline.pool.catalog_size)
         for letter in dead:
             self.metrics.invalid_events.labels(reason=letter.reason).inc()
@@ -264,8 +294,13 @@ class WorkerService:
         log.info("checkpoint %s at offsets %s", path.name, offsets)
 
 
-def _raw(message: Any) -> RawMessage:
-    return RawMessage(message.partition, message.offset, message.key, message.value)
+def _event_ts(value: bytes | None) -> int | None:
+    """The ``ts`` of an event's JSON, or None when it has none that is usable."""
+    try:
+        event_ts = json.loads(value or b"").get("ts")
+    except (ValueError, AttributeError):
+        return None
+    return event_ts if isinstance(event_ts, int) else None
 
 
 def _ssl_context(security: Any) -> Any:

@@ -14,6 +14,17 @@ Example
 (1.0, None, None)
 >>> funnel_consistent([[0.2, 0.05, 0.01]])
 True
+
+A ranking round scores many users against many candidate items at once: a
+:class:`CandidateBlock` names each user and each item once and lists the
+pairs by index, so a learner that can (:meth:`MultiTaskLearner.predict_block
+<online_models.learner.MultiTaskLearner.predict_block>`) works out each user
+and each item once; :func:`predict_block` falls back on ``predict`` for the others.
+
+>>> block = CandidateBlock(["u1"], [5], ["i1", "i2"], ["a.b", None], [None, "x"], [3.0, None],
+...                        pair_user=np.array([0, 0]), pair_item=np.array([1, 0]))
+>>> [(s.user_id, s.item_id, s.ts, s.category) for s in block.samples()]
+[('u1', 'i2', 5, None), ('u1', 'i1', 5, 'a.b')]
 """
 
 from __future__ import annotations
@@ -77,6 +88,55 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBlock:
+    """Users, candidate items, and which user is offered which item, by index.
+
+    Per user: ``user_ids`` and ``times``, the event time each is scored at.
+    Per item: ``item_ids`` and the content ``categories``, ``brands`` and
+    ``prices``. Per pair: ``pair_user`` and ``pair_item``, ``(P,)`` int64
+    indices into those. A pair scores as the :class:`Sample` ``(user, item,
+    time, content)`` would (no device).
+    """
+
+    user_ids: Sequence[str]
+    times: Sequence[int]
+    item_ids: Sequence[str]
+    categories: Sequence[str | None]
+    brands: Sequence[str | None]
+    prices: Sequence[float | None]
+    pair_user: np.ndarray
+    pair_item: np.ndarray
+
+    def __len__(self) -> int:
+        """Pairs."""
+        return len(self.pair_user)
+
+    def samples(self) -> list[Sample]:
+        """One :class:`Sample` per pair, in order."""
+        return [
+            Sample(
+                user_id=self.user_ids[u],
+                item_id=self.item_ids[i],
+                ts=self.times[u],
+                category=self.categories[i],
+                brand=self.brands[i],
+                price=self.prices[i],
+            )
+            for u, i in zip(self.pair_user.tolist(), self.pair_item.tolist(), strict=True)
+        ]
+
+
+def predict_block(learner: Learner, block: CandidateBlock) -> np.ndarray:
+    """``(P, 3)`` predictions of the block's pairs: ``learner.predict(block.samples())``.
+
+    A learner with a ``predict_block`` method of its own (each user and item
+    worked out once) is asked that instead.
+    """
+    own = getattr(learner, "predict_block", None)
+    return own(block) if own is not None else learner.predict(block.samples())
 
 
 def funnel_consistent(predictions: Any, tolerance: float = 1e-9) -> bool:

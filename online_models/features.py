@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_models.base import TASKS, Sample
+from online_models.base import TASKS, CandidateBlock, Sample
 from online_models.tables import DecayedSums, IdTable, ScoringSnapshots, UserHistory
 
 PATH_TOKENS = 4
@@ -126,19 +126,25 @@ class TableCapacities:
 
 @dataclass(slots=True)
 class FeatureBatch:
-    """One batch as tensors: ``B`` samples over ``G`` distinct user states.
+    """One batch as tensors: ``B`` samples over ``G`` distinct user states and ``H`` item states.
 
     Samples of one user that see the same history and count (a slate, a
     clicked item and its sampled negatives, a user's candidates) share one
     user state, so the user side of the net is worked out once per state;
-    ``user_state`` maps each sample to its state's row.
+    ``user_state`` maps each sample to its state's row. Likewise the item
+    side (``item``, ``content``, ``item_interactions``, ``item_log_price``)
+    has a row per item state, ``item_state`` mapping samples to them: one
+    per candidate item in a block (:meth:`FeatureEncoder.encode_block`), one
+    per sample otherwise (``item_state`` is ``None``, ``H = B``).
     """
 
     user: torch.Tensor  # (B,) int64 user rows
-    item: torch.Tensor  # (B,)
-    content: torch.Tensor  # (B, PATH_TOKENS + 3): category tokens (0-padded), brand, price, device
+    item: torch.Tensor  # (H,)
+    content: torch.Tensor  # (H, PATH_TOKENS + 3): category tokens (0-padded), brand, price, device
     dense: torch.Tensor  # (B, len(DENSE_FEATURES)) float32
-    item_interactions: torch.Tensor  # (B,) float32 clicks, carts and purchases so far
+    item_interactions: torch.Tensor  # (H,) float32 clicks, carts and purchases so far
+    item_log_price: torch.Tensor  # (H, 1) float32 the log_price column of dense
+    item_state: torch.Tensor | None  # (B,) row of each sample's item state; None: H = B
     user_state: torch.Tensor  # (B,) row of each sample's user state
     state_user: torch.Tensor  # (G,) user row of each state
     state_user_count: torch.Tensor  # (G,) float32
@@ -150,13 +156,17 @@ class FeatureBatch:
 
     @property
     def tokens(self) -> torch.Tensor:
-        """``(B, PATH_TOKENS)`` category token rows."""
+        """``(H, PATH_TOKENS)`` category token rows."""
         return self.content[:, :PATH_TOKENS]
 
     @property
     def price(self) -> torch.Tensor:
-        """``(B,)`` price buckets."""
+        """``(H,)`` price buckets."""
         return self.content[:, PATH_TOKENS + 1]
+
+    def per_sample(self, item_side: torch.Tensor) -> torch.Tensor:
+        """Rows of the item side (one per item state) as rows per sample."""
+        return item_side if self.item_state is None else item_side.index_select(0, self.item_state)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -512,6 +522,34 @@ class FeatureEncoder:
             features = _scatter(found, self._scored_features(kept), features)
         return self._batch(rows, features, released)
 
+    def encode_block(self, block: CandidateBlock) -> FeatureBatch:
+        """Features of a block's pairs for scoring, as :meth:`encode` of its samples.
+
+        Ids and contents are looked up once per user and item (nothing is
+        inserted), the users' histories gathered once per user; each user
+        is a user state, each item an item state.
+        """
+        times = np.asarray(block.times, dtype=np.int64)
+        now_ms = int(times.max())
+        users = self.tables["user"].rows(block.user_ids, now_ms, insert=False)
+        items = self.tables["item"].rows(block.item_ids, now_ms, insert=False)
+        content, log_prices, complete = self.content.rows(
+            block.categories, block.brands, block.prices, items, now_ms, insert=False
+        )
+        history = self.history.gather(users, before_ms=times)
+        pair_user, pair_item = block.pair_user, block.pair_item
+        no_device = np.zeros((len(items), 1), dtype=np.int64)
+        rows = _Rows(
+            users=users[pair_user],
+            items=items[pair_item],
+            content=np.column_stack([content, no_device])[pair_item],
+            log_prices=log_prices[pair_item],
+            times=times[pair_user],
+            complete=(users > 0)[pair_user] & (complete & (items > 0))[pair_item],
+        )
+        features = self._features(rows, history=history[pair_user])
+        return self._batch(rows, features, {}, _states(pair_user), _states(pair_item))
+
     def _keep(
         self,
         keys: np.ndarray,
@@ -608,12 +646,16 @@ class FeatureEncoder:
             self.content.touch(kept_rows.content[:, :-1], now_ms)
         return rows
 
-    def _features(self, rows: _Rows) -> dict[str, np.ndarray]:
-        """History, dense features and counts of ``rows``, as the tables stand now."""
+    def _features(self, rows: _Rows, history: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """History, dense features and counts of ``rows``, as the tables stand now.
+
+        ``history`` is the rows' history if already gathered.
+        """
         tables = self.tables
         users, items, content = rows.users, rows.items, rows.content
         entry = _entry(items, content)
-        history = self.history.gather(users, before_ms=rows.times)
+        if history is None:
+            history = self.history.gather(users, before_ms=rows.times)
         user_count = tables["user"].counts[users]
         item_count = tables["item"].counts[items]
         entity_rows = {"item": items, "user": users, "brand": entry[:, 3], "category": entry[:, 1]}
@@ -638,15 +680,26 @@ class FeatureEncoder:
         features: dict[str, np.ndarray],
         released: dict[str, np.ndarray],
         states: tuple[np.ndarray, np.ndarray] | None = None,
+        item_states: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FeatureBatch:
+        """The batch of ``rows``; ``(first, inverse)`` of the user and item states if known.
+
+        User states are told apart by :func:`_user_states` when not given; without
+        ``item_states`` every sample is an item state of its own.
+        """
         history, dense, user_count = features["history"], features["dense"], features["user_count"]
         first, user_state = states or _user_states(history, rows.users, user_count)
+        item_first, item_state = item_states or (slice(None), None)
         return FeatureBatch(
             user=torch.from_numpy(rows.users),
-            item=torch.from_numpy(rows.items),
-            content=torch.from_numpy(rows.content),
+            item=torch.from_numpy(rows.items[item_first]),
+            content=torch.from_numpy(rows.content[item_first]),
             dense=torch.from_numpy(dense),
-            item_interactions=torch.from_numpy(features["item_interactions"].astype(np.float32)),
+            item_interactions=torch.from_numpy(
+                features["item_interactions"][item_first].astype(np.float32)
+            ),
+            item_log_price=torch.from_numpy(dense[item_first, LOG_PRICE : LOG_PRICE + 1]),
+            item_state=None if item_state is None else torch.from_numpy(item_state),
             user_state=torch.from_numpy(user_state),
             state_user=torch.from_numpy(rows.users[first]),
             state_user_count=torch.from_numpy(user_count[first].astype(np.float32)),
@@ -798,7 +851,16 @@ def _user_states(
     """
     flat = history.reshape(len(users), -1)
     key = flat @ _STATE_WEIGHTS[: flat.shape[1]] + users * math.pi + user_count * math.e
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return _states(key)
+
+
+def _states(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: one sample per distinct value of ``index``, and each sample's.
+
+    >>> [a.tolist() for a in _states(np.array([4, 2, 4]))]
+    [[1, 0], [1, 0, 1]]
+    """
+    _, first, inverse = np.unique(index, return_index=True, return_inverse=True)
     return first, inverse.reshape(-1)
 
 

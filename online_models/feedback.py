@@ -149,7 +149,7 @@ class ProvisionalNegatives:
         if not samples:
             return
         times = np.fromiter(map(_TIME, samples), np.int64, len(samples))
-        self.now_ms = max(self.now_ms, int(times.max()))
+        self.advance(int(times.max()))
         keys = _keys(samples)
         fresh = np.flatnonzero(keys >= 0)
         if len(fresh) == 0:
@@ -170,6 +170,10 @@ class ProvisionalNegatives:
         fresh, keys, slots = fresh[~tracked], keys[~tracked], slots[~tracked]
         self._wait(slots, keys, np.zeros(len(slots), np.int8), times[fresh] + self.waits_ms[0])
         self._sample[slots] = _objects([samples[i] for i in fresh.tolist()])
+
+    def advance(self, now_ms: int) -> None:
+        """Move the clock on to event time ``now_ms`` (scoring samples without keys does)."""
+        self.now_ms = max(self.now_ms, now_ms)
 
     def admit(self, samples: Sequence[Sample], labels: np.ndarray) -> np.ndarray:
         """Which of ``samples`` (with ``labels``, ``(n, 3)``) to learn; moves the waits on.

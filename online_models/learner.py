@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_models.base import TASKS, Sample
+from online_models.base import TASKS, CandidateBlock, Sample
 from online_models.features import FeatureEncoder, TableCapacities, label_matrix
 from online_models.feedback import ProvisionalNegatives
 from online_models.net import MultiTaskNet, funnel_probabilities
@@ -257,6 +257,21 @@ class MultiTaskLearner:
             logits = self.net(self.encoder.encode(samples, learning=False))
         return funnel_probabilities(logits)
 
+    def predict_block(self, block: CandidateBlock) -> np.ndarray:
+        """``(P, 3)`` predictions of a block's pairs, as :meth:`predict` of its samples gives them.
+
+        Each user's and each item's features and vectors are worked out once
+        (:meth:`~online_models.features.FeatureEncoder.encode_block`), only
+        what depends on both once per pair.
+        """
+        if len(block) == 0:
+            return np.empty((0, len(TASKS)))
+        if self.feedback is not None:
+            self.feedback.advance(max(block.times))
+        with torch.inference_mode():
+            logits = self.net(self.encoder.encode_block(block))
+        return funnel_probabilities(logits)
+
     def learn(self, samples: Sequence[Sample]) -> None:
         """One optimiser step per chunk of at most ``max_batch_size`` samples.
 
@@ -374,10 +389,11 @@ class SingleTaskLearner:
 
     def predict(self, samples: Sequence[Sample]) -> np.ndarray:
         """Column ``t`` from net ``t``, then a cumulative minimum along the funnel."""
-        if not samples:
-            return np.empty((0, len(TASKS)))
-        columns = [learner.predict(samples)[:, t] for t, learner in enumerate(self.learners)]
-        return np.minimum.accumulate(np.stack(columns, axis=1), axis=1)
+        return _funnel_of_tasks([learner.predict(samples) for learner in self.learners])
+
+    def predict_block(self, block: CandidateBlock) -> np.ndarray:
+        """:meth:`predict` of the block's samples, each net scoring the block as a block."""
+        return _funnel_of_tasks([learner.predict_block(block) for learner in self.learners])
 
     def learn(self, samples: Sequence[Sample]) -> None:
         """Every net learns the batch (each masked to its own task)."""
@@ -392,6 +408,12 @@ class SingleTaskLearner:
         """Restore the three nets."""
         for learner, task_state in zip(self.learners, state["tasks"], strict=True):
             learner.load_state_dict(task_state)
+
+
+def _funnel_of_tasks(predictions: list[np.ndarray]) -> np.ndarray:
+    """Column ``t`` of ``predictions[t]``, made funnel-consistent by a cumulative minimum."""
+    columns = [p[:, t] for t, p in enumerate(predictions)]
+    return np.minimum.accumulate(np.stack(columns, axis=1), axis=1)
 
 
 def mtl(config: MultiTaskConfig | None = None) -> MultiTaskLearner:

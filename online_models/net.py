@@ -88,7 +88,6 @@ from online_models.base import TASKS
 from online_models.features import (
     CONTENT_DENSE_FEATURES,
     DENSE_FEATURES,
-    LOG_PRICE,
     PATH_TOKENS,
     PRICE_BUCKETS,
     FeatureBatch,
@@ -339,14 +338,13 @@ class MultiTaskNet(nn.Module):
         offsets = self.content_offsets if config.use_content else self.content_offsets[-1:]
         table, fields = self.content.lookup(torch.where(rows > 0, rows + offsets, 0))
         vectors, wides = table[:, :c], table[:, c:]
-        wide = gather(wides, fields).sum(dim=1)
+        wide = gather(wides, fields).sum(dim=1)  # per item state, as everything item-side
         device = vectors.index_select(0, fields[:, -1])
         item_content = user_offset = item_offset = None
         if config.use_content:
-            log_price = batch.dense[:, LOG_PRICE : LOG_PRICE + 1]
             tokens = gather(vectors, fields[:, :PATH_TOKENS]).sum(dim=1)
             brand_price = gather(vectors, fields[:, PATH_TOKENS:-1]).flatten(1)
-            content_in = torch.cat([tokens, brand_price, log_price], dim=1)
+            content_in = torch.cat([tokens, brand_price, batch.item_log_price], dim=1)
             item_content = self.content_tower(content_in)
         states = len(batch.state_user)
         if config.use_ids:
@@ -359,11 +357,12 @@ class MultiTaskNet(nn.Module):
             item_offset = offsets.index_select(0, item_rows)
             wide = wide + wides.index_select(0, item_rows)
         user = self.user_vector(batch, user_offset).index_select(0, batch.user_state)  # (B, d)
+        wide = batch.per_sample(wide)
         if config.use_ids:
             wide = wide + user_wide.index_select(0, batch.user_state)
-        v = self.item_vector(batch, item_content, item_offset)
+        v = batch.per_sample(self.item_vector(batch, item_content, item_offset))
         dense = batch.dense if self.dense_columns is None else batch.dense[:, self.dense_columns]
-        x = torch.cat([user, v, user * v, device, dense], dim=1)
+        x = torch.cat([user, v, user * v, batch.per_sample(device), dense], dim=1)
         deep = self.heads(self.towers(x))
         return batch.base_logits + deep + wide
 

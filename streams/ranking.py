@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
 
-from online_models.base import Learner, Sample
+from online_models.base import CandidateBlock, Learner, predict_block
 from producers.contract import ItemContent
 
 OBJECTIVES = ("weighted", "revenue")
@@ -65,70 +66,111 @@ class Ranker:
         now_ms: int,
         is_cold: Callable[[str], bool],
     ) -> list[dict[str, Any]]:
-        """One score record per user with candidates (see docs/contracts.md, "Scores")."""
-        users = [user for user, items in candidates.items() if items]
-        pairs = [pair for user in users for pair in candidates[user]]
-        if not pairs:
-            return []
-        samples = [
-            Sample(
-                user_id=user,
-                item_id=item,
-                ts=event_ts[user],
-                category=content.category,
-                brand=content.brand,
-                price=content.price,
-            )
-            for user in users
-            for item, content in candidates[user]
-        ]
-        probabilities = learner.predict(samples)
-        joint = self._joint(probabilities, pairs)
-        cold_of = {item: is_cold(item) for item in {item for item, _ in pairs}}
-        cold = np.fromiter((cold_of[item] for item, _ in pairs), dtype=bool, count=len(pairs))
-        version = int(getattr(learner, "model_version", 0))
-        records, start = [], 0
-        for user in users:
-            end = start + len(candidates[user])
-            chosen = start + self._top_k(joint[start:end], cold[start:end])
-            records.append(
-                {
-                    "user_id": user,
-                    "ts": now_ms,
-                    "event_ts": event_ts[user],
-                    "model_version": version,
-                    "items": [
-                        _entry(pairs[i][0], probabilities[i], float(joint[i]), bool(cold[i]))
-                        for i in chosen
-                    ],
-                }
-            )
-            start = end
-        return records
+        """One score record per user with candidates (see docs/contracts.md, "Scores").
 
-    def _joint(
-        self, probabilities: np.ndarray, pairs: Sequence[tuple[str, ItemContent]]
-    ) -> np.ndarray:
-        """The joint score of every candidate (the ranking objective)."""
+        The users and their candidates are scored as one block
+        (:func:`~online_models.base.predict_block`); an item offered to
+        several users is scored with the content given with its last offer.
+        """
+        users = [user for user, items in candidates.items() if items]
+        if not users:
+            return []
+        block = candidate_block(users, candidates, event_ts)
+        probabilities = predict_block(learner, block)
+        joint = self._joint(probabilities, block)
+        cold_items = np.fromiter(map(is_cold, block.item_ids), bool, len(block.item_ids))
+        cold = cold_items[block.pair_item]
+        chosen = self._top_k(joint, cold, block.pair_user)
+        entries = list(
+            map(
+                _entry,
+                [block.item_ids[i] for i in block.pair_item[chosen].tolist()],
+                probabilities[chosen].tolist(),
+                joint[chosen].tolist(),
+                cold[chosen].tolist(),
+            )
+        )
+        counts = np.bincount(block.pair_user[chosen], minlength=len(users)).tolist()
+        version = int(getattr(learner, "model_version", 0))
+        return [
+            {
+                "user_id": user,
+                "ts": now_ms,
+                "event_ts": event_ts[user],
+                "model_version": version,
+                "items": entries[end - count : end],
+            }
+            for user, count, end in zip(users, counts, accumulate(counts), strict=True)
+        ]
+
+    def _joint(self, probabilities: np.ndarray, block: CandidateBlock) -> np.ndarray:
+        """The joint score of every pair (the ranking objective)."""
         if self.config.objective == "revenue":
-            prices = np.array([content.price or 0.0 for _, content in pairs])
-            return probabilities[:, 2] * prices
+            prices = np.array([price or 0.0 for price in block.prices])
+            return probabilities[:, 2] * prices[block.pair_item]
         return probabilities @ np.asarray(self.config.weights) / sum(self.config.weights)
 
-    def _top_k(self, joint: np.ndarray, cold: np.ndarray) -> np.ndarray:
-        """Positions of the K places, best first: the best cold items, then the best of the rest."""
-        order = np.argsort(-joint, kind="stable")
-        kept_cold = order[cold[order]][: self.config.cold_slots]
-        rest = order[~np.isin(order, kept_cold)][: self.config.top_k - len(kept_cold)]
-        chosen = np.concatenate([kept_cold, rest])
-        return chosen[np.argsort(-joint[chosen], kind="stable")]
+    def _top_k(self, joint: np.ndarray, cold: np.ndarray, pair_user: np.ndarray) -> np.ndarray:
+        """The pairs kept, by user, each user's best first.
+
+        Per user, the K places go to its best ``cold_slots`` cold items, then
+        the best of the rest; ties keep pair order, a kept cold item first.
+        """
+        order = np.lexsort((-joint, pair_user))  # by user, best first (stable)
+        user, cold = pair_user[order], cold[order]
+        first = np.r_[True, user[1:] != user[:-1]]
+        starts, run = np.flatnonzero(first), np.cumsum(first) - 1  # each user's run of positions
+        kept_cold = cold & (_rank_within(cold, starts, run) < self.config.cold_slots)
+        places = self.config.top_k - np.add.reduceat(kept_cold, starts)
+        kept = kept_cold | (_rank_within(~kept_cold, starts, run) < places[run])
+        chosen = order[kept]
+        return chosen[np.lexsort((~kept_cold[kept], -joint[chosen], user[kept]))]
 
 
-def _entry(item_id: str, row: np.ndarray, score: float, cold: bool) -> dict[str, Any]:
+def candidate_block(
+    users: Sequence[str],
+    candidates: Mapping[str, Sequence[tuple[str, ItemContent]]],
+    event_ts: Mapping[str, int],
+) -> CandidateBlock:
+    """The users' candidates as one block: each user and each distinct item once.
+
+    >>> lamp = ItemContent("home.lamp", None, 20.0)
+    >>> offers = {"u1": [("i1", lamp)], "u2": [("i2", lamp), ("i1", lamp)]}
+    >>> block = candidate_block(["u1", "u2"], offers, {"u1": 5, "u2": 7})
+    >>> block.item_ids, block.pair_user.tolist(), block.pair_item.tolist()
+    (['i1', 'i2'], [0, 1, 1], [0, 1, 0])
+    """
+    contents = {item: content for user in users for item, content in candidates[user]}
+    index = {item: n for n, item in enumerate(contents)}
+    sizes = [len(candidates[user]) for user in users]
+    pairs = (index[item] for user in users for item, _ in candidates[user])
+    return CandidateBlock(
+        user_ids=list(users),
+        times=[event_ts[user] for user in users],
+        item_ids=list(contents),
+        categories=[content.category for content in contents.values()],
+        brands=[content.brand for content in contents.values()],
+        prices=[content.price for content in contents.values()],
+        pair_user=np.repeat(np.arange(len(users)), sizes),
+        pair_item=np.fromiter(pairs, np.int64, sum(sizes)),
+    )
+
+
+def _rank_within(mask: np.ndarray, starts: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """Trues of ``mask`` before each position in its run (runs begin at ``starts``).
+
+    >>> _rank_within(np.array([True, True, False, True]), np.array([0, 2]), np.array([0, 0, 1, 1]))
+    array([0, 1, 0, 0])
+    """
+    before = np.cumsum(mask) - mask
+    return before - before[starts][run]
+
+
+def _entry(item_id: str, row: Sequence[float], score: float, cold: bool) -> dict[str, Any]:
     """One item of a score record, rounded, with the funnel kept consistent after rounding."""
-    p_click = round(float(row[0]), 6)
-    p_cart = min(round(float(row[1]), 6), p_click)
-    p_purchase = min(round(float(row[2]), 6), p_cart)
+    p_click = round(row[0], 6)
+    p_cart = min(round(row[1], 6), p_click)
+    p_purchase = min(round(row[2], 6), p_cart)
     return {
         "item_id": item_id,
         "p_click": p_click,

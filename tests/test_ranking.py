@@ -1,0 +1,122 @@
+"""Ranking: candidate blocks scored as their samples would be, and each user's top-K kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from online_models.base import CandidateBlock, Sample, predict_block
+from online_models.learner import MultiTaskConfig, mtl, single_task
+from producers.contract import ItemContent
+from streams.ranking import Ranker, RankingConfig, candidate_block
+
+SMALL = MultiTaskConfig().with_capacity(1024)
+CONTENTS = [ItemContent("home.lamp", "acme", 20.0), ItemContent("garden.hose", None, None)]
+
+
+def trained(factory):
+    """A learner that has learned a few clicks, so users have histories and items counts."""
+    learner = factory(SMALL)
+    rng = np.random.default_rng(0)
+    samples = [
+        Sample(
+            f"u{rng.integers(5)}",
+            f"i{n % 12}",
+            ts=1_000 + n,
+            category=CONTENTS[n % 2].category,
+            brand=CONTENTS[n % 2].brand,
+            price=CONTENTS[n % 2].price,
+            click=float(rng.random() < 0.4),
+        )
+        for n in range(300)
+    ]
+    for start in range(0, len(samples), 50):
+        learner.learn(samples[start : start + 50])
+    return learner
+
+
+def block_of(users: list[str], items_per_user: int) -> CandidateBlock:
+    candidates = {
+        user: [(f"i{(3 * u + k) % 15}", CONTENTS[k % 2]) for k in range(items_per_user)]
+        for u, user in enumerate(users)
+    }
+    return candidate_block(users, candidates, {user: 2_000 + n for n, user in enumerate(users)})
+
+
+@pytest.mark.parametrize("factory", [mtl, single_task])
+def test_a_block_scores_as_its_samples_do(factory):
+    learner = trained(factory)
+    block = block_of(["u0", "u1", "u3", "never-seen"], items_per_user=9)
+    assert len(set(block.item_ids)) < len(block)  # items shared between users
+    together = learner.predict_block(block)
+    one_by_one = learner.predict(block.samples())
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-6, atol=1e-9)
+
+
+def test_a_learner_without_block_scoring_is_asked_for_the_samples():
+    seen = []
+
+    class Plain:
+        def predict(self, samples):
+            seen.extend((s.user_id, s.item_id, s.ts, s.category) for s in samples)
+            return np.full((len(samples), 3), 0.1)
+
+    block = block_of(["a", "b"], items_per_user=2)
+    assert predict_block(Plain(), block).shape == (4, 3)
+    assert seen == [
+        ("a", "i0", 2_000, "home.lamp"),
+        ("a", "i1", 2_000, "garden.hose"),
+        ("b", "i3", 2_001, "home.lamp"),
+        ("b", "i4", 2_001, "garden.hose"),
+    ]
+
+
+def reference_top_k(joint, cold, top_k, cold_slots):
+    """Per user, as the contract says: the best cold items first take their places."""
+    order = np.argsort(-joint, kind="stable")
+    kept_cold = order[cold[order]][:cold_slots]
+    rest = order[~np.isin(order, kept_cold)][: top_k - len(kept_cold)]
+    chosen = np.concatenate([kept_cold, rest])
+    return chosen[np.argsort(-joint[chosen], kind="stable")]
+
+
+def test_every_user_gets_the_top_k_with_cold_places_and_ties_in_candidate_order():
+    rng = np.random.default_rng(3)
+    users = [f"u{n}" for n in range(6)]
+    candidates = {
+        user: [(f"i{k}", CONTENTS[0]) for k in rng.permutation(40)[: rng.integers(1, 30)]]
+        for user in users
+    }
+    cold_items = {f"i{k}" for k in range(0, 40, 3)}
+    scores = {f"i{k}": round(float(rng.random()), 1) for k in range(40)}  # many ties
+
+    class Fixed:
+        model_version = 4
+
+        def predict(self, samples):
+            return np.array([[scores[s.item_id], 0.0, 0.0] for s in samples])
+
+    config = RankingConfig(top_k=7, cold_slots=2, weights=(1.0, 0.0, 0.0))
+    records = Ranker(config).rank(
+        Fixed(), candidates, dict.fromkeys(users, 9), 10, cold_items.__contains__
+    )
+    assert [r["user_id"] for r in records] == users
+    for record in records:
+        offered = [item for item, _ in candidates[record["user_id"]]]
+        joint = np.array([scores[item] for item in offered])
+        cold = np.array([item in cold_items for item in offered])
+        expected = [offered[i] for i in reference_top_k(joint, cold, 7, 2)]
+        assert [entry["item_id"] for entry in record["items"]] == expected
+        assert [entry["cold"] for entry in record["items"]] == [i in cold_items for i in expected]
+        assert record["model_version"] == 4 and record["event_ts"] == 9
+
+
+def test_users_without_candidates_get_no_record():
+    class Fixed:
+        def predict(self, samples):
+            return np.full((len(samples), 3), 0.1)
+
+    ranker = Ranker(RankingConfig(top_k=2, cold_slots=0))
+    records = ranker.rank(Fixed(), {"a": [], "b": [("i1", CONTENTS[0])]}, {"a": 1, "b": 1}, 2, bool)
+    assert [r["user_id"] for r in records] == ["b"]
+    assert ranker.rank(Fixed(), {"a": []}, {"a": 1}, 2, bool) == []

@@ -310,6 +310,8 @@ def _status(metrics: dict[str, float], watcher: ScoreWatcher, elapsed: float) ->
         f"{watcher.latency_ms(99):,.0f} ms (event time -> readable score)",
     )
     table.add_row("cold items", f"{metrics.get('recstream_cold_items', 0):,.0f}")
+    busy = metrics.get("recstream_pipeline_cpu_seconds_total", 0.0) / max(elapsed, 1.0)
+    table.add_row("model path busy", f"{busy:.0%} of a core (the rest is headroom)")
     return table
 
 
@@ -345,9 +347,13 @@ def _report(
             "new_items": len(shop.new_items),
             "scored_before_first_interaction": scored_first,
         },
+        "pipeline_cpu_share": round(
+            metrics.get("recstream_pipeline_cpu_seconds_total", 0.0) / max(duration, 1.0), 3
+        ),
         "latency_ms": {
             "p50": round(watcher.latency_ms(50), 1),
             "p99": round(watcher.latency_ms(99), 1),
+            "p99_by_10s": watcher.latency_by_window(10.0),
         },
         "drift": {
             "detections": int(_total(metrics, "recstream_drift_detections_total")),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ class ScoreWatcher:
         self.on_record = on_record
         self.records = 0
         self.latencies_ms: list[float] = []
+        self.arrivals_ms: list[float] = []
         self.users: set[str] = set()
         self.first_seen: dict[str, tuple[float, bool]] = {}
         self.errors: list[str] = []
@@ -102,6 +103,7 @@ class ScoreWatcher:
         with self._lock:
             self.records += 1
             self.latencies_ms.append(now_ms - event_ts)
+            self.arrivals_ms.append(now_ms)
             self.users.add(user)
             for item in items:
                 self.first_seen.setdefault(item["item_id"], (now_ms, bool(item.get("cold"))))
@@ -113,3 +115,30 @@ class ScoreWatcher:
         with self._lock:
             values = np.array(self.latencies_ms)
         return float(np.percentile(values, percentile)) if len(values) else float("nan")
+
+    def latency_by_window(self, seconds: float = 10.0) -> list[float]:
+        """p99 latency (ms) of the records that arrived in each ``seconds`` window, in order."""
+        with self._lock:
+            return p99_by_window(self.arrivals_ms, self.latencies_ms, seconds)
+
+
+def p99_by_window(
+    arrivals_ms: Sequence[float], latencies_ms: Sequence[float], seconds: float
+) -> list[float]:
+    """p99 of the latencies whose records arrived in each ``seconds`` window (empty ones skipped).
+
+    A stall (a checkpoint, a collection, a slow batch) shows as one bad
+    window; latency that creeps shows as windows that keep rising.
+
+    >>> p99_by_window([0, 500, 1_000, 2_500], [10, 30, 200, 20], seconds=1.0)
+    [29.8, 200.0, 20.0]
+    """
+    arrived, latency = np.asarray(arrivals_ms, dtype=float), np.asarray(latencies_ms, dtype=float)
+    if not len(arrived):
+        return []
+    window = ((arrived - arrived[0]) // (seconds * 1000)).astype(int)
+    return [
+        round(float(np.percentile(latency[window == w], 99)), 1)
+        for w in range(window[-1] + 1)
+        if (window == w).any()
+    ]

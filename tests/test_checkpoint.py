@@ -9,7 +9,7 @@ import shlex
 import numpy as np
 import torch
 
-from streams.checkpoint import CheckpointError, CheckpointStore
+from streams.checkpoint import CheckpointError, CheckpointStore, save_in_child
 
 
 class Boom:
@@ -94,3 +94,17 @@ def test_mostly_empty_tables_are_saved_as_their_rows_and_come_back_exactly(tmp_p
     assert torch.equal(restored["dense"], dense) and torch.equal(restored["small"], torch.zeros(5))
     full = sparse_table.numel() * 4 + counts.nbytes
     assert path.stat().st_size < full / 10 + dense.numel() * 4 * 1.1
+
+
+def test_a_background_save_runs_only_on_idle_cpu_and_leaves_the_worker_as_it_was(tmp_path):
+    store = CheckpointStore(tmp_path, owner="events")
+    policy_before = os.sched_getscheduler(0)
+
+    def state() -> dict:  # runs in the forked child
+        return {"policy": os.sched_getscheduler(0)}
+
+    save_in_child(store, state, {0: 3}).wait()
+    found, refused = store.load_latest()
+    assert refused == [] and found.offsets == {0: 3}
+    assert found.state["policy"] == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == policy_before

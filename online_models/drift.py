@@ -122,6 +122,8 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -440,9 +442,15 @@ def category_bins(categories: Sequence[str | None], bins: int, level: str) -> np
     >>> bool(top[0] == top[1]), int(top[2])
     (True, -1)
     """
-    if level == "top_category":
-        categories = [None if c is None else c.split(".", 1)[0] for c in categories]
-    return np.array([-1 if c is None else _bin(c, bins) for c in categories], dtype=np.int64)
+    return np.fromiter(map(_category_bin, categories, repeat(bins), repeat(level)), np.int64)
+
+
+@lru_cache(maxsize=1 << 16)
+def _category_bin(category: str | None, bins: int, level: str) -> int:
+    """One category's bin (see :func:`category_bins`), worked out once per category."""
+    if category is None:
+        return -1
+    return _bin(category.split(".", 1)[0] if level == "top_category" else category, bins)
 
 
 class ConceptDriftMonitor:
@@ -681,5 +689,7 @@ class FeatureDriftMonitor:
         self.history = [dict(h) for h in state["history"]]
 
 
+@lru_cache(maxsize=1 << 16)
 def _bin(value: str | None, bins: int) -> int:
+    """Hashed bin of a category or brand (0 for none), worked out once per value."""
     return 0 if value is None else zlib.crc32(value.encode()) % bins

@@ -34,6 +34,7 @@ import numpy as np
 from online_models.base import TASKS
 from online_models.drift import ConceptDriftMonitor
 from online_models.evaluation import auc, log_loss
+from online_models.features import label_matrix
 from online_models.labels import TrackedSample
 
 
@@ -54,34 +55,30 @@ class LiveQuality:
 
     def scored(self, samples: Sequence[TrackedSample], predictions: np.ndarray) -> None:
         """Remember the predictions made for new samples, before any of their labels."""
-        for sample, row in zip(samples, np.asarray(predictions, dtype=np.float64), strict=True):
-            self._open[sample.key] = row
+        rows = np.asarray(predictions, dtype=np.float64)
+        self._open.update(zip([sample.key for sample in samples], rows, strict=True))
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)
 
     def labelled(self, samples: Sequence[TrackedSample], position: int) -> list[dict[str, Any]]:
         """Pair resolved labels with their predictions; return drift detections raised."""
-        by_task: dict[int, tuple[list[float], list[float], list[str | None]]] = {
-            t: ([], [], []) for t in range(3)
-        }
-        for sample in samples:
-            row = self._open.get(sample.key)
-            if row is None:
-                continue
-            for task, label in enumerate(sample.labels()):
-                if label is not None:
-                    by_task[task][0].append(float(row[task]))
-                    by_task[task][1].append(label)
-                    by_task[task][2].append(sample.category)
+        rows = list(map(self._open.get, [sample.key for sample in samples]))
+        found = [sample for sample, row in zip(samples, rows, strict=True) if row is not None]
+        if not found:
+            return []
+        predictions = np.stack([row for row in rows if row is not None])
+        labels = label_matrix(found).astype(np.float64)
+        for sample in found:
             if sample.purchase is not None:  # the last stage: this sample is complete
-                del self._open[sample.key]
+                self._open.pop(sample.key, None)
         raised: list[dict[str, Any]] = []
-        for task, (scores, labels, categories) in by_task.items():
-            if scores:
-                self._pairs[TASKS[task]].extend(zip(scores, labels, strict=True))
-                raised += self.drift.update(
-                    TASKS[task], np.array(scores), np.array(labels), position, categories
-                )
+        for task, name in enumerate(TASKS):
+            known = np.flatnonzero(~np.isnan(labels[:, task]))
+            if len(known):
+                scores, outcomes = predictions[known, task], labels[known, task]
+                self._pairs[name].extend(zip(scores.tolist(), outcomes.tolist(), strict=True))
+                categories = [found[i].category for i in known.tolist()]
+                raised += self.drift.update(name, scores, outcomes, position, categories)
         return raised
 
     def summary(self) -> dict[str, dict[str, float]]:

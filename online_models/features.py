@@ -527,7 +527,7 @@ class FeatureEncoder:
 
         Ids and contents are looked up once per user and item (nothing is
         inserted), the users' histories gathered once per user; each user
-        is a user state, each item an item state.
+        is a user state, each item an item state (one without pairs too, unused).
         """
         times = np.asarray(block.times, dtype=np.int64)
         now_ms = int(times.max())
@@ -548,7 +548,11 @@ class FeatureEncoder:
             complete=(users > 0)[pair_user] & (complete & (items > 0))[pair_item],
         )
         features = self._features(rows, history=history[pair_user])
-        return self._batch(rows, features, {}, _states(pair_user), _states(pair_item))
+        user_states, item_states = (
+            _any_pair(pair_user, len(users)),
+            _any_pair(pair_item, len(items)),
+        )
+        return self._batch(rows, features, {}, (user_states, pair_user), (item_states, pair_item))
 
     def _keep(
         self,
@@ -851,17 +855,21 @@ def _user_states(
     """
     flat = history.reshape(len(users), -1)
     key = flat @ _STATE_WEIGHTS[: flat.shape[1]] + users * math.pi + user_count * math.e
-    return _states(key)
-
-
-def _states(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, inverse)``: one sample per distinct value of ``index``, and each sample's.
-
-    >>> [a.tolist() for a in _states(np.array([4, 2, 4]))]
-    [[1, 0], [1, 0, 1]]
-    """
-    _, first, inverse = np.unique(index, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     return first, inverse.reshape(-1)
+
+
+def _any_pair(index: np.ndarray, size: int) -> np.ndarray:
+    """For each of ``size`` values, a position where ``index`` holds it (0 where none does).
+
+    >>> index = np.array([2, 0, 2, 2])
+    >>> position = _any_pair(index, 4)
+    >>> index[position[[0, 2]]].tolist(), position[[1, 3]].tolist()  # 1 and 3 are nowhere
+    ([0, 2], [0, 0])
+    """
+    position = np.zeros(size, dtype=np.int64)
+    position[index] = np.arange(len(index))
+    return position
 
 
 def _history_features(

@@ -343,7 +343,8 @@ class MultiTaskLearner:
 
     def item_interactions(self, item_id: str) -> int:
         """Clicks, carts and purchases learned for ``item_id`` (0 if unknown)."""
-        return int(self.encoder.tables["item"].interactions_of([item_id])[0])
+        table = self.encoder.tables["item"]
+        return int(table.interactions[table.row(item_id)])
 
     def is_cold(self, item_id: str, threshold: int | None = None) -> bool:
         """Fewer than ``threshold`` (``cold_threshold``) interactions: content still dominates."""

@@ -32,8 +32,8 @@ Example
 >>> table = IdTable("item", capacity=4)          # rows 1..3 usable
 >>> table.rows(["a", "b", "a"], now_ms=10).tolist()
 [1, 2, 1]
->>> table.rows(["zz"], now_ms=11, insert=False).tolist()   # unknown: row 0
-[0]
+>>> table.rows(["zz"], now_ms=11, insert=False).tolist(), table.row("b")   # unknown: row 0
+([0], 2)
 >>> table.count([1, 1, 2]); table.counts_of(["a", "b", "zz"]).tolist()
 [2, 1, 0]
 >>> table.rows(["c", "a"], now_ms=11).tolist(), len(table)
@@ -199,6 +199,10 @@ class IdTable:
     def counts_of(self, keys: Sequence[str | None]) -> np.ndarray:
         """Sample counts of ``keys`` (0 for unknown ids)."""
         return self.counts[self.rows(keys, now_ms=self.now_ms, insert=False)]
+
+    def row(self, key: str | None) -> int:
+        """The row of one id (0 if unknown), as :meth:`rows` without inserting."""
+        return self._index.get(key, 0)
 
     def interactions_of(self, keys: Sequence[str | None]) -> np.ndarray:
         """Interaction counts of ``keys`` (0 for unknown ids)."""

@@ -99,6 +99,7 @@ SHOWN, CLICKED, CARTED, PURCHASED = 0, 1, 2, 3
 """Funnel stages of an open sample; a stage's number is how many labels are 1."""
 
 STAGE_OF_EVENT: dict[str, int] = {"click": CLICKED, "cart": CARTED, "purchase": PURCHASED}
+_NO_LABELS = (None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ class Resolution:
 
     def to_learn(self) -> list[TrackedSample]:
         """The samples carrying at least one label: new ones first, then updates."""
-        return [s for s in self.new if any(x is not None for x in s.labels())] + self.resolved
+        return [s for s in self.new if (s.click, s.cart, s.purchase) != _NO_LABELS] + self.resolved
 
 
 @dataclass(slots=True)
@@ -422,7 +423,30 @@ class LabelResolver:
 
 
 def _bare(sample: TrackedSample) -> TrackedSample:
-    """The sample's identity and features without labels (what open samples keep)."""
+    """The sample's identity and features without labels (what open samples keep).
+
+    A sample without labels (an impression's) is its own bare copy: samples
+    are not changed once made.
+    """
+    if (sample.click, sample.cart, sample.purchase) == _NO_LABELS:
+        return sample
+    return _labelled(sample, *_NO_LABELS)
+
+
+def _update(sample: TrackedSample, stage: int, upto: int, value: float) -> TrackedSample:
+    """An update of ``sample`` setting the labels after ``stage`` up to ``upto`` to ``value``."""
+    return _labelled(
+        sample,
+        value if stage < CLICKED <= upto else None,
+        value if stage < CARTED <= upto else None,
+        value if stage < PURCHASED <= upto else None,
+    )
+
+
+def _labelled(
+    sample: TrackedSample, click: float | None, cart: float | None, purchase: float | None
+) -> TrackedSample:
+    """A copy of ``sample`` with these labels."""
     return TrackedSample(
         user_id=sample.user_id,
         item_id=sample.item_id,
@@ -431,18 +455,12 @@ def _bare(sample: TrackedSample) -> TrackedSample:
         brand=sample.brand,
         price=sample.price,
         device=sample.device,
+        click=click,
+        cart=cart,
+        purchase=purchase,
         weight=sample.weight,
         key=sample.key,
     )
-
-
-def _update(sample: TrackedSample, stage: int, upto: int, value: float) -> TrackedSample:
-    """An update of ``sample`` setting the labels after ``stage`` up to ``upto`` to ``value``."""
-    update = _bare(sample)
-    update.click = value if stage < CLICKED <= upto else None
-    update.cart = value if stage < CARTED <= upto else None
-    update.purchase = value if stage < PURCHASED <= upto else None
-    return update
 
 
 def _open_to_row(entry: _Open) -> list[Any]:

@@ -35,8 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from online_models.base import Learner
 from online_models.drift import FeatureDriftMonitor
+from online_models.features import label_matrix
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.live_quality import LiveQuality
 from producers.contract import (
@@ -163,20 +166,19 @@ class Pipeline:
                 bad = InvalidRecord("duplicate", f"event_id {event.event_id!r} was applied before")
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
                 continue
-            self.applied[event.type] += 1
             out.events.append(event)
             new += resolution.new
             learnable += resolution.to_learn()
             if event.type != "impression":
                 triggers[event.user_id] = event.ts
+        self.applied.update(event.type for event in out.events)
         self.position += len(out.events)
         if new:
             self.quality.scored(new, self.learner.predict(new))
         if learnable:
             self.learner.learn(learnable)
-            out.learned = tuple(
-                sum(sample.labels()[task] is not None for sample in learnable) for task in range(3)
-            )
+            known = ~np.isnan(label_matrix(learnable))
+            out.learned = tuple(np.count_nonzero(known, axis=0).tolist())
             out.drift = self.quality.labelled(learnable, self.position)
             if out.drift:
                 self.features.rebase()

@@ -23,12 +23,18 @@ Example
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.errors import ConsumerStoppedError
 
+from streams.outbox import Letter
+from streams.pipeline import RawMessage
 from streams.reader import CatalogReader, EventReader
 
 if TYPE_CHECKING:
@@ -36,6 +42,12 @@ if TYPE_CHECKING:
 
 BATCHES_IN_FLIGHT = 4
 """Batches read ahead of the one being applied (the reader waits when the channel is full)."""
+RETRY_DEAD_LETTERS_S = 5.0
+"""How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
+EXIT_BATCH_FAILED = 70
+"""Exit status when applying a batch raised: the state may hold part of the batch."""
+
+log = logging.getLogger("recstream.worker")
 
 
 def build_app(service: WorkerService, bootstrap: str) -> faust.App:
@@ -69,9 +81,26 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     )
     catalog = CatalogReader(settings, bootstrap)
 
+    async def deliver(letters: dict[int, Letter]) -> None:
+        """Send dead letters and wait for the broker; the unacknowledged stay in the outbox."""
+        if not letters:
+            return
+        try:
+            sends = [
+                await dead_letters.send(key=key, value=value) for key, value in letters.values()
+            ]
+            results = await asyncio.gather(*sends, return_exceptions=True)
+        except Exception as err:  # the producer refused them: retried by retry_dead_letters
+            results = [err] * len(letters)
+        delivered = [
+            n for n, r in zip(letters, results, strict=True) if not isinstance(r, BaseException)
+        ]
+        if len(delivered) < len(letters):
+            log.error("%d dead letters not delivered; retried", len(letters) - len(delivered))
+        service.dead_letters.settled(letters, delivered)
+
     async def publish(outgoing: Outgoing) -> None:
-        for key, value in outgoing.dead_letters:
-            await dead_letters.send(key=key, value=value)
+        await deliver(outgoing.dead_letters)
         for key, value in outgoing.scores:
             await scores.send(key=key, value=value)
         service.published(outgoing)
@@ -79,12 +108,12 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.agent(catalog_batches, name="catalog")
     async def apply_catalog(stream: faust.StreamT) -> None:
         async for batch in stream:
-            await publish(service.catalog_batch(batch))
+            await publish(_or_stop(service.catalog_batch, batch))
 
     @app.agent(event_batches, name="learn")
     async def learn(stream: faust.StreamT) -> None:
         async for batch in stream:
-            await publish(service.events_batch(batch))
+            await publish(_or_stop(service.events_batch, batch))
             if service.checkpoint_due():
                 await app.producer.flush()
                 service.checkpoint(background=True)
@@ -114,9 +143,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     async def report_lag() -> None:
         service.observe_lag(events.lag())
 
+    @app.timer(RETRY_DEAD_LETTERS_S)
+    async def retry_dead_letters() -> None:
+        await deliver(service.dead_letters.retry())  # restored from a checkpoint, or failed
+
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:
-        await publish(service.outbox())
+        await deliver(service.dead_letters.retry())
         await app.producer.flush()
         service.checkpoint(background=False)
         await events.commit(service.take_saved_offsets())
@@ -124,3 +157,27 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             await reader.stop()
 
     return app
+
+
+def _or_stop(apply: Callable[[list[RawMessage]], Outgoing], batch: list[RawMessage]) -> Outgoing:
+    """``apply(batch)``, or stop the process at once if it raises (fail-stop).
+
+    A batch that raised may have advanced offsets, labels and deduplication
+    for part of its messages: carrying on, or writing a checkpoint, would
+    lose or repeat those events. Exiting without a checkpoint restarts the
+    worker from the last one, which replays the batch exactly once.
+    """
+    try:
+        return apply(batch)
+    except Exception:
+        first = batch[0] if batch else None
+        log.critical(
+            "applying a batch of %d messages (first: partition %s offset %s) failed; "
+            "exiting without a checkpoint, the next start replays it from the last one",
+            len(batch),
+            getattr(first, "partition", "-"),
+            getattr(first, "offset", "-"),
+            exc_info=True,
+        )
+        logging.shutdown()
+        os._exit(EXIT_BATCH_FAILED)

@@ -2,9 +2,9 @@
 
 :class:`WorkerService` owns the :class:`~streams.pipeline.Pipeline`, restores
 it from the newest valid checkpoint at start, turns each batch's results into
-messages to send, keeps every dead letter in an *outbox* until it has been
-handed to the producer (the outbox is part of the checkpoint, so a rejected
-message is never lost to a shutdown), updates the Prometheus metrics, and
+messages to send, keeps every dead letter in an outbox until the broker has
+acknowledged it (:mod:`streams.outbox`; the outbox is part of every
+checkpoint, so a rejected message is never lost), updates the Prometheus metrics, and
 writes checkpoints (periodically from a forked child process, and at shutdown).
 
 Garbage collection is kept off the latency path by :mod:`streams.gc_freeze`.
@@ -34,8 +34,10 @@ import faust
 from online_models.base import TASKS
 from online_models.learner import mtl
 from streams.checkpoint import CheckpointError, CheckpointStore, ChildSave, save_in_child
+from streams.faults import FaultPlan
 from streams.gc_freeze import GcFreezer
 from streams.metrics import Metrics
+from streams.outbox import DeadLetterOutbox, Letter
 from streams.pipeline import BatchResult, Pipeline, RawMessage
 from streams.ranking import RankingConfig
 from streams.settings import Settings
@@ -45,9 +47,9 @@ log = logging.getLogger("recstream.worker")
 
 @dataclass
 class Outgoing:
-    """Messages to send for one batch: (key, value) pairs per topic, and event times."""
+    """Messages to send for one batch: numbered dead letters, scores, and their event times."""
 
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_letters: dict[int, Letter] = field(default_factory=dict)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
     score_event_ts: list[int] = field(default_factory=list)
 
@@ -65,7 +67,8 @@ class WorkerService:
             events_topic=settings.topics.events,
         )
         self.store = CheckpointStore(settings.checkpoint_dir, owner=settings.topics.events)
-        self._outbox: list[Outgoing] = []
+        self.dead_letters = DeadLetterOutbox()
+        self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
         self._freezer = GcFreezer()
         self._last_checkpoint = time.monotonic()
         self._saving: threading.Thread | None = None
@@ -87,7 +90,7 @@ class WorkerService:
         if found is None:
             return
         self.pipeline.load_state_dict(found.state["pipeline"], found.offsets)
-        self._outbox = [Outgoing(dead_letters=[(k, v) for k, v in found.state["outbox"]])]
+        self.dead_letters = DeadLetterOutbox((key, value) for key, value in found.state["outbox"])
         self.restored_from = found.path.name
         for event_type, count in self.pipeline.applied.items():  # counters continue, not restart
             self.metrics.events.labels(type=event_type).inc(count)
@@ -148,6 +151,8 @@ class WorkerService:
 
     def events_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
         """Apply one batch of ``events`` messages; return what to send."""
+        if self.faults:
+            self.faults.check_batch((m.partition, m.offset) for m in messages)
         started = time.thread_time()
         result = self.pipeline.process_events(messages)
         outgoing = self._outgoing(result.dead_letters, result.scores)
@@ -174,32 +179,21 @@ class WorkerService:
         return self._outgoing(dead, [])
 
     def published(self, outgoing: Outgoing) -> None:
-        """The batch's messages are with the producer: drop them from the outbox."""
-        if outgoing in self._outbox:
-            self._outbox.remove(outgoing)
+        """The batch's scores are with the producer: count them and their latency."""
         now_ms = time.time() * 1000
         for event_ts in outgoing.score_event_ts:
             self.metrics.event_to_score_latency.observe(max(0.0, now_ms - event_ts) / 1000)
         self.metrics.scores_published.inc(len(outgoing.scores))
 
-    def outbox(self) -> Outgoing:
-        """Every dead letter not yet handed to the producer (sent again at shutdown)."""
-        merged = Outgoing(dead_letters=[d for o in self._outbox for d in o.dead_letters])
-        self._outbox = [merged] if merged.dead_letters else []
-        return merged
-
     def _outgoing(self, dead_letters: Sequence[Any], scores: Sequence[dict]) -> Outgoing:
-        outgoing = Outgoing(
-            dead_letters=[(d.key, d.to_json()) for d in dead_letters],
+        return Outgoing(
+            dead_letters=self.dead_letters.add((d.key, d.to_json()) for d in dead_letters),
             scores=[
                 (s["user_id"].encode(), json.dumps(s, separators=(",", ":")).encode())
                 for s in scores
             ],
             score_event_ts=[s["event_ts"] for s in scores],
         )
-        if outgoing.dead_letters:
-            self._outbox.append(outgoing)
-        return outgoing
 
     # ------------------------------------------------------------ metrics
 
@@ -275,7 +269,7 @@ class WorkerService:
     def _state(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline.state_dict(),
-            "outbox": [list(d) for o in self._outbox for d in o.dead_letters],
+            "outbox": [list(letter) for letter in self.dead_letters.letters()],
         }
 
     def _await_child(self, child: ChildSave, offsets: dict[int, int]) -> None:

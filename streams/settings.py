@@ -101,6 +101,7 @@ _ENV = {
     "task_weights": "RECSTREAM_TASK_WEIGHTS",
     "task_weighting": "RECSTREAM_TASK_WEIGHTING",
     "torch_threads": "RECSTREAM_TORCH_THREADS",
+    "faults": "RECSTREAM_FAULTS",
 }
 _SECURITY_ENV = {
     "protocol": "RECSTREAM_SECURITY_PROTOCOL",
@@ -151,6 +152,7 @@ class Settings:
     # often a producer; two OpenMP threads then spin against each other (measured:
     # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
     torch_threads: int = 1
+    faults: str = ""  # fault injection for tests only (streams.faults); never in production
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))

@@ -114,7 +114,7 @@ class CandidatePool:
         merged.update(dict.fromkeys(self._top))
         merged.update(dict.fromkeys(self._newest))
         content = self._content
-        return [(item, content[item]) for item in merged if item in content]
+        return [(item, known) for item in merged if (known := content.get(item)) is not None]
 
     def _remember(self, item_id: str, content: ItemContent) -> None:
         self._content[item_id] = content

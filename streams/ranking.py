@@ -81,15 +81,8 @@ class Ranker:
         cold_items = np.fromiter(map(is_cold, block.item_ids), bool, len(block.item_ids))
         cold = cold_items[block.pair_item]
         chosen = self._top_k(joint, cold, block.pair_user)
-        entries = list(
-            map(
-                _entry,
-                [block.item_ids[i] for i in block.pair_item[chosen].tolist()],
-                probabilities[chosen].tolist(),
-                joint[chosen].tolist(),
-                cold[chosen].tolist(),
-            )
-        )
+        item_ids = [block.item_ids[i] for i in block.pair_item[chosen].tolist()]
+        entries = _entries(item_ids, probabilities[chosen], joint[chosen], cold[chosen])
         counts = np.bincount(block.pair_user[chosen], minlength=len(users)).tolist()
         version = int(getattr(learner, "model_version", 0))
         return [
@@ -166,16 +159,41 @@ def _rank_within(mask: np.ndarray, starts: np.ndarray, run: np.ndarray) -> np.nd
     return before - before[starts][run]
 
 
-def _entry(item_id: str, row: Sequence[float], score: float, cold: bool) -> dict[str, Any]:
-    """One item of a score record, rounded, with the funnel kept consistent after rounding."""
-    p_click = round(row[0], 6)
-    p_cart = min(round(row[1], 6), p_click)
-    p_purchase = min(round(row[2], 6), p_cart)
-    return {
-        "item_id": item_id,
-        "p_click": p_click,
-        "p_cart": p_cart,
-        "p_purchase": p_purchase,
-        "score": round(score, 6),
-        "cold": cold,
-    }
+def _entries(
+    item_ids: Sequence[str], probabilities: np.ndarray, scores: np.ndarray, cold: np.ndarray
+) -> list[dict[str, Any]]:
+    """Items of score records, rounded, with the funnel kept consistent after rounding."""
+    p = round6(probabilities)
+    p[:, 1] = np.minimum(p[:, 1], p[:, 0])
+    p[:, 2] = np.minimum(p[:, 2], p[:, 1])
+    return [
+        {
+            "item_id": item_id,
+            "p_click": p_click,
+            "p_cart": p_cart,
+            "p_purchase": p_purchase,
+            "score": score,
+            "cold": is_cold,
+        }
+        for item_id, (p_click, p_cart, p_purchase), score, is_cold in zip(
+            item_ids, p.tolist(), round6(scores).tolist(), cold.tolist(), strict=True
+        )
+    ]
+
+
+def round6(values: np.ndarray) -> np.ndarray:
+    """``round(v, 6)`` of every value, exactly as Python rounds it, in bulk.
+
+    ``rint(v * 1e6) / 1e6`` is Python's correctly rounded result unless ``v * 1e6``
+    lies within its own rounding error of a half (or ``v`` is too large for
+    that error to stay below 1e-6); those few are rounded by Python.
+
+    >>> values = np.array([0.1234565, 2.5e-6, 0.25, 1e-9, 0.9999995, 1234.5678905])
+    >>> round6(values).tolist() == [round(v, 6) for v in values.tolist()]
+    True
+    """
+    scaled = values * 1e6
+    rounded = np.rint(scaled) / 1e6
+    doubtful = (np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6) | ~(np.abs(values) < 1e3)
+    rounded[doubtful] = [round(v, 6) for v in values[doubtful].tolist()]
+    return rounded

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ class CheckpointStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = self._files()
         number = _number(existing[-1]) + 1 if existing else 1
-        path = self.directory / f"checkpoint-{number:09d}.pt"
+        path = self.directory / f"checkpoint-{self.owner}-{number:09d}.pt"
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -91,7 +92,7 @@ class CheckpointStore:
             os.fsync(out.fileno())
         os.replace(temporary, path)
         _fsync_directory(self.directory)
-        for old in self._files()[: -self.keep]:
+        for old in self._own_files()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
 
@@ -123,17 +124,38 @@ class CheckpointStore:
     def load_latest(self) -> tuple[Checkpoint | None, list[str]]:
         """The newest valid checkpoint (None if there is none) and why newer ones were refused."""
         refused: list[str] = []
-        for path in reversed(self._files()):
-            try:
-                return self.load(path), refused
-            except CheckpointError as err:
-                refused.append(str(err))
+        for found in self.newest_first():
+            if isinstance(found, Checkpoint):
+                return found, refused
+            refused.append(str(found))
         return None, refused
 
+    def newest_first(self) -> Iterator[Checkpoint | CheckpointError]:
+        """Every checkpoint of this input, newest first: loaded, or the reason it is refused."""
+        for path in reversed(self._files()):
+            try:
+                yield self.load(path)
+            except CheckpointError as err:
+                yield err
+
     def _files(self) -> list[Path]:
+        """This input's checkpoints and any unnamed ones of older releases, oldest first."""
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob("checkpoint-*.pt"), key=_number)
+        legacy = [p for p in self.directory.glob("checkpoint-*.pt") if p.stem[11:].isdigit()]
+        return sorted([*legacy, *self._own_files()], key=_number)
+
+    def _own_files(self) -> list[Path]:
+        """The files this store wrote (named after its input): the only ones it ever prunes."""
+        if not self.directory.is_dir():
+            return []
+        prefix = f"checkpoint-{self.owner}-"
+        mine = [
+            path
+            for path in self.directory.glob(f"{prefix}*.pt")
+            if path.stem[len(prefix) :].isdigit()  # not another input whose name starts alike
+        ]
+        return sorted(mine, key=_number)
 
 
 @dataclass
@@ -143,9 +165,20 @@ class ChildSave:
     pid: int
     reader: int
 
-    def wait(self) -> Path:
-        """Block until the child is done; the checkpoint's path, or :class:`CheckpointError`."""
+    def wait(self, timeout_s: float | None = None) -> Path:
+        """Block until the child is done; the checkpoint's path, or :class:`CheckpointError`.
+
+        A child still busy after ``timeout_s`` is stuck (a hung disk, a full
+        one that blocks): it is killed, so checkpointing and shutdown go on.
+        """
         with os.fdopen(self.reader, "rb") as pipe:
+            ready, _, _ = select.select([pipe], [], [], timeout_s)
+            if not ready:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise CheckpointError(
+                    f"the checkpoint writer (pid {self.pid}) was stuck: killed after {timeout_s} s"
+                )
             message = pipe.read().decode(errors="replace")
         _, status = os.waitpid(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
@@ -176,7 +209,7 @@ def save_in_child(
     >>> import tempfile
     >>> store = CheckpointStore(tempfile.mkdtemp(), owner="events")
     >>> save_in_child(store, lambda: {"applied": 5}, {0: 5}).wait().name
-    'checkpoint-000000001.pt'
+    'checkpoint-events-000000001.pt'
     """
     reader, writer = os.pipe()
     gc.freeze()  # the collector then touches no shared page in either process (CPython docs)
@@ -293,7 +326,7 @@ def expand_rows(stored: dict[str, Any]) -> torch.Tensor:
 
 def _number(path: Path) -> int:
     try:
-        return int(path.stem.split("-")[1])
+        return int(path.stem.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return -1
 

@@ -33,7 +33,13 @@ import faust
 
 from online_models.base import TASKS
 from online_models.learner import mtl
-from streams.checkpoint import CheckpointError, CheckpointStore, ChildSave, save_in_child
+from streams.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    ChildSave,
+    save_in_child,
+)
 from streams.faults import FaultPlan
 from streams.gc_freeze import GcFreezer
 from streams.metrics import Metrics
@@ -43,6 +49,10 @@ from streams.ranking import RankingConfig
 from streams.settings import Settings
 
 log = logging.getLogger("recstream.worker")
+
+CHECKPOINT_TIMEOUT_S = 600.0
+"""A background checkpoint writer still busy after this long is stuck and killed (a 33 MB
+save takes about 2 s; ``recstream_last_checkpoint_timestamp_seconds`` shows the age)."""
 
 
 @dataclass
@@ -60,12 +70,7 @@ class WorkerService:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.pipeline = Pipeline(
-            mtl(settings.model_config()),  # towers, task weights, threads: the settings'
-            labels=settings.label_config(),
-            ranking=RankingConfig(top_k=settings.top_k),
-            events_topic=settings.topics.events,
-        )
+        self.pipeline = self._new_pipeline()
         self.store = CheckpointStore(settings.checkpoint_dir, owner=settings.topics.events)
         self.dead_letters = DeadLetterOutbox()
         self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
@@ -75,23 +80,52 @@ class WorkerService:
         self._last_quality = 0.0
         self._model_version = 0
         self.restored_from: str | None = None
+        self._restored_created: float | None = None
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
         self._last_event_ts: dict[int, int] = {}
         self._restore()
+        self.metrics.last_checkpoint.set(self._restored_created or time.time())
         self.refresh_slow_metrics()
 
     # ------------------------------------------------------------ start
 
+    def _new_pipeline(self) -> Pipeline:
+        settings = self.settings
+        return Pipeline(
+            mtl(settings.model_config()),  # towers, task weights, threads: the settings'
+            labels=settings.label_config(),
+            ranking=RankingConfig(top_k=settings.top_k),
+            events_topic=settings.topics.events,
+        )
+
     def _restore(self) -> None:
-        found, refused = self.store.load_latest()
-        for reason in refused:
-            log.error("refused checkpoint %s", reason)
-        if found is None:
+        """Restore the newest checkpoint whose state loads; refuse (and log) every newer one.
+
+        A checkpoint can be readable and still not fit (a broken or
+        incompatible state): then the pipeline is built afresh, so nothing of
+        the half-loaded state stays, and the next older one is tried.
+        """
+        for found in self.store.newest_first():
+            if isinstance(found, CheckpointError):
+                log.error("refused checkpoint %s", found)
+                continue
+            try:
+                self.pipeline.load_state_dict(found.state["pipeline"], found.offsets)
+                outbox = [(key, value) for key, value in found.state["outbox"]]
+            except Exception as err:  # any mismatch in a state we wrote ourselves
+                log.error(
+                    "refused checkpoint %s: its state does not load (%r)", found.path.name, err
+                )
+                self.pipeline = self._new_pipeline()
+                continue
+            self._restored(found, outbox)
             return
-        self.pipeline.load_state_dict(found.state["pipeline"], found.offsets)
-        self.dead_letters = DeadLetterOutbox((key, value) for key, value in found.state["outbox"])
+
+    def _restored(self, found: Checkpoint, outbox: list[Letter]) -> None:
+        self.dead_letters = DeadLetterOutbox(outbox)
         self.restored_from = found.path.name
+        self._restored_created = found.created_unix
         for event_type, count in self.pipeline.applied.items():  # counters continue, not restart
             self.metrics.events.labels(type=event_type).inc(count)
         for reason, count in self.pipeline.rejected.items():
@@ -274,7 +308,7 @@ class WorkerService:
 
     def _await_child(self, child: ChildSave, offsets: dict[int, int]) -> None:
         try:
-            path = child.wait()
+            path = child.wait(CHECKPOINT_TIMEOUT_S)
         except CheckpointError as err:
             log.error("background checkpoint failed: %s", err)
             return

@@ -7,6 +7,7 @@ import pickle
 import shlex
 
 import numpy as np
+import pytest
 import torch
 
 from streams.checkpoint import CheckpointError, CheckpointStore, save_in_child
@@ -108,3 +109,26 @@ def test_a_background_save_runs_only_on_idle_cpu_and_leaves_the_worker_as_it_was
     assert refused == [] and found.offsets == {0: 3}
     assert found.state["policy"] == os.SCHED_IDLE
     assert os.sched_getscheduler(0) == policy_before
+
+
+def test_workers_of_two_inputs_sharing_a_directory_keep_each_others_checkpoints(tmp_path):
+    shop1, shop2 = (CheckpointStore(tmp_path, owner=o, keep=2) for o in ("s1.events", "s2.events"))
+    for n in range(4):
+        shop1.save({"n": n}, {0: n})
+        shop2.save({"n": 10 + n}, {0: 10 + n})
+    assert shop1.load_latest()[0].offsets == {0: 3}
+    assert shop2.load_latest()[0].offsets == {0: 13}
+    assert len(list(tmp_path.glob("checkpoint-s1.events-*.pt"))) == 2
+    assert len(list(tmp_path.glob("checkpoint-s2.events-*.pt"))) == 2
+
+
+def test_a_stuck_background_writer_is_killed_after_its_timeout(tmp_path):
+    import time
+
+    store = CheckpointStore(tmp_path, owner="events")
+    child = save_in_child(store, lambda: time.sleep(60) or {}, {0: 1})
+    with pytest.raises(CheckpointError, match="stuck"):
+        child.wait(timeout_s=0.5)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)  # reaped: no child left behind
+    assert store.load_latest() == (None, [])

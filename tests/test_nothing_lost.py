@@ -81,3 +81,16 @@ def test_dead_letters_restored_from_a_checkpoint_are_sent_without_waiting_for_a_
     finally:
         worker.stop()
     assert letters == [letter]
+
+
+def test_a_checkpoint_whose_state_does_not_load_is_refused_for_the_next_older(tmp_path, caplog):
+    settings = Settings(checkpoint_dir=tmp_path)
+    good = WorkerService(settings)
+    good.pipeline.offsets = {0: 5, 1: 7}
+    good.checkpoint(background=False)
+    good.store.save({"pipeline": {"learner": {"bogus": 1}}, "outbox": []}, {0: 99, 1: 99})
+
+    restored = WorkerService(settings)
+    assert restored.restored_from == next(tmp_path.glob("*000000001.pt")).name
+    assert restored.pipeline.offsets == {0: 5, 1: 7}  # never the refused one's 99s
+    assert "its state does not load" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 
@@ -94,3 +95,44 @@ def test_a_checkpoint_whose_state_does_not_load_is_refused_for_the_next_older(tm
     assert restored.restored_from == next(tmp_path.glob("*000000001.pt")).name
     assert restored.pipeline.offsets == {0: 5, 1: 7}  # never the refused one's 99s
     assert "its state does not load" in caplog.text
+
+
+def test_falling_back_to_an_older_checkpoint_resumes_from_its_offsets_not_the_groups(
+    tmp_path, broker, topics, cli_env
+):
+    records = _sim_events(2_400, seed=13)
+    events = [r for r in records if isinstance(r, Event)]
+    first, rest = records[: len(records) // 2], records[len(records) // 2 :]
+
+    def applied(m: dict[str, float]) -> float:
+        return sum(v for k, v in m.items() if k.startswith("recstream_events_total{"))
+
+    worker = WorkerProcess(worker_env(cli_env), tmp_path / "checkpoints", checkpoint_interval_s=1)
+    try:
+        worker.start()
+        with EventPublisher(broker.bootstrap, topics.events, topics.items, rate=800) as publisher:
+            publisher.publish(first)
+            worker.wait_for(
+                lambda m: m.get("recstream_checkpoints_total", 0) >= 1, 60, "a first checkpoint"
+            )
+            time.sleep(1.0)  # idle: no batch, no further checkpoint
+            older = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
+            publisher.publish(rest)  # over 1.5 s: checkpoints of the second half, committed
+        worker.wait_for(lambda m: applied(m) >= len(events), 120, "everything applied")
+        worker.signal(signal.SIGKILL)
+        newer = set(worker.checkpoint_dir.glob("checkpoint-*.pt")) - older
+        assert older and newer
+        for path in newer:
+            path.write_bytes(b"corrupt")  # only the first half's checkpoints remain usable
+
+        worker.start()
+        worker.wait_for(lambda m: applied(m) >= len(events), 120, "everything applied again")
+        time.sleep(2.0)
+        metrics = worker.metrics()
+    finally:
+        worker.stop()
+    produced = Counter(e.type for e in events)
+    assert {kind: metrics[f"recstream_events_total{{type={kind}}}"] for kind in produced} == dict(
+        produced
+    )
+    assert "refused checkpoint" in worker.tail(10**6)

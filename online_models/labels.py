@@ -331,7 +331,8 @@ class LabelResolver:
         """A sample of ``event`` (or of ``item_id`` shown in its place) with ``labels``."""
         if item_id is None:
             item_id = event.item_id
-            content = event.item or self._catalog.get(item_id) or ItemContent()
+            # the event's own content was just remembered: as the object kept for the item
+            content = self._catalog.get(item_id) or event.item or ItemContent()
         else:
             content = self._catalog.get(item_id) or ItemContent()
         sample = TrackedSample(
@@ -404,8 +405,13 @@ class LabelResolver:
         return False
 
     def _remember_content(self, item_id: str, content: ItemContent) -> None:
-        self._catalog.pop(item_id, None)
-        self._catalog[item_id] = content
+        """Keep ``content`` as the item's latest; an equal one known already stays the object kept.
+
+        Samples then share one content object per item, whose strings the
+        feature encoder recognises by identity instead of hashing them again.
+        """
+        known = self._catalog.pop(item_id, None)
+        self._catalog[item_id] = known if known == content else content
         if len(self._catalog) > self.config.max_catalog_items:
             del self._catalog[next(iter(self._catalog))]
 

@@ -79,7 +79,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     events = EventReader(
         settings, bootstrap, next_offset=service.next_offset, on_assigned=service.assigned
     )
-    catalog = CatalogReader(settings, bootstrap)
+    catalog = CatalogReader(settings, bootstrap, next_offset=service.next_catalog_offset)
 
     async def deliver(letters: dict[int, Letter]) -> None:
         """Send dead letters and wait for the broker; the unacknowledged stay in the outbox."""

@@ -19,8 +19,8 @@ committed with the public ``commit``, and positions are set with ``seek``.
   applied (``next_offset``: the restored checkpoint's at start), so a worker
   never resumes ahead of its state, whatever the group committed.
 - :class:`CatalogReader` reads every partition of the compacted ``items``
-  topic from the beginning, outside any group: each worker needs the whole
-  catalog.
+  topic outside any group (each worker needs the whole catalog), from the
+  beginning or from where the restored checkpoint's catalog stops.
 
 Example
 -------
@@ -133,10 +133,17 @@ class _SeekOnAssign(ConsumerRebalanceListener):
 
 
 class CatalogReader:
-    """Every partition of ``items`` from its beginning, outside the consumer group."""
+    """Every partition of ``items``, outside the consumer group, from ``next_offset(partition)``.
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    The catalog read before the restored checkpoint is in its state, so a
+    restart reads on from there (0: from the beginning).
+    """
+
+    def __init__(
+        self, settings: Settings, bootstrap: str, next_offset: Callable[[int], int]
+    ) -> None:
         self.topic = settings.topics.items
+        self._next_offset = next_offset
         self._config = dict(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -149,14 +156,15 @@ class CatalogReader:
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        """Connect, take every partition and go to its beginning."""
+        """Connect, take every partition and go to where the restored state stops."""
         self.consumer = AIOKafkaConsumer(**self._config)
         await self.consumer.start()
         await self.consumer.topics()  # metadata, so the partitions are known
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self.consumer.assign(assigned)
-        await self.consumer.seek_to_beginning(*assigned)
+        for tp in assigned:
+            self.consumer.seek(tp, self._next_offset(tp.partition))
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to 1,000 catalog records, waiting at most a second for one."""

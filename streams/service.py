@@ -73,6 +73,7 @@ class WorkerService:
         self.pipeline = self._new_pipeline()
         self.store = CheckpointStore(settings.checkpoint_dir, owner=settings.topics.events)
         self.dead_letters = DeadLetterOutbox()
+        self.catalog_offsets: dict[int, int] = {}
         self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
         self._freezer = GcFreezer()
         self._last_checkpoint = time.monotonic()
@@ -113,12 +114,16 @@ class WorkerService:
             try:
                 self.pipeline.load_state_dict(found.state["pipeline"], found.offsets)
                 outbox = [(key, value) for key, value in found.state["outbox"]]
+                catalog_offsets = {
+                    int(p): int(o) for p, o in found.state["catalog_offsets"].items()
+                }
             except Exception as err:  # any mismatch in a state we wrote ourselves
                 log.error(
                     "refused checkpoint %s: its state does not load (%r)", found.path.name, err
                 )
                 self.pipeline = self._new_pipeline()
                 continue
+            self.catalog_offsets = catalog_offsets
             self._restored(found, outbox)
             return
 
@@ -132,6 +137,10 @@ class WorkerService:
             self.metrics.invalid_events.labels(reason=reason).inc(count)
         self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
+
+    def next_catalog_offset(self, partition: int) -> int:
+        """The next ``items`` offset of ``partition`` not yet applied (0: from the start)."""
+        return self.catalog_offsets.get(partition, 0)
 
     def next_offset(self, partition: int) -> int:
         """The next ``events`` offset of ``partition`` not yet applied (where reading resumes)."""
@@ -205,8 +214,11 @@ class WorkerService:
                 self._last_event_ts[partition] = event_ts
 
     def catalog_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
-        """Apply one batch of ``items`` messages."""
-        dead = self.pipeline.process_catalog(messages, self.settings.topics.items)
+        """Apply one batch of ``items`` messages (those below the catalog offsets are skipped)."""
+        fresh = [m for m in messages if m.offset >= self.catalog_offsets.get(m.partition, 0)]
+        for message in fresh:
+            self.catalog_offsets[message.partition] = message.offset + 1
+        dead = self.pipeline.process_catalog(fresh, self.settings.topics.items)
         self.metrics.catalog_items.set(self.pipeline.pool.catalog_size)
         for letter in dead:
             self.metrics.invalid_events.labels(reason=letter.reason).inc()
@@ -304,6 +316,7 @@ class WorkerService:
         return {
             "pipeline": self.pipeline.state_dict(),
             "outbox": [list(letter) for letter in self.dead_letters.letters()],
+            "catalog_offsets": dict(self.catalog_offsets),
         }
 
     def _await_child(self, child: ChildSave, offsets: dict[int, int]) -> None:

@@ -136,3 +136,35 @@ def test_falling_back_to_an_older_checkpoint_resumes_from_its_offsets_not_the_gr
         produced
     )
     assert "refused checkpoint" in worker.tail(10**6)
+
+
+def test_a_restart_reads_the_catalog_on_from_its_checkpoint_not_again_from_the_start(
+    tmp_path, broker, topics, cli_env
+):
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    good = json.dumps({"item_id": "i1", "ts": int(time.time() * 1000), "category": "a.b"})
+    for value in (good.encode(), b"{not json"):
+        producer.send(topics.items, key=b"i1", value=value).get(timeout=30)
+    worker = WorkerProcess(worker_env(cli_env), tmp_path / "checkpoints")
+    try:
+        worker.start()
+        worker.wait_for(lambda m: m.get("recstream_catalog_items", 0) >= 1, 60, "the catalog read")
+        worker.wait_for(
+            lambda m: m.get("recstream_invalid_events_total{reason=not_json}", 0) == 1,
+            60,
+            "the bad record dead-lettered",
+        )
+        assert worker.signal(signal.SIGTERM) < 10.0
+        worker.start()
+        producer.send(topics.items, key=b"i2", value=b"[]").get(timeout=30)  # a second bad one
+        metrics = worker.wait_for(
+            lambda m: m.get("recstream_invalid_events_total{reason=not_object}", 0) == 1,
+            60,
+            "the new bad record dead-lettered",
+        )
+    finally:
+        worker.stop()
+        producer.close()
+    assert metrics["recstream_invalid_events_total{reason=not_json}"] == 1  # not counted again
+    letters = read_all(broker.bootstrap, topics.dlq, expected=2, timeout_s=30)
+    assert sorted(json.loads(v)["reason"] for _, v in letters) == ["not_json", "not_object"]

@@ -93,9 +93,11 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -214,7 +216,9 @@ class ShopConfig:
     ``events`` counts wire events (catalog records not counted); new items
     arrive in uploads of ``new_item_batch`` at seeded points spread over
     them. ``start_ms`` is the event time of the first session
-    (2026-11-01T00:00Z); sessions start ``sessions_per_second`` apart on
+    (2020-11-01T00:00Z, a Sunday: in the past for any reader's clock, so the
+    stream is valid whenever it is read; :func:`on_wall_clock` restamps it
+    for a live shop); sessions start ``sessions_per_second`` apart on
     average in event time: about 16 wire events a second with impressions
     (2M events span under two days), under two without (2M events span
     about 13 days). ``exposure`` is the share of slate slots from (popular,
@@ -236,7 +240,7 @@ class ShopConfig:
     brands: int = 120
     impressions: bool = True
     drifts: tuple[Drift, ...] = (Drift(120_000, "taste_shift"),)
-    start_ms: int = 1_793_491_200_000
+    start_ms: int = 1_604_188_800_000
     sessions_per_second: float = 2.0
     delay_scale: float = 1.0
     slate_size: tuple[int, int] = (5, 10)
@@ -835,6 +839,19 @@ class Shop:
         bounds = np.cumsum(cfg.exposure)[:-1]
         kind = np.searchsorted(bounds, source, side="right")
         return np.choose(kind, [popular, liked, random_items, newest])
+
+
+def on_wall_clock(records: Iterable[Event | CatalogItem]) -> Iterator[Event | CatalogItem]:
+    """The records, each stamped with the wall-clock time at which it is taken: a live shop.
+
+    >>> import time
+    >>> shop = Shop(ShopConfig(events=3, users=5, initial_items=5, new_items=0, drifts=()))
+    >>> stamped = list(on_wall_clock(shop.records()))
+    >>> all(abs(r.ts - time.time() * 1000) < 60_000 for r in stamped)
+    True
+    """
+    for record in records:
+        yield dataclasses.replace(record, ts=int(time.time() * 1000))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument(
         "--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)"
     )
+    produce.add_argument(
+        "--wall-clock",
+        dest="wall_clock",
+        action="store_true",
+        help="stamp each event with the time it is sent (a live shop), not its simulated or "
+        "logged time",
+    )
     produce.set_defaults(run=run_produce)
 
     worker = commands.add_parser("worker", help="run the Faust worker against --broker")
@@ -330,6 +337,10 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
     from streams.progress import progress_bar, stderr
 
     records, expected, source = open_source(args)
+    if args.wall_clock:
+        from producers.simulator import on_wall_clock
+
+        records = on_wall_clock(records)
     counts_rows = hasattr(source, "stats")  # a replay counts rows as it goes: keep it here
     try:
         with (

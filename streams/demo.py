@@ -13,7 +13,6 @@ Example
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -35,7 +34,7 @@ from rich.table import Table
 from online_models.base import TASKS
 from producers.client import EventPublisher, PublishReport
 from producers.contract import CatalogItem, Event
-from producers.simulator import Shop, ShopConfig
+from producers.simulator import Shop, ShopConfig, on_wall_clock
 from streams.broker import free_port
 from streams.connection import connect, stop_on_signals
 from streams.progress import stderr
@@ -86,18 +85,16 @@ class LiveShop:
         self._started = False
 
     def records(self) -> Iterator[Event | CatalogItem]:
-        for record in self.shop.records():
-            now_ms = int(time.time() * 1000)
+        for record in on_wall_clock(self.shop.records()):
             if isinstance(record, CatalogItem):
                 if self._started:
-                    self.new_items[record.item_id] = now_ms
-                yield dataclasses.replace(record, ts=now_ms)
-                continue
-            self._started = True
-            if record.type != "impression":
-                self.first_interaction.setdefault(record.item_id, now_ms)
-                self.active_users.add(record.user_id)
-            yield dataclasses.replace(record, ts=now_ms)
+                    self.new_items[record.item_id] = record.ts
+            else:
+                self._started = True
+                if record.type != "impression":
+                    self.first_interaction.setdefault(record.item_id, record.ts)
+                    self.active_users.add(record.user_id)
+            yield record
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -16,6 +16,18 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
+def test_nothing_is_published_beyond_the_host_and_grafana_asks_who_you_are():
+    published = [port for s in SERVICES.values() for port in s.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published)
+    grafana = SERVICES["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GRAFANA_ADMIN_PASSWORD" in grafana["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_the_simulated_shop_is_a_live_one_stamped_with_the_wall_clock():
+    assert "--wall-clock" in SERVICES["producer"]["command"]
+
+
 def test_kafka_runs_in_kraft_mode_as_a_single_node():
     kafka = SERVICES["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -47,7 +59,7 @@ def test_producer_and_worker_are_built_from_the_project_and_pointed_at_kafka():
 
 def test_the_worker_exposes_its_metrics_port_and_keeps_checkpoints_on_a_volume():
     worker = SERVICES["worker"]
-    assert "9100:9100" in worker["ports"]
+    assert "127.0.0.1:9100:9100" in worker["ports"]
     assert "--metrics-port" in worker["command"]
     assert any(volume.endswith(":/data") for volume in worker["volumes"])
 
@@ -69,7 +81,7 @@ def test_prometheus_scrapes_the_worker_and_grafana_is_provisioned():
     ]
     assert targets == [f"worker:{worker_port}"]
     grafana = SERVICES["grafana"]
-    assert "3000:3000" in grafana["ports"]
+    assert "127.0.0.1:3000:3000" in grafana["ports"]
     assert any("provisioning" in v for v in grafana["volumes"])
 
 

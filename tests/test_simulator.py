@@ -352,3 +352,12 @@ def test_delay_scale_brings_conversions_closer_to_their_clicks():
 
     minutes, seconds = np.median(cart_gaps(1.0)), np.median(cart_gaps(1 / 60))
     assert minutes > 60_000 and seconds < 31_000
+
+
+def test_a_simulated_stream_is_valid_for_any_reader_clock_from_2021_on():
+    from producers.contract import decode_event, encode_event
+
+    jan_2021_ms = 1_609_459_200_000
+    shop = Shop(ShopConfig(events=500, users=50, initial_items=40, new_items=5, drifts=()))
+    events = [r for r in shop.records() if isinstance(r, Event)]
+    assert all(decode_event(encode_event(e), now_ms=jan_2021_ms) == e for e in events)

@@ -430,6 +430,8 @@ def block_end(
     >>> block_end(0, 0, np.array([True, True]), size=4, wanted=1) is None
     True
     """
+    if count + len(positive) < size:  # the usual batch: too few labels to close it
+        return None
     counts = count + np.arange(1, len(positive) + 1)
     closing = np.flatnonzero((counts >= size) & (positives + np.cumsum(positive) >= wanted))
     return int(closing[0]) + 1 if len(closing) else None

@@ -19,12 +19,13 @@ Example
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from producers.contract import CatalogItem, Event, ItemContent
 
@@ -46,6 +47,128 @@ class CandidateConfig:
     max_users: int = 500_000
 
 
+class Popularity:
+    """Decaying popularity scores and categories of items, in arrays, in the order items came.
+
+    Items keep the order in which they got their score (a dropped item that
+    comes back goes last), so a stable sort breaks ties as a dict in
+    insertion order would. A refresh (:meth:`rescale`, :meth:`best`) is a
+    few array operations over every item, not Python work per item.
+
+    Example
+    -------
+    >>> popularity = Popularity()
+    >>> for item, score, category in [("a", 1.0, "x"), ("b", 3.0, "y"), ("c", 2.0, "x")]:
+    ...     popularity.add(item, score, category)
+    >>> popularity.rescale(2.0, floor=0.6)          # a: 0.5, dropped
+    >>> popularity.scores()
+    {'b': 1.5, 'c': 1.0}
+    >>> popularity.best(overall=1, per_category=1, limit=10)
+    (['b'], {'x': ['c'], 'y': ['b']})
+    """
+
+    def __init__(self) -> None:
+        self._slot: dict[str, int] = {}
+        self._items: list[str | None] = []  # None: a dropped item's slot
+        self._scores = np.zeros(1024)
+        self._live = np.zeros(1024, dtype=bool)
+        self._codes = np.zeros(1024, dtype=np.int64)  # category code per slot, -1: none
+        self._code: dict[str, int] = {}
+        self._categories: list[str] = []
+
+    def add(self, item_id: str, boost: float, category: str | None) -> None:
+        """Add ``boost`` to the item's score (0 if it has none; then ``category`` is its)."""
+        slot = self._slot.get(item_id)
+        if slot is None:
+            slot = self._append(item_id, category)
+        self._scores[slot] += boost
+
+    def set_category(self, item_id: str, category: str | None) -> None:
+        """The item's category changed (or became known)."""
+        slot = self._slot.get(item_id)
+        if slot is not None:
+            self._codes[slot] = self._code_of(category)
+
+    def drop(self, item_id: str) -> None:
+        """Forget the item's score."""
+        slot = self._slot.pop(item_id, None)
+        if slot is not None:
+            self._items[slot] = None
+            self._live[slot] = False
+
+    def rescale(self, scale: float, floor: float) -> None:
+        """Divide every score by ``scale``; drop the items left at ``floor`` or below."""
+        used = len(self._items)
+        self._scores[:used] /= scale
+        for slot in np.flatnonzero(self._live[:used] & (self._scores[:used] <= floor)).tolist():
+            self.drop(self._items[slot])
+        if 2 * len(self._slot) < used:
+            self._compact()
+
+    def best(
+        self, overall: int, per_category: int, limit: int
+    ) -> tuple[list[str], dict[str, list[str]]]:
+        """The ``overall`` best items and each category's ``per_category`` best.
+
+        Among the ``limit`` best items, best first; ties in the order items came.
+        """
+        live = np.flatnonzero(self._live[: len(self._items)])
+        ranked = live[np.argsort(-self._scores[live], kind="stable")][:limit]
+        codes = self._codes[ranked]
+        by_code = np.argsort(codes, kind="stable")  # by category, each best first
+        first = np.flatnonzero(np.r_[True, codes[by_code][1:] != codes[by_code][:-1]])
+        place = np.arange(len(by_code)) - np.repeat(first, np.diff(np.r_[first, len(by_code)]))
+        chosen = by_code[(place < per_category) & (codes[by_code] >= 0)]
+        by_category: dict[str, list[str]] = {}
+        for code, slot in zip(codes[chosen].tolist(), ranked[chosen].tolist(), strict=True):
+            by_category.setdefault(self._categories[code], []).append(self._items[slot])
+        return [self._items[slot] for slot in ranked[:overall].tolist()], by_category
+
+    def scores(self) -> dict[str, float]:
+        """Each item's score, in the order items came."""
+        used = len(self._items)
+        return {
+            item_id: score
+            for item_id, score in zip(self._items, self._scores[:used].tolist(), strict=True)
+            if item_id is not None
+        }
+
+    def _append(self, item_id: str, category: str | None) -> int:
+        slot = len(self._items)
+        if slot == len(self._scores):
+            self._resize(np.arange(slot), 2 * slot)
+        self._slot[item_id] = slot
+        self._items.append(item_id)
+        self._scores[slot] = 0.0
+        self._live[slot] = True
+        self._codes[slot] = self._code_of(category)
+        return slot
+
+    def _code_of(self, category: str | None) -> int:
+        if not category:
+            return -1
+        code = self._code.get(category)
+        if code is None:
+            code = self._code[category] = len(self._categories)
+            self._categories.append(category)
+        return code
+
+    def _compact(self) -> None:
+        """Close the gaps dropped items left (order kept)."""
+        live = np.flatnonzero(self._live[: len(self._items)])
+        self._resize(live, max(2 * len(live), 1024))
+        self._items = [self._items[slot] for slot in live.tolist()]
+        self._slot = {item_id: slot for slot, item_id in enumerate(self._items)}
+
+    def _resize(self, kept: np.ndarray, capacity: int) -> None:
+        """Arrays of ``capacity`` slots holding the ``kept`` slots' values first."""
+        for name in ("_scores", "_live", "_codes"):
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype=old.dtype)
+            new[: len(kept)] = old[kept]
+            setattr(self, name, new)
+
+
 class CandidatePool:
     """Catalog content, decayed popularity and per-user recency, for candidate generation."""
 
@@ -53,7 +176,7 @@ class CandidatePool:
         self.config = config or CandidateConfig()
         self._content: OrderedDict[str, ItemContent] = OrderedDict()
         self._newest: deque[str] = deque(maxlen=self.config.new_items)
-        self._popularity: dict[str, float] = {}
+        self._popularity = Popularity()
         self._clock = 0
         self._user_items: OrderedDict[str, deque[str]] = OrderedDict()
         self._top: list[str] = []
@@ -84,7 +207,8 @@ class CandidatePool:
                 continue
             self._clock += 1
             boost = _WEIGHT[event.type] * math.exp(self._clock * growth)
-            self._popularity[event.item_id] = self._popularity.get(event.item_id, 0.0) + boost
+            content = self._content.get(event.item_id)
+            self._popularity.add(event.item_id, boost, content.category if content else None)
             recent = self._user_items.pop(event.user_id, None)
             if recent is None:
                 recent = deque(maxlen=self.config.recent_items)
@@ -119,36 +243,28 @@ class CandidatePool:
     def _remember(self, item_id: str, content: ItemContent) -> None:
         self._content[item_id] = content
         self._content.move_to_end(item_id)
+        self._popularity.set_category(item_id, content.category)
         while len(self._content) > self.config.max_items:
             old, _ = self._content.popitem(last=False)
-            self._popularity.pop(old, None)
+            self._popularity.drop(old)
 
     def _refresh(self) -> None:
         """Recompute the popular lists; renormalise scores so the exponent never overflows."""
         self._since_refresh = 0
         scale = math.exp(self._clock * math.log(2.0) / self.config.half_life_events)
-        self._popularity = {k: v / scale for k, v in self._popularity.items() if v / scale > 1e-3}
+        self._popularity.rescale(scale, floor=1e-3)
         self._clock = 0
-        ranked = heapq.nlargest(
-            self.config.max_items, self._popularity.items(), key=lambda pair: pair[1]
+        config = self.config
+        self._top, self._top_by_category = self._popularity.best(
+            config.popular, config.per_category, limit=config.max_items
         )
-        self._top = [item for item, _ in ranked[: self.config.popular]]
-        by_category: dict[str, list[str]] = {}
-        for item, _ in ranked:
-            content = self._content.get(item)
-            if content is None or not content.category:
-                continue
-            bucket = by_category.setdefault(content.category, [])
-            if len(bucket) < self.config.per_category:
-                bucket.append(item)
-        self._top_by_category = by_category
 
     def state_dict(self) -> dict[str, Any]:
         """Everything as plain values."""
         return {
             "content": [[k, c.category, c.brand, c.price] for k, c in self._content.items()],
             "newest": list(self._newest),
-            "popularity": dict(self._popularity),
+            "popularity": self._popularity.scores(),
             "clock": self._clock,
             "user_items": {u: list(items) for u, items in self._user_items.items()},
         }
@@ -160,7 +276,10 @@ class CandidatePool:
             for key, category, brand, price in state["content"]
         )
         self._newest = deque(state["newest"], maxlen=self.config.new_items)
-        self._popularity = {k: float(v) for k, v in state["popularity"].items()}
+        self._popularity = Popularity()
+        for item_id, score in state["popularity"].items():
+            content = self._content.get(item_id)
+            self._popularity.add(item_id, float(score), content.category if content else None)
         self._clock = int(state["clock"])
         self._user_items = OrderedDict(
             (u, deque(items, maxlen=self.config.recent_items))

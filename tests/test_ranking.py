@@ -7,7 +7,8 @@ import pytest
 
 from online_models.base import CandidateBlock, Sample, predict_block
 from online_models.learner import MultiTaskConfig, mtl, single_task
-from producers.contract import ItemContent
+from producers.contract import CatalogItem, Event, ItemContent
+from streams.candidates import CandidateConfig, CandidatePool, Popularity
 from streams.ranking import Ranker, RankingConfig, candidate_block
 
 SMALL = MultiTaskConfig().with_capacity(1024)
@@ -120,3 +121,31 @@ def test_users_without_candidates_get_no_record():
     records = ranker.rank(Fixed(), {"a": [], "b": [("i1", CONTENTS[0])]}, {"a": 1, "b": 1}, 2, bool)
     assert [r["user_id"] for r in records] == ["b"]
     assert ranker.rank(Fixed(), {"a": []}, {"a": 1}, 2, bool) == []
+
+
+def test_popularity_keeps_the_best_overall_and_per_category_with_ties_in_arrival_order():
+    popularity = Popularity()
+    for n in range(3000):  # past the first arrays, and drops leave gaps to close
+        popularity.add(f"i{n}", float(n % 10), f"c{n % 4}" if n % 5 else None)
+    for n in range(0, 3000, 2):
+        popularity.drop(f"i{n}")
+    popularity.rescale(1.0, floor=2.5)  # 0, 1 and 2 go
+    top, by_category = popularity.best(overall=3, per_category=2, limit=10_000)
+    assert top == ["i9", "i19", "i29"]  # all 9.0: the first to come first
+    assert by_category == {"c1": ["i9", "i29"], "c3": ["i19", "i39"]}
+    scores = popularity.scores()
+    assert list(scores)[:3] == ["i3", "i5", "i7"] and min(scores.values()) == 3.0
+
+
+def test_candidate_pool_state_round_trips_to_the_same_candidates():
+    pool = CandidatePool(CandidateConfig(popular=3, per_category=2, refresh_every=5, max_items=40))
+    for n in range(60):  # more items than the pool keeps: the oldest are forgotten
+        pool.observe_catalog(CatalogItem(f"i{n}", 0, category=f"c{n % 3}"))
+    kinds = ["click", "cart", "purchase"]
+    events = [Event(f"e{n}", 0, kinds[n % 3], f"u{n % 4}", f"i{(7 * n) % 60}") for n in range(90)]
+    pool.observe(events)
+    restored = CandidatePool(pool.config)
+    restored.load_state_dict(pool.state_dict())
+    for user in ("u0", "u1", "u2", "u3", "nobody"):
+        assert restored.candidates(user) == pool.candidates(user)
+    assert all(pool.content(item) is not None for item, _ in pool.candidates("u0"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from online_models.base import CandidateBlock, Sample, predict_block
-from online_models.learner import MultiTaskConfig, mtl, single_task
+from online_models.learner import MultiTaskConfig, id_only, mtl, single_task
 from producers.contract import CatalogItem, Event, ItemContent
 from streams.candidates import CandidateConfig, CandidatePool, Popularity
 from streams.ranking import Ranker, RankingConfig, candidate_block
@@ -44,7 +44,7 @@ def block_of(users: list[str], items_per_user: int) -> CandidateBlock:
     return candidate_block(users, candidates, {user: 2_000 + n for n, user in enumerate(users)})
 
 
-@pytest.mark.parametrize("factory", [mtl, single_task])
+@pytest.mark.parametrize("factory", [mtl, single_task, id_only])
 def test_a_block_scores_as_its_samples_do(factory):
     learner = trained(factory)
     block = block_of(["u0", "u1", "u3", "never-seen"], items_per_user=9)

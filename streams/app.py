@@ -77,9 +77,18 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     event_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     catalog_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     events = EventReader(
-        settings, bootstrap, next_offset=service.next_offset, on_assigned=service.assigned
+        settings,
+        bootstrap,
+        next_offset=service.next_offset,
+        on_assigned=service.assigned,
+        on_reset=service.events_reset,
     )
-    catalog = CatalogReader(settings, bootstrap, next_offset=service.next_catalog_offset)
+    catalog = CatalogReader(
+        settings,
+        bootstrap,
+        next_offset=service.next_catalog_offset,
+        on_reset=service.catalog_reset,
+    )
 
     async def deliver(letters: dict[int, Letter]) -> None:
         """Send dead letters and wait for the broker; the unacknowledged stay in the outbox."""

@@ -130,6 +130,14 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.offset_resets = Counter(
+            "recstream_offset_resets",
+            "Times a partition no longer held the offset the worker's state had reached "
+            "(topic recreated, broker restarted empty, retention) and was read again from "
+            "its start, by topic (events, items).",
+            ["topic"],
+            registry=r,
+        )
         self.pipeline_cpu = Counter(
             "recstream_pipeline_cpu_seconds",
             "CPU time spent applying event batches (decode, labels, score, learn, rank); "
@@ -152,6 +160,8 @@ class Metrics:
             self.invalid_events.labels(reason=reason)
         for feature in FEATURES:
             self.feature_psi.labels(feature=feature)
+        for topic in ("events", "items"):
+            self.offset_resets.labels(topic=topic)
         for task in TASKS:
             for detector in DETECTORS:
                 self.drift_detections.labels(task=task, detector=detector)

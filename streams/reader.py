@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.helpers import create_ssl_context
 
 from streams.pipeline import RawMessage
@@ -56,17 +57,19 @@ class EventReader:
         bootstrap: str,
         next_offset: Callable[[int], int],
         on_assigned: Callable[[list[int]], None] = lambda partitions: None,
+        on_reset: Callable[[int, int], None] = lambda partition, offset: None,
     ) -> None:
         self.settings = settings
         self.topic = settings.topics.events
         self._next_offset = next_offset
         self._on_assigned = on_assigned
+        self._on_reset = on_reset
         self._config = dict(
             bootstrap_servers=bootstrap,
             group_id=f"recstream-{settings.topic_prefix}worker",
             client_id="recstream-worker",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",  # a position past the log is a reset we must see
             fetch_max_wait_ms=settings.fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=6_000,
@@ -75,6 +78,7 @@ class EventReader:
             **aiokafka_security(settings),
         )
         self.consumer: AIOKafkaConsumer | None = None
+        self.resets = ResetWatch(next_offset, on_reset, self._config)
 
     async def start(self) -> None:
         """Connect and join the group (aiokafka consumers are made inside the event loop)."""
@@ -84,14 +88,14 @@ class EventReader:
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to ``batch_size`` messages: what has arrived, waiting ``batch_wait_ms`` for one."""
-        fetched = await self.consumer.getmany(
-            timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_size
-        )
-        return [
-            RawMessage(m.partition, m.offset, m.key, m.value)
-            for records in fetched.values()
-            for m in records
-        ]
+        try:
+            fetched = await self.consumer.getmany(
+                timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_size
+            )
+        except OffsetOutOfRangeError as err:
+            await _read_again_from_the_start(self.consumer, err, self._on_reset)
+            return []
+        return _raw(fetched)
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit ``{partition: next offset}`` for the partitions this worker still owns."""
@@ -126,8 +130,11 @@ class _SeekOnAssign(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned)
-        for tp in assigned:
-            self.reader.consumer.seek(tp, self.reader._next_offset(tp.partition))
+        consumer = self.reader.consumer
+        for tp in assigned:  # at once: a fetch may start while the check below awaits
+            consumer.seek(tp, self.reader._next_offset(tp.partition))
+        for tp in await self.reader.resets.reset(consumer, assigned):
+            await consumer.seek_to_beginning(tp)
         log.info("assigned %s partitions %s", self.reader.topic, partitions)
         self.reader._on_assigned(partitions)
 
@@ -140,20 +147,26 @@ class CatalogReader:
     """
 
     def __init__(
-        self, settings: Settings, bootstrap: str, next_offset: Callable[[int], int]
+        self,
+        settings: Settings,
+        bootstrap: str,
+        next_offset: Callable[[int], int],
+        on_reset: Callable[[int, int], None] = lambda partition, offset: None,
     ) -> None:
         self.topic = settings.topics.items
         self._next_offset = next_offset
+        self._on_reset = on_reset
         self._config = dict(
             bootstrap_servers=bootstrap,
             group_id=None,
             client_id="recstream-catalog",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",
             fetch_max_wait_ms=100,
             **aiokafka_security(settings),
         )
         self.consumer: AIOKafkaConsumer | None = None
+        self.resets = ResetWatch(next_offset, on_reset, self._config)
 
     async def start(self) -> None:
         """Connect, take every partition and go to where the restored state stops."""
@@ -165,19 +178,104 @@ class CatalogReader:
         self.consumer.assign(assigned)
         for tp in assigned:
             self.consumer.seek(tp, self._next_offset(tp.partition))
+        for tp in await self.resets.reset(self.consumer, assigned):
+            await self.consumer.seek_to_beginning(tp)
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to 1,000 catalog records, waiting at most a second for one."""
-        fetched = await self.consumer.getmany(timeout_ms=1_000, max_records=1_000)
-        return [
-            RawMessage(m.partition, m.offset, m.key, m.value)
-            for records in fetched.values()
-            for m in records
-        ]
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=1_000, max_records=1_000)
+        except OffsetOutOfRangeError as err:
+            await _read_again_from_the_start(self.consumer, err, self._on_reset)
+            return []
+        return _raw(fetched)
 
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+
+
+class ResetWatch:
+    """Finds partitions whose log no longer holds the offsets the state has reached.
+
+    A broker that restarted empty, or a recreated topic, does not always
+    answer a fetch past its end with an error (the embedded one returns
+    nothing), so at every assignment (a restarted broker forces one) each
+    partition's end offset is compared with the state's next offset. A
+    shorter log is confirmed by reading it: the embedded broker's reported
+    end can lag what is readable, so only a partition where the last applied
+    message cannot be read back is a reset.
+    """
+
+    def __init__(
+        self,
+        next_offset: Callable[[int], int],
+        on_reset: Callable[[int, int], None],
+        probe_config: dict[str, Any],
+    ) -> None:
+        self._next_offset = next_offset
+        self._on_reset = on_reset
+        self._probe_config = probe_config
+
+    async def reset(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+    ) -> set[TopicPartition]:
+        """The partitions (of ``partitions``) that were reset; ``on_reset`` is told of each."""
+        expected = {tp: self._next_offset(tp.partition) for tp in partitions}
+        expected = {tp: offset for tp, offset in expected.items() if offset > 0}
+        if not expected:
+            return set()
+        try:
+            ends = await consumer.end_offsets(list(expected))
+        except KafkaError as err:  # the broker is away: the fetches will tell
+            log.warning("could not read end offsets: %r", err)
+            return set()
+        reset = set()
+        for tp, offset in expected.items():
+            if ends.get(tp, offset) < offset and not await self._readable(tp, offset - 1):
+                self._on_reset(tp.partition, offset)
+                reset.add(tp)
+        return reset
+
+    async def _readable(self, tp: TopicPartition, offset: int) -> bool:
+        probe = AIOKafkaConsumer(**{**self._probe_config, "group_id": None})
+        await probe.start()
+        try:
+            probe.assign([tp])
+            probe.seek(tp, offset)
+            fetched = await probe.getmany(tp, timeout_ms=2_000, max_records=1)
+            return any(record.offset == offset for record in fetched.get(tp, []))
+        except OffsetOutOfRangeError:
+            return False
+        finally:
+            await probe.stop()
+
+
+async def _read_again_from_the_start(
+    consumer: AIOKafkaConsumer,
+    err: OffsetOutOfRangeError,
+    on_reset: Callable[[int, int], None],
+) -> None:
+    """A position outside a partition's log: tell ``on_reset`` and go to the log's start.
+
+    The log no longer holds the offsets the state has reached: the topic was
+    recreated, the broker restarted empty, or retention removed what was not
+    yet read. Everything the log holds now is read, so nothing produced since
+    is lost; deduplication by ``event_id`` keeps a re-sent event from
+    counting twice.
+    """
+    positions = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+    for tp, offset in positions.items():
+        on_reset(tp.partition, offset)
+        await consumer.seek_to_beginning(tp)
+
+
+def _raw(fetched: Mapping[TopicPartition, list[Any]]) -> list[RawMessage]:
+    return [
+        RawMessage(m.partition, m.offset, m.key, m.value)
+        for records in fetched.values()
+        for m in records
+    ]
 
 
 def aiokafka_security(settings: Settings) -> dict[str, Any]:

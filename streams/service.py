@@ -138,6 +138,25 @@ class WorkerService:
         self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
+    def events_reset(self, partition: int, offset: int) -> None:
+        """``events`` partition ``partition`` no longer holds ``offset``: read it from its start."""
+        log.error(
+            "events partition %d has no offset %d any more (topic recreated, broker restarted "
+            "empty, or retention): reading it again from its start; what the model learned stays",
+            partition,
+            offset,
+        )
+        self.pipeline.offsets[partition] = 0
+        self.metrics.offset_resets.labels(topic="events").inc()
+
+    def catalog_reset(self, partition: int, offset: int) -> None:
+        """``items`` partition ``partition`` no longer holds ``offset``: read it from its start."""
+        log.error(
+            "items partition %d has no offset %d any more: reading it again", partition, offset
+        )
+        self.catalog_offsets[partition] = 0
+        self.metrics.offset_resets.labels(topic="items").inc()
+
     def next_catalog_offset(self, partition: int) -> int:
         """The next ``items`` offset of ``partition`` not yet applied (0: from the start)."""
         return self.catalog_offsets.get(partition, 0)

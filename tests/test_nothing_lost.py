@@ -11,9 +11,11 @@ import pytest
 from kafka import KafkaProducer
 
 from producers.client import EventPublisher
-from producers.contract import Event
+from producers.contract import Event, ItemContent
+from streams.broker import EmbeddedBroker, free_port
 from streams.service import WorkerService
-from streams.settings import Settings
+from streams.settings import Settings, TopicNames
+from streams.topics import ensure_topics
 from tests.kafka_readers import read_all
 from tests.test_worker import MALFORMED, _sim_events
 from tests.worker_harness import WorkerProcess, worker_env
@@ -168,3 +170,42 @@ def test_a_restart_reads_the_catalog_on_from_its_checkpoint_not_again_from_the_s
     assert metrics["recstream_invalid_events_total{reason=not_json}"] == 1  # not counted again
     letters = read_all(broker.bootstrap, topics.dlq, expected=2, timeout_s=30)
     assert sorted(json.loads(v)["reason"] for _, v in letters) == ["not_json", "not_object"]
+
+
+def _clicks(prefix: str, n: int) -> list[Event]:
+    now = int(time.time() * 1000)
+    content = ItemContent("home.lamp", "acme", 20.0)
+    return [Event(f"{prefix}-{i}", now, "click", f"u{i % 3}", "i1", item=content) for i in range(n)]
+
+
+def test_a_broker_restarted_empty_is_noticed_and_nothing_produced_after_it_is_lost(
+    tmp_path, cli_env
+):
+    port = free_port()
+    clicks = lambda m: m.get("recstream_events_total{type=click}", 0)  # noqa: E731
+    with EmbeddedBroker(port=port) as first:
+        names = TopicNames("reset.")
+        ensure_topics(first.bootstrap, names, partitions=4)
+        env = {**worker_env(cli_env), "RECSTREAM_BROKER": first.bootstrap}
+        env["RECSTREAM_TOPIC_PREFIX"] = names.prefix
+        worker = WorkerProcess(env, tmp_path / "checkpoints")
+        try:
+            worker.start()
+            with EventPublisher(first.bootstrap, names.events, names.items) as publisher:
+                publisher.publish(_clicks("before", 40))
+            worker.wait_for(lambda m: clicks(m) == 40, 60, "the first 40 clicks applied")
+            assert worker.signal(signal.SIGTERM) < 10.0  # a checkpoint at offsets ~10 each
+        finally:
+            worker.stop()
+    with EmbeddedBroker(port=port) as second:  # memory storage: every topic empty again
+        ensure_topics(second.bootstrap, names, partitions=4)
+        with EventPublisher(second.bootstrap, names.events, names.items) as publisher:
+            publisher.publish(_clicks("after", 8))  # fewer than the checkpoint's offsets
+        try:
+            worker.start()
+            metrics = worker.wait_for(lambda m: clicks(m) >= 48, 60, "the new clicks applied")
+        finally:
+            worker.stop()
+    assert clicks(metrics) == 48
+    assert metrics["recstream_offset_resets_total{topic=events}"] >= 1
+    assert "reading it again from its start" in worker.tail(10**6)

@@ -131,10 +131,8 @@ class WorkerService:
         self.dead_letters = DeadLetterOutbox(outbox)
         self.restored_from = found.path.name
         self._restored_created = found.created_unix
-        for event_type, count in self.pipeline.applied.items():  # counters continue, not restart
-            self.metrics.events.labels(type=event_type).inc(count)
-        for reason, count in self.pipeline.rejected.items():
-            self.metrics.invalid_events.labels(reason=reason).inc(count)
+        if "counters" in found.state:  # counters continue from what the restored state saw
+            self.metrics.continue_counters(found.state["counters"])
         self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
@@ -336,6 +334,7 @@ class WorkerService:
             "pipeline": self.pipeline.state_dict(),
             "outbox": [list(letter) for letter in self.dead_letters.letters()],
             "catalog_offsets": dict(self.catalog_offsets),
+            "counters": self.metrics.counter_values(),
         }
 
     def _await_child(self, child: ChildSave, offsets: dict[int, int]) -> None:

@@ -209,3 +209,18 @@ def test_a_broker_restarted_empty_is_noticed_and_nothing_produced_after_it_is_lo
     assert clicks(metrics) == 48
     assert metrics["recstream_offset_resets_total{topic=events}"] >= 1
     assert "reading it again from its start" in worker.tail(10**6)
+
+
+def test_every_counter_continues_from_the_restored_checkpoint(tmp_path):
+    settings = Settings(checkpoint_dir=tmp_path)
+    first = WorkerService(settings)
+    first.metrics.scores_published.inc(17)
+    first.metrics.samples_learned.labels(task="cart").inc(5)
+    first.metrics.drift_detections.labels(task="click", detector="adwin").inc()
+    first.checkpoint(background=False)
+    first.metrics.scores_published.inc(100)  # after the checkpoint: replayed, not carried
+
+    value = WorkerService(settings).metrics.registry.get_sample_value
+    assert value("recstream_scores_published_total") == 17
+    assert value("recstream_samples_learned_total", {"task": "cart"}) == 5
+    assert value("recstream_drift_detections_total", {"task": "click", "detector": "adwin"}) == 1

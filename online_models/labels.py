@@ -89,7 +89,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from online_models.base import Sample
@@ -119,7 +119,14 @@ class LabelConfig:
     negative_pool_items
         Distinct recently seen items that negatives are drawn from.
     dedupe_events
-        How many recent event ids are remembered to drop duplicates.
+        How many recent event ids are remembered to drop duplicates (one id
+        costs about 130 bytes with a 36-character id: 200,000 take ~26 MB).
+    max_skew_ms
+        How far ahead of the leading partition's watermark an event's ``ts``
+        may be; a later one is clamped to that bound (see :class:`EventClock`).
+    idle_partition_ms
+        How far a partition's watermark may fall behind the leading one and
+        still hold event time back.
     max_pending
         Open samples kept at most; beyond it the earliest deadline closes first.
     max_catalog_items
@@ -134,6 +141,8 @@ class LabelConfig:
     negatives_per_click: int = 4
     negative_pool_items: int = 50_000
     dedupe_events: int = 200_000
+    max_skew_ms: int = 5 * 60_000
+    idle_partition_ms: int = 10 * 60_000
     max_pending: int = 500_000
     max_catalog_items: int = 1_000_000
     seed: int = 0
@@ -152,12 +161,15 @@ class Resolution:
 
     ``new`` are to be scored now, then their known labels learned;
     ``resolved`` are label updates of earlier samples, to be learned;
-    ``duplicate`` is True when the event was seen before and ignored.
+    ``duplicate`` is True when the event was seen before and ignored;
+    ``event`` is the event as applied (its ``ts`` clamped to the skew bound),
+    None for a duplicate or a clock advance.
     """
 
     new: list[TrackedSample] = field(default_factory=list)
     resolved: list[TrackedSample] = field(default_factory=list)
     duplicate: bool = False
+    event: Event | None = None
 
     def to_learn(self) -> list[TrackedSample]:
         """The samples carrying at least one label: new ones first, then updates."""
@@ -173,6 +185,83 @@ class _Open:
     deadline: int
 
 
+class EventClock:
+    """Event time from per-partition watermarks: one bad clock cannot move it far.
+
+    Each partition's watermark is the largest ``ts`` applied from it. The
+    clock (:attr:`now`) is the smallest watermark among *active* partitions,
+    those within ``idle_ms`` of the leading one, and never goes back: a
+    lagging partition holds event time back by at most ``idle_ms``, and an
+    idle one drops out of the minimum once the others are that far ahead. An
+    event stamped more than ``max_skew_ms`` ahead of the leading watermark
+    is clamped to that bound (:meth:`stamp`), so a far-future timestamp moves
+    event time by ``max_skew_ms`` at most; unless the event just before it
+    was clamped too and came from another partition (or there is only one):
+    then event time really jumped (a quiet spell), and the jump is taken.
+
+    >>> clock = EventClock(max_skew_ms=300_000, idle_ms=600_000)
+    >>> clock.stamp(0, 1_000), clock.stamp(1, 2_000), clock.now
+    (1000, 2000, 1000)
+    >>> clock.stamp(1, 86_400_000)  # a day ahead: clamped to 2,000 + 300,000
+    302000
+    >>> clock.now  # partition 0 is 301 s behind: still active, still the minimum
+    1000
+    >>> clock.stamp(1, 700_000), clock.now  # partition 0 now idle: dropped out
+    (602000, 602000)
+    >>> clock.stamp(1, 2_000_000), clock.stamp(0, 2_000_100)  # a jump, confirmed
+    (902000, 2000100)
+    """
+
+    def __init__(self, max_skew_ms: int, idle_ms: int) -> None:
+        self.max_skew_ms = max_skew_ms
+        self.idle_ms = idle_ms
+        self._marks: dict[int, int] = {}
+        self._now = -1
+        self._clamped_from: int | None = None
+
+    @property
+    def now(self) -> int:
+        """The event time reached (ms), -1 before the first event."""
+        return self._now
+
+    def stamp(self, partition: int, ts: int) -> int:
+        """Apply an event's ``ts`` from ``partition``; return it clamped to the skew bound."""
+        bound = max(self._marks.values(), default=ts) + self.max_skew_ms
+        if ts <= bound or self._confirms(partition):
+            self._clamped_from = None
+        else:
+            ts, self._clamped_from = bound, partition
+        self._marks[partition] = max(self._marks.get(partition, -1), ts)
+        front = max(self._marks.values())
+        active = min(mark for mark in self._marks.values() if mark >= front - self.idle_ms)
+        self._now = max(self._now, active)
+        return ts
+
+    def _confirms(self, partition: int) -> bool:
+        """Whether an event beyond the bound from ``partition`` confirms the one clamped before."""
+        if self._clamped_from is None:
+            return False
+        return partition != self._clamped_from or len(self._marks) == 1
+
+    def advance(self, now_ms: int) -> None:
+        """Move the clock to ``now_ms`` (never back) without an event."""
+        self._now = max(self._now, now_ms)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The watermarks and the clock, as plain values."""
+        return {
+            "marks": [[p, mark] for p, mark in self._marks.items()],
+            "now": self._now,
+            "clamped_from": self._clamped_from,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`."""
+        self._marks = {int(p): int(mark) for p, mark in state["marks"]}
+        self._now = int(state["now"])
+        self._clamped_from = state.get("clamped_from")
+
+
 class LabelResolver:
     """Turns events into :class:`TrackedSample` s and resolves their delayed labels.
 
@@ -186,7 +275,7 @@ class LabelResolver:
         self.config = config or LabelConfig()
         self._rng = random.Random(self.config.seed)
         self._next_key = 0
-        self._watermark = -1
+        self._clock = EventClock(self.config.max_skew_ms, self.config.idle_partition_ms)
         self._open: dict[int, _Open] = {}
         self._open_by_pair: dict[tuple[str, str], list[int]] = {}
         self._deadlines: list[tuple[int, int]] = []
@@ -197,7 +286,15 @@ class LabelResolver:
         self._pool_slot: dict[str, int] = {}
         self._pool_next = 0
         self.counts: dict[str, int] = dict.fromkeys(
-            ("duplicates", "repeats", "negatives", "ignored_impressions", "forced_closes"), 0
+            (
+                "duplicates",
+                "repeats",
+                "negatives",
+                "ignored_impressions",
+                "forced_closes",
+                "clamped",
+            ),
+            0,
         )
 
     # ------------------------------------------------------------ public
@@ -209,21 +306,27 @@ class LabelResolver:
 
     @property
     def watermark(self) -> int:
-        """The event time reached so far (ms), -1 before the first event."""
-        return self._watermark
+        """The event time reached (ms, see :class:`EventClock`), -1 before the first event."""
+        return self._clock.now
+
+    @property
+    def remembered_ids(self) -> int:
+        """How many event ids are remembered for deduplication (at most ``dedupe_events``)."""
+        return len(self._seen_order)
 
     def observe_catalog(self, item: CatalogItem) -> None:
         """Remember an item's content for samples of it that come without one."""
         self._remember_content(item.item_id, item.content)
 
-    def observe(self, event: Event) -> Resolution:
-        """Apply one event: windows it closes first, then the event itself."""
+    def observe(self, event: Event, partition: int = 0) -> Resolution:
+        """Apply one event read from ``partition``: windows it closes first, then the event."""
         out = Resolution()
         if self._is_duplicate(event.event_id):
             self.counts["duplicates"] += 1
             out.duplicate = True
             return out
-        out.resolved.extend(self.advance(event.ts))
+        out.event = event = self._stamped(event, partition)
+        out.resolved.extend(self.advance(self._clock.now))
         if event.item is not None:
             self._remember_content(event.item_id, event.item)
         if event.type == "impression":
@@ -238,10 +341,10 @@ class LabelResolver:
         return out
 
     def advance(self, now_ms: int) -> list[TrackedSample]:
-        """Move event time to ``now_ms`` and close every window that has passed."""
-        self._watermark = max(self._watermark, now_ms)
+        """Move event time to ``now_ms`` (never back) and close every window that has passed."""
+        self._clock.advance(now_ms)
         closed: list[TrackedSample] = []
-        while self._deadlines and self._deadlines[0][0] < self._watermark:
+        while self._deadlines and self._deadlines[0][0] < self._clock.now:
             self._close_earliest(closed)
         return closed
 
@@ -256,7 +359,8 @@ class LabelResolver:
         """Everything needed to continue, as plain values."""
         return {
             "next_key": self._next_key,
-            "watermark": self._watermark,
+            "watermark": self._clock.now,
+            "clock": self._clock.state_dict(),
             "open": [_open_to_row(o) for o in self._open.values()],
             "seen_ids": list(self._seen_order),
             "catalog": {k: [c.category, c.brand, c.price] for k, c in self._catalog.items()},
@@ -269,7 +373,8 @@ class LabelResolver:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (same config assumed)."""
         self._next_key = int(state["next_key"])
-        self._watermark = int(state["watermark"])
+        self._clock = EventClock(self.config.max_skew_ms, self.config.idle_partition_ms)
+        self._clock.load_state_dict(state.get("clock", {"marks": [], "now": state["watermark"]}))
         self._open, self._open_by_pair, self._deadlines = {}, {}, []
         for row in state["open"]:
             entry = _open_from_row(row)
@@ -287,9 +392,17 @@ class LabelResolver:
         self._pool_slot = {item: slot for slot, item in enumerate(self._pool)}
         self._pool_next = int(state["pool_next"])
         self._rng.setstate(_rng_state_from_plain(state["rng"]))
-        self.counts = {k: int(v) for k, v in state["counts"].items()}
+        self.counts.update({k: int(v) for k, v in state["counts"].items()})
 
     # ------------------------------------------------------------ events
+
+    def _stamped(self, event: Event, partition: int) -> Event:
+        """``event`` with its ``ts`` clamped by the event clock (the same event if not)."""
+        ts = self._clock.stamp(partition, event.ts)
+        if ts == event.ts:
+            return event
+        self.counts["clamped"] += 1
+        return replace(event, ts=ts)
 
     def _apply_funnel_event(self, event: Event, stage: int, out: Resolution) -> None:
         pair = (event.user_id, event.item_id)

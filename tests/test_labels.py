@@ -57,9 +57,66 @@ def test_a_click_without_conversion_gets_negative_cart_and_purchase_after_the_wi
 def test_later_events_close_windows_in_event_time():
     r = resolver()
     r.observe(event(1, 0, "impression", item_id="a"))
-    later = r.observe(event(2, 20 * MINUTE, "impression", item_id="b"))
+    r.observe(event(2, 6 * MINUTE, "impression", item_id="b"))
+    later = r.observe(event(3, 10 * MINUTE + 1, "impression", item_id="c"))
     assert labels(later.resolved) == [(0, (0.0, 0.0, 0.0))]
-    assert labels(later.new) == [(1, (None, None, None))]
+    assert labels(later.new) == [(2, (None, None, None))]
+
+
+def test_a_far_future_event_is_clamped_and_does_not_close_other_users_impressions():
+    r = resolver(max_skew_ms=5 * MINUTE)
+    r.observe(event(1, 0, "impression", user="u1"), partition=0)
+    r.observe(event(2, 0, "impression", user="u2"), partition=1)
+    bad = r.observe(event(3, 24 * 60 * MINUTE, "impression", user="u3"), partition=2)
+    assert bad.event.ts == 5 * MINUTE and bad.resolved == [] and r.counts["clamped"] == 1
+    assert r.watermark == 0  # the other partitions have not moved
+    for n, (user, part) in enumerate([("u1", 0), ("u2", 1)], start=4):
+        clicked = r.observe(event(n, MINUTE, "click", user=user), partition=part)
+        assert clicked.new == [] and [s.click for s in clicked.resolved] == [1.0]
+
+
+def test_a_jump_confirmed_by_a_second_event_is_taken_as_a_quiet_spell():
+    r = resolver(max_skew_ms=5 * MINUTE)
+    r.observe(event(1, 0, "impression", item_id="a"))
+    assert r.observe(event(2, 60 * MINUTE, "impression", item_id="b")).event.ts == 5 * MINUTE
+    confirmed = r.observe(event(3, 60 * MINUTE + 1, "impression", item_id="c"))
+    assert confirmed.event.ts == 60 * MINUTE + 1 and r.watermark == 60 * MINUTE + 1
+    assert [s.key for s in confirmed.resolved] == [0, 1]  # the clamped one closed with it
+
+
+def test_a_lagging_partition_holds_event_time_back_rather_than_closing_its_windows():
+    r = resolver(idle_partition_ms=30 * MINUTE)
+    r.observe(event(1, 0, "impression", user="slow"), partition=0)
+    r.observe(event(2, 20 * MINUTE, "impression", user="fast"), partition=1)
+    assert r.watermark == 0
+    late_click = r.observe(event(3, MINUTE, "click", user="slow"), partition=0)
+    assert [s.click for s in late_click.resolved] == [1.0] and late_click.new == []
+    fast_click = r.observe(event(4, 21 * MINUTE, "click", user="fast"), partition=1)
+    assert [s.click for s in fast_click.resolved] == [1.0]
+
+
+def test_an_idle_partition_drops_out_and_windows_still_close():
+    r = resolver(idle_partition_ms=15 * MINUTE)
+    r.observe(event(1, 0, "impression", user="idle"), partition=0)
+    r.observe(event(2, 0, "impression", user="busy"), partition=1)
+    closed = []
+    for n in range(1, 5):  # partition 0 sends nothing more
+        busy = event(2 + n, n * 5 * MINUTE, "cart", user="busy", item_id=f"x{n}")
+        closed += r.observe(busy, partition=1).resolved
+    assert r.watermark == 20 * MINUTE
+    assert [(s.user_id, s.labels()) for s in closed if s.key == 0] == [("idle", (0.0, 0.0, 0.0))]
+
+
+def test_a_checkpoint_without_a_clock_still_loads():
+    r = resolver()
+    r.observe(event(1, 0, "impression"))
+    state = r.state_dict()
+    del state["clock"]
+    del state["counts"]["clamped"]
+    restored = resolver()
+    restored.load_state_dict(state)
+    assert restored.watermark == 0 and restored.counts["clamped"] == 0
+    assert labels(restored.advance(11 * MINUTE)) == [(0, (0.0, 0.0, 0.0))]
 
 
 def test_a_cart_with_no_click_seen_implies_the_click():
@@ -104,6 +161,23 @@ def test_duplicated_event_ids_are_applied_once_within_the_dedupe_window():
     for n in range(2, 6):
         r.observe(event(n, 0, "impression", item_id=f"x{n}"))
     assert r.observe(event(1, 0, "impression")).new  # forgotten after 3 newer ids
+
+
+def test_an_id_just_inside_the_window_is_a_duplicate_and_just_outside_is_applied():
+    r = resolver(dedupe_events=100)
+    for n in range(100):
+        r.observe(event(n, 0, "impression", item_id=f"x{n}"))
+    assert r.observe(event(0, 0, "impression")).duplicate  # 100th most recent id
+    r.observe(event(100, 0, "impression", item_id="x100"))
+    assert not r.observe(event(0, 0, "impression")).duplicate  # now the 101st
+
+
+def test_remembered_ids_stay_bounded_on_a_long_stream_of_new_ids():
+    r = resolver(dedupe_events=1_000)
+    for n in range(20_000):
+        r.observe(event(n, n, "impression", item_id=f"x{n % 50}"))
+    assert r.remembered_ids == 1_000
+    assert len(r.state_dict()["seen_ids"]) == 1_000
 
 
 def test_content_comes_from_the_catalog_when_the_event_has_none():

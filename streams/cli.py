@@ -212,6 +212,22 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds of event time a cart/purchase is attributed to a click",
     )
+    parser.add_argument(
+        "--dedupe-events",
+        dest="dedupe_events",
+        type=int,
+        metavar="N",
+        help="an event_id seen within the last N applied events is a duplicate "
+        "(default 200000, ~29 MB)",
+    )
+    parser.add_argument(
+        "--max-skew",
+        dest="max_skew_s",
+        type=float,
+        metavar="S",
+        help="seconds an event may be stamped ahead of event time; a later ts is "
+        "clamped (default 300)",
+    )
     add_model_arguments(parser)
 
 

@@ -6,7 +6,9 @@ returns what must be sent: dead letters and score records. Per batch:
 1. skip messages below the next offset already applied (a replay after a
    restart applies nothing twice); decode and validate each message with the
    shared contract; dead-letter what fails, and duplicates, with the reason;
-2. turn events into samples with delayed labels (:mod:`online_models.labels`);
+2. turn events into samples with delayed labels (:mod:`online_models.labels`),
+   with event time from per-partition watermarks (an event stamped far ahead
+   is clamped, see :class:`~online_models.labels.EventClock`);
 3. score the new samples with the model as it was *before* this batch
    (prequential), then learn every label that is known now;
 4. update quality, drift and candidate state;
@@ -161,11 +163,12 @@ class Pipeline:
             except InvalidRecord as bad:
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
                 continue
-            resolution = self.resolver.observe(event)
-            if resolution.duplicate:
+            resolution = self.resolver.observe(event, message.partition)
+            if resolution.event is None:
                 bad = InvalidRecord("duplicate", f"event_id {event.event_id!r} was applied before")
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
                 continue
+            event = resolution.event  # its ts clamped when far ahead of event time
             out.events.append(event)
             new += resolution.new
             learnable += resolution.to_learn()

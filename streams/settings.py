@@ -97,6 +97,8 @@ _ENV = {
     "click_wait_s": "RECSTREAM_CLICK_WAIT_S",
     "conversion_window_s": "RECSTREAM_CONVERSION_WINDOW_S",
     "impressions": "RECSTREAM_IMPRESSIONS",
+    "dedupe_events": "RECSTREAM_DEDUPE_EVENTS",
+    "max_skew_s": "RECSTREAM_MAX_SKEW_S",
     "towers": "RECSTREAM_TOWERS",
     "task_weights": "RECSTREAM_TASK_WEIGHTS",
     "task_weighting": "RECSTREAM_TASK_WEIGHTING",
@@ -145,6 +147,8 @@ class Settings:
     click_wait_s: float = 60.0
     conversion_window_s: float = 3600.0
     impressions: bool = True
+    dedupe_events: int = 200_000  # ~145 bytes an id of 36 characters: ~29 MB
+    max_skew_s: float = 300.0
     towers: str = "shared_bottom"
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     task_weighting: str = "fixed"
@@ -160,11 +164,18 @@ class Settings:
             check(getattr(self, name))
 
     def label_config(self) -> LabelConfig:
-        """How the worker's label resolver turns events into samples (its windows in ms)."""
+        """How the worker's label resolver turns events into samples (its windows in ms).
+
+        >>> config = Settings(dedupe_events=1_000_000, max_skew_s=60).label_config()
+        >>> config.dedupe_events, config.max_skew_ms
+        (1000000, 60000)
+        """
         return LabelConfig(
             impressions=self.impressions,
             click_window_ms=int(self.click_window_s * 1000),
             conversion_window_ms=int(self.conversion_window_s * 1000),
+            dedupe_events=self.dedupe_events,
+            max_skew_ms=int(self.max_skew_s * 1000),
         )
 
     def learner_waits_ms(self) -> tuple[int, int, int]:
@@ -331,6 +342,16 @@ def _check_threads(value: int) -> None:
         raise ValueError(f"torch threads must be at least 1, not {value}")
 
 
+def _check_dedupe(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"dedupe events must be at least 1, not {value}")
+
+
+def _check_skew(value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"max skew must be 0 or more seconds, not {value}")
+
+
 _PARSERS = {"task_weights": parse_task_weights}
 """Settings read from the environment by their own parser rather than :func:`_convert`."""
 _CHECKS = {
@@ -338,6 +359,8 @@ _CHECKS = {
     "task_weights": check_task_weights,
     "task_weighting": _check_choice("task weighting", TASK_WEIGHTINGS),
     "torch_threads": _check_threads,
+    "dedupe_events": _check_dedupe,
+    "max_skew_s": _check_skew,
 }
 """Settings with a range of valid values: a check that raises ValueError outside it."""
 

@@ -120,7 +120,7 @@ class LabelConfig:
         Distinct recently seen items that negatives are drawn from.
     dedupe_events
         How many recent event ids are remembered to drop duplicates (one id
-        costs about 130 bytes with a 36-character id: 200,000 take ~26 MB).
+        costs ~145 bytes with a 36-character id: 200,000 take ~29 MB).
     max_skew_ms
         How far ahead of the leading partition's watermark an event's ``ts``
         may be; a later one is clamped to that bound (see :class:`EventClock`).

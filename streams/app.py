@@ -149,8 +149,9 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         await forward(catalog, catalog_batches)
 
     @app.timer(1.0)
-    async def report_lag() -> None:
+    async def refresh_metrics() -> None:
         service.observe_lag(events.lag())
+        service.refresh_slow_metrics()
 
     @app.timer(RETRY_DEAD_LETTERS_S)
     async def retry_dead_letters() -> None:

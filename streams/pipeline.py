@@ -168,12 +168,13 @@ class Pipeline:
                 bad = InvalidRecord("duplicate", f"event_id {event.event_id!r} was applied before")
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
                 continue
+            sent_ts = event.ts  # the score record's event_ts: the time its producer gave it
             event = resolution.event  # its ts clamped when far ahead of event time
             out.events.append(event)
             new += resolution.new
             learnable += resolution.to_learn()
             if event.type != "impression":
-                triggers[event.user_id] = event.ts
+                triggers[event.user_id] = sent_ts
         self.applied.update(event.type for event in out.events)
         self.position += len(out.events)
         if new:

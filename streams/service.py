@@ -78,7 +78,6 @@ class WorkerService:
         self._freezer = GcFreezer()
         self._last_checkpoint = time.monotonic()
         self._saving: threading.Thread | None = None
-        self._last_quality = 0.0
         self._model_version = 0
         self.restored_from: str | None = None
         self._restored_created: float | None = None
@@ -282,12 +281,13 @@ class WorkerService:
         for task, count in zip(TASKS, result.learned, strict=True):
             m.samples_learned.labels(task=task).inc(count)
         m.pending_labels.set(pipeline.resolver.open_samples)
-        if time.monotonic() - self._last_quality >= 1.0:
-            self._last_quality = time.monotonic()
-            self.refresh_slow_metrics()
 
     def refresh_slow_metrics(self) -> None:
-        """Metrics that cost more than a counter bump: computed at most once a second."""
+        """Metrics that cost more than a counter bump: the worker's timer calls this every second.
+
+        On a timer, not per batch: a worker that went idle still shows the
+        figures of everything it applied.
+        """
         m, pipeline = self.metrics, self.pipeline
         for task, values in pipeline.quality.summary().items():
             m.auc.labels(task=task).set(values["auc"])

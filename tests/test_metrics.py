@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import urllib.request
 
 import pytest
 
+from online_models.base import TASKS
+from online_models.drift import DETECTORS
 from producers.client import EventPublisher
 from tests.worker_harness import WorkerProcess, worker_env
 
@@ -60,7 +63,7 @@ def test_metrics_endpoint_has_every_design_metric_live_and_passes_promtool(
             lambda m: (
                 m.get("recstream_model_version", 0) > 0
                 and m.get("recstream_scores_published_total", 0) > 0
-                and m.get("recstream_feature_psi{feature=category}") is not None
+                and m.get("recstream_feature_psi{feature=category}", 0) > 0  # computed, not 0
                 and m.get("recstream_embedding_rows{table=item}", 0) > 0
             ),
             180,
@@ -77,7 +80,10 @@ def test_metrics_endpoint_has_every_design_metric_live_and_passes_promtool(
     }
     missing = {name: what for name, what in DESIGN_METRICS.items() if name not in names}
     assert not missing
-    assert 'recstream_drift_detections_total{detector="adwin",task="click"}' in text
+    drift_series = set(
+        re.findall(r'recstream_drift_detections_total\{detector="(\w+)",task="(\w+)"\}', text)
+    )
+    assert drift_series == {(d, t) for d in DETECTORS for t in TASKS}  # a panel line each
     if shutil.which("promtool") is None:
         pytest.fail("promtool is missing: apt-get install prometheus (make test does, as root)")
     check = subprocess.run(

@@ -41,7 +41,9 @@ class Metrics:
             registry=r,
         )
         self.model_updates = Counter(
-            "recstream_model_updates", "Micro-batch updates applied to the model.", registry=r
+            "recstream_model_updates",
+            "Gradient steps of the model (one per learned micro-batch of up to 2,048 samples).",
+            registry=r,
         )
         self.model_version = Gauge(
             "recstream_model_version",
@@ -86,7 +88,7 @@ class Metrics:
         )
         self.update_duration = Histogram(
             "recstream_update_duration_seconds",
-            "Wall time of one micro-batch update (score + learn).",
+            "Wall time of one events micro-batch before ranking (decode, labels, score, learn).",
             buckets=UPDATE_BUCKETS,
             registry=r,
         )
@@ -101,15 +103,17 @@ class Metrics:
         )
         self.cold_items = Gauge(
             "recstream_cold_items",
-            "Catalog items still too little seen for their own embedding.",
+            "Items in the model's item table still too little seen for their own embedding.",
             registry=r,
         )
         self.catalog_items = Gauge(
-            "recstream_catalog_items", "Items known from the catalog.", registry=r
+            "recstream_catalog_items",
+            "Items whose content the worker knows (catalog, or events for undescribed items).",
+            registry=r,
         )
         self.pending_labels = Gauge(
             "recstream_pending_labels",
-            "Samples whose cart/purchase labels are still open.",
+            "Samples with a label still open (waiting for a click, cart or purchase).",
             registry=r,
         )
         self.assigned_partitions = Gauge(

@@ -44,7 +44,53 @@ from streams.settings import Settings
 log = logging.getLogger("recstream.worker")
 
 
-class EventReader:
+class _PartitionReader:
+    """What both readers share: a consumer made in the event loop, positions from the state."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        next_offset: Callable[[int], int],
+        on_reset: Callable[[int, int], None],
+    ) -> None:
+        self._config = config
+        self._next_offset = next_offset
+        self._on_reset = on_reset
+        self.consumer: AIOKafkaConsumer | None = None
+        self.resets = ResetWatch(next_offset, on_reset, config)
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        """aiokafka consumers must be made inside the event loop: here, not in ``__init__``."""
+        self.consumer = AIOKafkaConsumer(**self._config)
+        await self.consumer.start()
+        return self.consumer
+
+    async def _position(self, partitions: Iterable[TopicPartition]) -> None:
+        """Each partition at the state's next offset, or at its start when its log was reset."""
+        partitions = list(partitions)
+        for tp in partitions:  # at once: a fetch may start while the check below awaits
+            self.consumer.seek(tp, self._next_offset(tp.partition))
+        for tp in await self.resets.reset(self.consumer, partitions):
+            await self.consumer.seek_to_beginning(tp)
+
+    async def _fetch(self, timeout_ms: int, max_records: int) -> list[RawMessage]:
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except OffsetOutOfRangeError as err:
+            await _read_again_from_the_start(self.consumer, err, self._on_reset)
+            return []
+        return [
+            RawMessage(m.partition, m.offset, m.key, m.value)
+            for records in fetched.values()
+            for m in records
+        ]
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+class EventReader(_PartitionReader):
     """The worker's group member on ``events``: micro-batches in, checkpoint offsets out.
 
     ``next_offset(partition)`` is the next offset not yet applied;
@@ -59,12 +105,7 @@ class EventReader:
         on_assigned: Callable[[list[int]], None] = lambda partitions: None,
         on_reset: Callable[[int, int], None] = lambda partition, offset: None,
     ) -> None:
-        self.settings = settings
-        self.topic = settings.topics.events
-        self._next_offset = next_offset
-        self._on_assigned = on_assigned
-        self._on_reset = on_reset
-        self._config = dict(
+        config = dict(
             bootstrap_servers=bootstrap,
             group_id=f"recstream-{settings.topic_prefix}worker",
             client_id="recstream-worker",
@@ -77,25 +118,19 @@ class EventReader:
             request_timeout_ms=30_000,
             **aiokafka_security(settings),
         )
-        self.consumer: AIOKafkaConsumer | None = None
-        self.resets = ResetWatch(next_offset, on_reset, self._config)
+        super().__init__(config, next_offset, on_reset)
+        self.settings = settings
+        self.topic = settings.topics.events
+        self._on_assigned = on_assigned
 
     async def start(self) -> None:
-        """Connect and join the group (aiokafka consumers are made inside the event loop)."""
-        self.consumer = AIOKafkaConsumer(**self._config)
-        await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
+        """Connect and join the group."""
+        consumer = await self._connect()
+        consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to ``batch_size`` messages: what has arrived, waiting ``batch_wait_ms`` for one."""
-        try:
-            fetched = await self.consumer.getmany(
-                timeout_ms=self.settings.batch_wait_ms, max_records=self.settings.batch_size
-            )
-        except OffsetOutOfRangeError as err:
-            await _read_again_from_the_start(self.consumer, err, self._on_reset)
-            return []
-        return _raw(fetched)
+        return await self._fetch(self.settings.batch_wait_ms, self.settings.batch_size)
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit ``{partition: next offset}`` for the partitions this worker still owns."""
@@ -111,14 +146,9 @@ class EventReader:
         lags: dict[int, int] = {}
         for tp in self.consumer.assignment() if self.consumer else ():
             end = self.consumer.highwater(tp)
-            position = self._next_offset(tp.partition)
             if end is not None:
-                lags[tp.partition] = max(0, end - position)
+                lags[tp.partition] = max(0, end - self._next_offset(tp.partition))
         return lags
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):
@@ -130,16 +160,12 @@ class _SeekOnAssign(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned)
-        consumer = self.reader.consumer
-        for tp in assigned:  # at once: a fetch may start while the check below awaits
-            consumer.seek(tp, self.reader._next_offset(tp.partition))
-        for tp in await self.reader.resets.reset(consumer, assigned):
-            await consumer.seek_to_beginning(tp)
+        await self.reader._position(assigned)
         log.info("assigned %s partitions %s", self.reader.topic, partitions)
         self.reader._on_assigned(partitions)
 
 
-class CatalogReader:
+class CatalogReader(_PartitionReader):
     """Every partition of ``items``, outside the consumer group, from ``next_offset(partition)``.
 
     The catalog read before the restored checkpoint is in its state, so a
@@ -153,10 +179,7 @@ class CatalogReader:
         next_offset: Callable[[int], int],
         on_reset: Callable[[int, int], None] = lambda partition, offset: None,
     ) -> None:
-        self.topic = settings.topics.items
-        self._next_offset = next_offset
-        self._on_reset = on_reset
-        self._config = dict(
+        config = dict(
             bootstrap_servers=bootstrap,
             group_id=None,
             client_id="recstream-catalog",
@@ -165,34 +188,21 @@ class CatalogReader:
             fetch_max_wait_ms=100,
             **aiokafka_security(settings),
         )
-        self.consumer: AIOKafkaConsumer | None = None
-        self.resets = ResetWatch(next_offset, on_reset, self._config)
+        super().__init__(config, next_offset, on_reset)
+        self.topic = settings.topics.items
 
     async def start(self) -> None:
         """Connect, take every partition and go to where the restored state stops."""
-        self.consumer = AIOKafkaConsumer(**self._config)
-        await self.consumer.start()
-        await self.consumer.topics()  # metadata, so the partitions are known
-        partitions = self.consumer.partitions_for_topic(self.topic) or set()
+        consumer = await self._connect()
+        await consumer.topics()  # metadata, so the partitions are known
+        partitions = consumer.partitions_for_topic(self.topic) or set()
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self.consumer.assign(assigned)
-        for tp in assigned:
-            self.consumer.seek(tp, self._next_offset(tp.partition))
-        for tp in await self.resets.reset(self.consumer, assigned):
-            await self.consumer.seek_to_beginning(tp)
+        consumer.assign(assigned)
+        await self._position(assigned)
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to 1,000 catalog records, waiting at most a second for one."""
-        try:
-            fetched = await self.consumer.getmany(timeout_ms=1_000, max_records=1_000)
-        except OffsetOutOfRangeError as err:
-            await _read_again_from_the_start(self.consumer, err, self._on_reset)
-            return []
-        return _raw(fetched)
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        return await self._fetch(1_000, 1_000)
 
 
 class ResetWatch:
@@ -268,14 +278,6 @@ async def _read_again_from_the_start(
     for tp, offset in positions.items():
         on_reset(tp.partition, offset)
         await consumer.seek_to_beginning(tp)
-
-
-def _raw(fetched: Mapping[TopicPartition, list[Any]]) -> list[RawMessage]:
-    return [
-        RawMessage(m.partition, m.offset, m.key, m.value)
-        for records in fetched.values()
-        for m in records
-    ]
 
 
 def aiokafka_security(settings: Settings) -> dict[str, Any]:

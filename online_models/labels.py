@@ -243,6 +243,10 @@ class EventClock:
             return False
         return partition != self._clamped_from or len(self._marks) == 1
 
+    def mark(self, partition: int) -> int | None:
+        """The largest ``ts`` applied from ``partition`` (None before its first event)."""
+        return self._marks.get(partition)
+
     def advance(self, now_ms: int) -> None:
         """Move the clock to ``now_ms`` (never back) without an event."""
         self._now = max(self._now, now_ms)
@@ -308,6 +312,10 @@ class LabelResolver:
     def watermark(self) -> int:
         """The event time reached (ms, see :class:`EventClock`), -1 before the first event."""
         return self._clock.now
+
+    def partition_watermark(self, partition: int) -> int | None:
+        """The largest event time applied from ``partition`` (None before its first event)."""
+        return self._clock.mark(partition)
 
     @property
     def remembered_ids(self) -> int:

@@ -83,7 +83,6 @@ class WorkerService:
         self._restored_created: float | None = None
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
-        self._last_event_ts: dict[int, int] = {}
         self._restore()
         self.metrics.last_checkpoint.set(self._restored_created or time.time())
         self.refresh_slow_metrics()
@@ -169,22 +168,15 @@ class WorkerService:
             gauge.clear()  # no series left behind for partitions now owned elsewhere
 
     def observe_lag(self, waiting: dict[int, int], now_ms: float | None = None) -> None:
-        """Lag per owned partition: ``waiting`` messages, and seconds behind in event time.
-
-        >>> service = WorkerService.__new__(WorkerService)
-        >>> service.metrics, service._last_event_ts = Metrics(), {0: 1_000}
-        >>> service.observe_lag({0: 5, 1: 0}, now_ms=3_500)
-        >>> service.metrics.registry.get_sample_value(
-        ...     "recstream_consumer_lag_seconds", {"partition": "0"})
-        2.5
-        """
+        """Lag per owned partition: ``waiting`` messages, and seconds behind in event time."""
         now_ms = time.time() * 1000 if now_ms is None else now_ms
         for partition, count in waiting.items():
             label = str(partition)
+            watermark = self.pipeline.resolver.partition_watermark(partition)
             self.metrics.consumer_lag.labels(partition=label).set(count)
-            last = self._last_event_ts.get(partition)
-            behind = max(0.0, now_ms - last) / 1000 if count and last is not None else 0.0
-            self.metrics.consumer_lag_seconds.labels(partition=label).set(behind)
+            self.metrics.consumer_lag_seconds.labels(partition=label).set(
+                seconds_behind(count, watermark, now_ms)
+            )
 
     def take_saved_offsets(self) -> dict[int, int]:
         """Offsets of the newest checkpoint written since the last call (to commit), or {}."""
@@ -216,18 +208,9 @@ class WorkerService:
         result = self.pipeline.process_events(messages)
         outgoing = self._outgoing(result.dead_letters, result.scores)
         self.metrics.pipeline_cpu.inc(time.thread_time() - started)
-        self._note_event_times(messages)
         self._observe(result)
         self._freezer.tick()
         return outgoing
-
-    def _note_event_times(self, messages: Sequence[RawMessage]) -> None:
-        """The event time of each partition's last message in the batch (for lag in seconds)."""
-        last = {message.partition: message for message in messages}
-        for partition, message in last.items():
-            event_ts = _event_ts(message.value)
-            if event_ts is not None:
-                self._last_event_ts[partition] = event_ts
 
     def catalog_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
         """Apply one batch of ``items`` messages (those below the catalog offsets are skipped)."""
@@ -353,13 +336,15 @@ class WorkerService:
         log.info("checkpoint %s at offsets %s", path.name, offsets)
 
 
-def _event_ts(value: bytes | None) -> int | None:
-    """The ``ts`` of an event's JSON, or None when it has none that is usable."""
-    try:
-        event_ts = json.loads(value or b"").get("ts")
-    except (ValueError, AttributeError):
-        return None
-    return event_ts if isinstance(event_ts, int) else None
+def seconds_behind(waiting: int, watermark: int | None, now_ms: float) -> float:
+    """How far a partition is behind: now minus its event time while messages wait, else 0.
+
+    >>> seconds_behind(5, 1_000, now_ms=3_500), seconds_behind(0, 1_000, now_ms=3_500)
+    (2.5, 0.0)
+    """
+    if not waiting or watermark is None:
+        return 0.0
+    return max(0.0, now_ms - watermark) / 1000
 
 
 def _ssl_context(security: Any) -> Any:

@@ -80,11 +80,10 @@ class WorkerService:
         self._saving: threading.Thread | None = None
         self._model_version = 0
         self.restored_from: str | None = None
-        self._restored_created: float | None = None
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
+        self.metrics.last_checkpoint.set(time.time())  # the restored one's time, if any
         self._restore()
-        self.metrics.last_checkpoint.set(self._restored_created or time.time())
         self.refresh_slow_metrics()
 
     # ------------------------------------------------------------ start
@@ -128,7 +127,7 @@ class WorkerService:
     def _restored(self, found: Checkpoint, outbox: list[Letter]) -> None:
         self.dead_letters = DeadLetterOutbox(outbox)
         self.restored_from = found.path.name
-        self._restored_created = found.created_unix
+        self.metrics.last_checkpoint.set(found.created_unix)
         if "counters" in found.state:  # counters continue from what the restored state saw
             self.metrics.continue_counters(found.state["counters"])
         self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))

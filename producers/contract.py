@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 EVENT_TYPES: tuple[str, ...] = ("impression", "click", "cart", "purchase")
 FUNNEL_TYPES: tuple[str, ...] = ("click", "cart", "purchase")
 
@@ -207,18 +209,31 @@ def _parse_object(raw: bytes | str | None) -> dict[str, Any]:
         raise InvalidRecord("empty", "the message has no value")
     if len(raw) > MAX_RECORD_BYTES:
         raise InvalidRecord("oversized", f"{len(raw)} bytes is over the {MAX_RECORD_BYTES} limit")
+    try:
+        obj = orjson.loads(raw)  # strict RFC 8259 JSON in UTF-8, about 3x the standard library
+    except orjson.JSONDecodeError:
+        obj = _parse_leniently(raw)
+    if not isinstance(obj, dict):
+        raise InvalidRecord("not_object", f"a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _parse_leniently(raw: bytes | str | bytearray | memoryview) -> Any:
+    """What the standard library makes of text orjson refused, or why it is not JSON.
+
+    The standard library reads NaN and Infinity (so a NaN price is reported as
+    ``bad_price``, not as ``not_json``) and integers of any size; for text that
+    is not JSON at all it gives the reason the dead letter carries.
+    """
     if isinstance(raw, bytes | bytearray | memoryview):
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as err:
             raise InvalidRecord("not_utf8", f"not UTF-8 text ({err.reason})") from None
     try:
-        obj = json.loads(raw)  # accepts NaN/Infinity, so a NaN price is reported as bad_price
+        return json.loads(raw)
     except (ValueError, RecursionError) as err:
         raise InvalidRecord("not_json", f"not JSON ({str(err)[:80]})") from None
-    if not isinstance(obj, dict):
-        raise InvalidRecord("not_object", f"a JSON {type(obj).__name__}, not an object")
-    return obj
 
 
 def _required_str(obj: dict[str, Any], key: str) -> str:

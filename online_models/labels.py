@@ -216,6 +216,7 @@ class EventClock:
         self.max_skew_ms = max_skew_ms
         self.idle_ms = idle_ms
         self._marks: dict[int, int] = {}
+        self._front = -1  # the leading watermark, max(self._marks.values())
         self._now = -1
         self._clamped_from: int | None = None
 
@@ -226,14 +227,21 @@ class EventClock:
 
     def stamp(self, partition: int, ts: int) -> int:
         """Apply an event's ``ts`` from ``partition``; return it clamped to the skew bound."""
-        bound = max(self._marks.values(), default=ts) + self.max_skew_ms
-        if ts <= bound or self._confirms(partition):
-            self._clamped_from = None
+        marks, front = self._marks, self._front
+        if front >= 0 and ts > front + self.max_skew_ms and not self._confirms(partition):
+            ts, self._clamped_from = front + self.max_skew_ms, partition
         else:
-            ts, self._clamped_from = bound, partition
-        self._marks[partition] = max(self._marks.get(partition, -1), ts)
-        front = max(self._marks.values())
-        active = min(mark for mark in self._marks.values() if mark >= front - self.idle_ms)
+            self._clamped_from = None
+        if ts <= marks.get(partition, -1):
+            return ts  # no watermark moves: neither does the clock
+        marks[partition] = ts
+        if ts > front:
+            self._front = front = ts
+        if len(marks) == 1:
+            self._now = max(self._now, ts)
+            return ts
+        floor = front - self.idle_ms
+        active = min(mark for mark in marks.values() if mark >= floor)
         self._now = max(self._now, active)
         return ts
 
@@ -262,6 +270,7 @@ class EventClock:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`."""
         self._marks = {int(p): int(mark) for p, mark in state["marks"]}
+        self._front = max(self._marks.values(), default=-1)
         self._now = int(state["now"])
         self._clamped_from = state.get("clamped_from")
 

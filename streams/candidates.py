@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from online_models.base import CandidateBlock
 from producers.contract import CatalogItem, Event, ItemContent
 
 _WEIGHT = {"click": 1.0, "cart": 3.0, "purchase": 5.0}
@@ -223,8 +224,66 @@ class CandidatePool:
 
     def candidates(self, user_id: str) -> list[tuple[str, ItemContent]]:
         """The user's candidates with their content: recent items, their categories' best,
-        overall best, newest."""
-        recent = list(self._user_items.get(user_id, ()))
+        overall best, newest (the pairs :meth:`block` gives the user, in order)."""
+        block = self.block({user_id: 0})
+        content = self._content
+        return [(block.item_ids[i], content[block.item_ids[i]]) for i in block.pair_item.tolist()]
+
+    def block(self, event_ts: Mapping[str, int]) -> CandidateBlock:
+        """The users' candidates as one block, each user scored at its ``event_ts``.
+
+        Per user, in order and without repeats: its recent items, its recent
+        categories' best, the overall best, the newest (items without known
+        content left out); users left without candidates are left out. The
+        overall best and the newest, most of every user's list, are looked
+        up once for all users.
+
+        >>> from producers.contract import CatalogItem, Event
+        >>> pool = CandidatePool(CandidateConfig(popular=1, new_items=1))
+        >>> for n in range(3):
+        ...     pool.observe_catalog(CatalogItem(f"i{n}", 0, category="home.lamp"))
+        >>> pool.observe([Event("e1", 0, "click", "u1", "i0"), Event("e2", 0, "click", "u2", "i1")])
+        >>> block = pool.block({"u1": 5, "u2": 7})
+        >>> pairs = zip(block.pair_user.tolist(), block.pair_item.tolist())
+        >>> [(block.user_ids[u], block.item_ids[i]) for u, i in pairs]
+        [('u1', 'i0'), ('u1', 'i1'), ('u1', 'i2'), ('u2', 'i1'), ('u2', 'i0'), ('u2', 'i2')]
+        """
+        content = self._content
+        shared = [item for item in dict.fromkeys([*self._top, *self._newest]) if item in content]
+        row = dict(zip(shared, range(len(shared)), strict=True))  # item -> its place in the block
+        shared_rows = list(range(len(shared)))
+        users, times, sizes, pairs = [], [], [], []
+        for user, ts in event_ts.items():
+            own = [item for item in self._own_candidates(user) if item in content]
+            rows = [row.setdefault(item, len(row)) for item in own]
+            if any(item in row and row[item] < len(shared) for item in own):
+                taken = set(rows)
+                rows += [r for r in shared_rows if r not in taken]
+            else:
+                rows += shared_rows
+            if rows:
+                users.append(user)
+                times.append(ts)
+                sizes.append(len(rows))
+                pairs += rows
+        items = list(row)
+        known = [content[item] for item in items]
+        return CandidateBlock(
+            user_ids=users,
+            times=times,
+            item_ids=items,
+            categories=[c.category for c in known],
+            brands=[c.brand for c in known],
+            prices=[c.price for c in known],
+            pair_user=np.repeat(np.arange(len(users)), sizes),
+            pair_item=np.array(pairs, dtype=np.int64),
+        )
+
+    def _own_candidates(self, user_id: str) -> list[str]:
+        """The user's recent items, then the best of the categories it touched recently."""
+        recent = self._user_items.get(user_id)
+        if not recent:
+            return []
         categories: list[str] = []
         for item_id in reversed(recent):
             content = self._content.get(item_id)
@@ -235,10 +294,7 @@ class CandidatePool:
         merged = dict.fromkeys(recent)
         for category in categories:
             merged.update(dict.fromkeys(self._top_by_category.get(category, ())))
-        merged.update(dict.fromkeys(self._top))
-        merged.update(dict.fromkeys(self._newest))
-        content = self._content
-        return [(item, known) for item in merged if (known := content.get(item)) is not None]
+        return list(merged)
 
     def _remember(self, item_id: str, content: ItemContent) -> None:
         self._content[item_id] = content

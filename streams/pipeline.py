@@ -196,10 +196,9 @@ class Pipeline:
         """Top-K records for these users (user -> event time of the triggering event)."""
         if not triggers:
             return []
-        candidates = {user: self.pool.candidates(user) for user in triggers}
         is_cold = getattr(self.learner, "is_cold", None) or (lambda _item: False)
-        return self.ranker.rank(
-            self.learner, candidates, triggers, now_ms=int(time.time() * 1000), is_cold=is_cold
+        return self.ranker.rank_block(
+            self.learner, self.pool.block(triggers), int(time.time() * 1000), is_cold
         )
 
     def _dead(self, message: RawMessage, bad: InvalidRecord, topic: str) -> DeadLetter:

@@ -68,14 +68,25 @@ class Ranker:
     ) -> list[dict[str, Any]]:
         """One score record per user with candidates (see docs/contracts.md, "Scores").
 
-        The users and their candidates are scored as one block
-        (:func:`~online_models.base.predict_block`); an item offered to
-        several users is scored with the content given with its last offer.
+        An item offered to several users is scored with the content given
+        with its last offer.
         """
         users = [user for user, items in candidates.items() if items]
         if not users:
             return []
         block = candidate_block(users, candidates, event_ts)
+        return self.rank_block(learner, block, now_ms, is_cold)
+
+    def rank_block(
+        self, learner: Learner, block: CandidateBlock, now_ms: int, is_cold: Callable[[str], bool]
+    ) -> list[dict[str, Any]]:
+        """One score record per user of ``block``, its users and candidates scored at once.
+
+        (:func:`~online_models.base.predict_block`; each user's ``event_ts``
+        is its time in the block.)
+        """
+        if len(block) == 0:
+            return []
         probabilities = predict_block(learner, block)
         joint = self._joint(probabilities, block)
         cold_items = np.fromiter(map(is_cold, block.item_ids), bool, len(block.item_ids))
@@ -83,17 +94,19 @@ class Ranker:
         chosen = self._top_k(joint, cold, block.pair_user)
         item_ids = [block.item_ids[i] for i in block.pair_item[chosen].tolist()]
         entries = _entries(item_ids, probabilities[chosen], joint[chosen], cold[chosen])
-        counts = np.bincount(block.pair_user[chosen], minlength=len(users)).tolist()
+        counts = np.bincount(block.pair_user[chosen], minlength=len(block.user_ids)).tolist()
         version = int(getattr(learner, "model_version", 0))
         return [
             {
                 "user_id": user,
                 "ts": now_ms,
-                "event_ts": event_ts[user],
+                "event_ts": ts,
                 "model_version": version,
                 "items": entries[end - count : end],
             }
-            for user, count, end in zip(users, counts, accumulate(counts), strict=True)
+            for user, ts, count, end in zip(
+                block.user_ids, block.times, counts, accumulate(counts), strict=True
+            )
         ]
 
     def _joint(self, probabilities: np.ndarray, block: CandidateBlock) -> np.ndarray:

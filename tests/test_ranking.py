@@ -149,3 +149,32 @@ def test_candidate_pool_state_round_trips_to_the_same_candidates():
     for user in ("u0", "u1", "u2", "u3", "nobody"):
         assert restored.candidates(user) == pool.candidates(user)
     assert all(pool.content(item) is not None for item, _ in pool.candidates("u0"))
+
+
+def test_a_pool_block_lists_each_users_candidates_in_the_sources_order_without_repeats():
+    config = CandidateConfig(popular=3, per_category=2, recent_items=4, new_items=2)
+    pool = CandidatePool(config)
+    for n in range(30):
+        pool.observe_catalog(CatalogItem(f"i{n}", 0, category=f"c{n % 3}"))
+    kinds = ["click", "cart", "purchase"]
+    pool.observe(
+        [Event(f"e{n}", 0, kinds[n % 3], f"u{n % 4}", f"i{(7 * n) % 25}") for n in range(60)]
+    )
+    pool.observe_catalog(CatalogItem("i40", 0))  # newest, no category
+    users = {"u0": 10, "u1": 11, "nobody": 12, "u3": 13}
+    block = pool.block(users)
+    assert block.user_ids == list(users) and block.times == list(users.values())
+    pairs = list(zip(block.pair_user.tolist(), block.pair_item.tolist(), strict=True))
+    top, by_category = pool._popularity.best(config.popular, config.per_category, config.max_items)
+    for u, user in enumerate(block.user_ids):
+        recent = list(pool._user_items.get(user, ()))
+        categories = list(dict.fromkeys(pool.content(i).category for i in reversed(recent)))
+        expected = dict.fromkeys(recent)  # the sources, merged as the contract says
+        for category in categories[: config.recent_categories]:
+            expected.update(dict.fromkeys(by_category[category]))
+        expected.update(dict.fromkeys([*top, *pool._newest]))
+        offered = [block.item_ids[i] for owner, i in pairs if owner == u]
+        assert offered == list(expected)
+        assert offered == [item for item, _ in pool.candidates(user)]  # one user alone: the same
+    contents = [pool.content(item) for item in block.item_ids]
+    assert block.categories == [c.category for c in contents]

@@ -249,3 +249,26 @@ def test_an_invalid_catalog_item_is_refused_with_its_reason(raw: bytes, reason: 
     with pytest.raises(InvalidRecord) as refused:
         decode_catalog_item(raw, now_ms=NOW_MS)
     assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "reason"),
+    [
+        (1.0, True, "wrong_type"),  # equal and hash alike, but a bool is no price
+        (1, "1", "wrong_type"),
+        (0.0, -0.5, "bad_price"),
+    ],
+)
+def test_item_content_checked_once_is_not_taken_for_a_bad_one_of_another_type(good, bad, reason):
+    accepted = decode_event(wire(valid_event(item__price=good)), NOW_MS)
+    again = decode_event(wire(valid_event(event_id="e-2", item__price=good)), NOW_MS)
+    assert again.item is accepted.item  # one object per distinct content
+    with pytest.raises(InvalidRecord) as bad_record:
+        decode_event(wire(valid_event(event_id="e-3", item__price=bad)), NOW_MS)
+    assert bad_record.value.reason == reason
+
+
+def test_unhashable_item_content_is_still_checked():
+    with pytest.raises(InvalidRecord) as bad:
+        decode_event(wire(valid_event(item__category=["toys"])), NOW_MS)
+    assert bad.value.reason == "wrong_type" and "item.category" in str(bad.value)

@@ -547,7 +547,10 @@ class FeatureEncoder:
             times=times[pair_user],
             complete=(users > 0)[pair_user] & (complete & (items > 0))[pair_item],
         )
-        features = self._features(rows, history=history[pair_user])
+        by_entity = self._entity_features(
+            users, items, _entry(items, content), log_prices, pair_user, pair_item
+        )
+        features = self._features(rows, history=history[pair_user], by_entity=by_entity)
         user_states, item_states = (
             _any_pair(pair_user, len(users)),
             _any_pair(pair_item, len(items)),
@@ -650,25 +653,29 @@ class FeatureEncoder:
             self.content.touch(kept_rows.content[:, :-1], now_ms)
         return rows
 
-    def _features(self, rows: _Rows, history: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def _features(
+        self,
+        rows: _Rows,
+        history: np.ndarray | None = None,
+        by_entity: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         """History, dense features and counts of ``rows``, as the tables stand now.
 
-        ``history`` is the rows' history if already gathered.
+        ``history`` is the rows' history if already gathered; ``by_entity``
+        their relative price and rate columns (:meth:`_entity_features`) if
+        already worked out.
         """
         tables = self.tables
         users, items, content = rows.users, rows.items, rows.content
         entry = _entry(items, content)
         if history is None:
             history = self.history.gather(users, before_ms=rows.times)
+        if by_entity is None:
+            by_entity = self._entity_features(users, items, entry, rows.log_prices)
         user_count = tables["user"].counts[users]
         item_count = tables["item"].counts[items]
-        entity_rows = {"item": items, "user": users, "brand": entry[:, 3], "category": entry[:, 1]}
         dense = np.concatenate(
-            [
-                _history_features(rows.log_prices, entry, history, user_count, item_count),
-                self._relative_price(entry[:, 1], rows.log_prices),
-                self._rate_features(entity_rows),
-            ],
+            [_history_features(rows.log_prices, entry, history, user_count, item_count), by_entity],
             axis=1,
         )
         counts = {
@@ -719,15 +726,45 @@ class FeatureEncoder:
         shop = self.shop_stats.get(np.zeros(1, np.int64))[0]
         return (shop[1::2] + 1.0) / (shop[0::2] + 2.0)
 
-    def _rate_features(self, entity_rows: dict[str, np.ndarray]) -> np.ndarray:
-        """Smoothed log-odds of each entity's funnel rates against the shop's."""
+    def _entity_features(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        entry: np.ndarray,
+        log_prices: np.ndarray,
+        pair_user: np.ndarray | None = None,
+        pair_item: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The relative price and rate columns of ``DENSE_FEATURES``, per pair.
+
+        They depend on the user alone or the item alone: given ``pair_user``
+        and ``pair_item``, ``users`` and ``items`` (with their ``entry`` and
+        ``log_prices``) are distinct ones, worked out once each and gathered
+        per pair; without, one per pair already.
+        """
+        item_side = {"item": items, "brand": entry[:, 3], "category": entry[:, 1]}
+        columns = [self._relative_price(entry[:, 1], log_prices)]
+        columns += [
+            self._rate_odds(name, users if name == "user" else item_side[name])
+            for name in RATE_ENTITIES
+        ]
+        if pair_user is None:
+            return np.concatenate(columns, axis=1)
+        per_pair = [
+            part[pair_user if name == "user" else pair_item]
+            for name, part in zip(["price", *RATE_ENTITIES], columns, strict=True)
+        ]
+        return np.concatenate(per_pair, axis=1)
+
+    def _rate_odds(self, entity: str, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), tasks)``: smoothed log-odds of the entity's funnel rates against the
+        shop's."""
         prior = self.shop_rates()
-        counts = np.stack([self.stats[name].get(entity_rows[name]) for name in RATE_ENTITIES], 1)
-        rate = (counts[:, :, 1::2] + RATE_PRIOR_STRENGTH * prior) / (
-            counts[:, :, 0::2] + RATE_PRIOR_STRENGTH
-        )  # (B, entities, tasks)
-        odds = (_logit(rate) - _logit(prior)) / 2.0
-        return odds.reshape(len(counts), len(RATE_ENTITIES) * len(TASKS)).astype(np.float32)
+        counts = self.stats[entity].get(rows)
+        rate = (counts[:, 1::2] + RATE_PRIOR_STRENGTH * prior) / (
+            counts[:, 0::2] + RATE_PRIOR_STRENGTH
+        )
+        return ((_logit(rate) - _logit(prior)) / 2.0).astype(np.float32)
 
     def _relative_price(self, categories: np.ndarray, log_prices: np.ndarray) -> np.ndarray:
         """``(B, 1)``: log price standardised within its category, clipped, over 3."""

@@ -541,7 +541,7 @@ class LabelResolver:
         feature encoder recognises by identity instead of hashing them again.
         """
         known = self._catalog.pop(item_id, None)
-        self._catalog[item_id] = known if known == content else content
+        self._catalog[item_id] = known if known is content or known == content else content
         if len(self._catalog) > self.config.max_catalog_items:
             del self._catalog[next(iter(self._catalog))]
 

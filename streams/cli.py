@@ -144,7 +144,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=int, default=3, help="with --kafka: rounds, figures are medians"
     )
     throughput.set_defaults(run=run_bench_throughput)
+    faults = benches.add_parser(
+        "faults",
+        help="the real worker and broker under faults: applied, lost, applied twice per offset",
+    )
+    faults.add_argument(
+        "--faults",
+        type=_fault_names,
+        metavar="LIST",
+        help="comma-separated subset of sigkill,broker_restart,corrupt_checkpoint,disk_full,"
+        "poison_batch,malformed,event_time (default: all)",
+    )
+    faults.add_argument("--events", type=int, help="most events per run (default 30000)")
+    faults.add_argument("--rate", type=float, help="events produced per second (default 400)")
+    faults.add_argument("--kills", type=int, help="SIGKILLs of the sigkill run (default 6)")
+    faults.add_argument("--seed", type=int, help="seed of the streams and the kill schedule")
+    faults.add_argument(
+        "--dedupe-events",
+        dest="dedupe_events",
+        type=int,
+        help="the worker's deduplication window (default 1000: shorter than the stream)",
+    )
+    faults.add_argument("--parallel", type=int, help="runs at a time on this machine (default 3)")
+    faults.add_argument(
+        "--auc-events", dest="auc_events", type=int, help="events of the event_time check"
+    )
+    faults.add_argument(
+        "--auc-seeds",
+        dest="auc_seeds",
+        type=lambda text: tuple(int(s) for s in text.split(",")),
+        metavar="S,S,...",
+        help="seeds of the event_time check (default 7,8,9)",
+    )
+    faults.add_argument("--workdir", type=Path, help="keep checkpoints and worker logs here")
+    faults.add_argument("--report", type=Path, help="write the JSON report here")
+    faults.set_defaults(run=run_bench_faults)
     return parser
+
+
+def _fault_names(text: str) -> tuple[str, ...]:
+    from streams.bench_faults import FAULTS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FAULTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"not among {', '.join(FAULTS)}: {unknown}")
+    return names
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -484,3 +529,28 @@ def run_bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
     bench_throughput.print_summary(report, stderr.print)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def run_bench_faults(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import bench_faults
+    from streams.progress import stderr
+
+    options = bench_faults.options_with(
+        bench_faults.FaultOptions(
+            log=lambda text: stderr.print(text, markup=False, highlight=False)
+        ),
+        faults=args.faults,
+        events=args.events,
+        rate=args.rate,
+        kills=args.kills,
+        seed=args.seed,
+        dedupe_events=args.dedupe_events,
+        parallel=args.parallel,
+        auc_events=args.auc_events,
+        auc_seeds=args.auc_seeds,
+        workdir=args.workdir,
+        report=args.report,
+    )
+    report = bench_faults.run(options)
+    print(bench_faults.table(report), flush=True)
+    return 0 if all(row.get("ok", True) for row in report["faults"]) else 1

@@ -40,8 +40,9 @@ from streams.checkpoint import (
     ChildSave,
     save_in_child,
 )
-from streams.faults import FaultPlan
+from streams.faults import FaultPlan, FullDiskStore
 from streams.gc_freeze import GcFreezer
+from streams.ledger import ApplyLedger
 from streams.metrics import Metrics
 from streams.outbox import DeadLetterOutbox, Letter
 from streams.pipeline import BatchResult, Pipeline, RawMessage
@@ -62,6 +63,7 @@ class Outgoing:
     dead_letters: dict[int, Letter] = field(default_factory=dict)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
     score_event_ts: list[int] = field(default_factory=list)
+    stall: str | None = None  # an injected fault that stalls this batch's publish (tests only)
 
 
 class WorkerService:
@@ -75,6 +77,8 @@ class WorkerService:
         self.dead_letters = DeadLetterOutbox()
         self.catalog_offsets: dict[int, int] = {}
         self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
+        self.ledger = ApplyLedger() if settings.ledger else None
+        self._checkpoints_started = 0
         self._freezer = GcFreezer()
         self._last_checkpoint = time.monotonic()
         self._saving: threading.Thread | None = None
@@ -114,6 +118,7 @@ class WorkerService:
                 catalog_offsets = {
                     int(p): int(o) for p, o in found.state["catalog_offsets"].items()
                 }
+                ledger = _restored_ledger(self.settings.ledger, found.state)
             except Exception as err:  # any mismatch in a state we wrote ourselves
                 log.error(
                     "refused checkpoint %s: its state does not load (%r)", found.path.name, err
@@ -121,6 +126,7 @@ class WorkerService:
                 self.pipeline = self._new_pipeline()
                 continue
             self.catalog_offsets = catalog_offsets
+            self.ledger = ledger
             self._restored(found, outbox)
             return
 
@@ -142,6 +148,8 @@ class WorkerService:
             offset,
         )
         self.pipeline.offsets[partition] = 0
+        if self.ledger is not None:
+            self.ledger.reset(partition)
         self.metrics.offset_resets.labels(topic="events").inc()
 
     def catalog_reset(self, partition: int, offset: int) -> None:
@@ -203,12 +211,19 @@ class WorkerService:
         """Apply one batch of ``events`` messages; return what to send."""
         if self.faults:
             self.faults.check_batch((m.partition, m.offset) for m in messages)
+        before = dict(self.pipeline.offsets) if self.ledger is not None else None
         started = time.thread_time()
         result = self.pipeline.process_events(messages)
+        if before is not None:
+            record_applied(self.ledger, messages, before, result.dead_letters)
         outgoing = self._outgoing(result.dead_letters, result.scores)
         self.metrics.pipeline_cpu.inc(time.thread_time() - started)
         self._observe(result)
         self._freezer.tick()
+        if self.faults:
+            positions = [(m.partition, m.offset) for m in messages]
+            self.faults.stall_batch(positions)  # applied, nothing of it published yet
+            outgoing.stall = self.faults.stall_publish_due(positions)
         return outgoing
 
     def catalog_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
@@ -228,6 +243,8 @@ class WorkerService:
         for event_ts in outgoing.score_event_ts:
             self.metrics.event_to_score_latency.observe(max(0.0, now_ms - event_ts) / 1000)
         self.metrics.scores_published.inc(len(outgoing.scores))
+        if outgoing.stall:
+            self.faults.stall_publish(outgoing.stall)  # scores with the producer, not flushed
 
     def _outgoing(self, dead_letters: Sequence[Any], scores: Sequence[dict]) -> Outgoing:
         return Outgoing(
@@ -302,22 +319,29 @@ class WorkerService:
                 return  # the previous one is still being written
             self._saving.join()
         offsets = dict(self.pipeline.offsets)
+        self._checkpoints_started += 1
+        store = self.store
+        if self.faults and self.faults.disk_full(self._checkpoints_started):
+            store = FullDiskStore(self.store)
         if not background:
-            self._saved(self.store.save(self._state(), offsets), offsets)
+            self._saved(store.save(self._state(), offsets), offsets)
             return
-        child = save_in_child(self.store, self._state, offsets)
+        child = save_in_child(store, self._state, offsets)
         self._saving = threading.Thread(
             target=self._await_child, args=(child, offsets), name="checkpoint", daemon=True
         )
         self._saving.start()
 
     def _state(self) -> dict[str, Any]:
-        return {
+        state = {
             "pipeline": self.pipeline.state_dict(),
             "outbox": [list(letter) for letter in self.dead_letters.letters()],
             "catalog_offsets": dict(self.catalog_offsets),
             "counters": self.metrics.counter_values(),
         }
+        if self.ledger is not None:
+            state["ledger"] = self.ledger.state_dict()
+        return state
 
     def _await_child(self, child: ChildSave, offsets: dict[int, int]) -> None:
         try:
@@ -333,6 +357,43 @@ class WorkerService:
         self.metrics.checkpoints.inc()
         self.metrics.last_checkpoint.set(time.time())
         log.info("checkpoint %s at offsets %s", path.name, offsets)
+
+
+def record_applied(
+    ledger: ApplyLedger,
+    messages: Sequence[RawMessage],
+    before: dict[int, int],
+    rejected: Sequence[Any],
+) -> None:
+    """Enter in ``ledger`` the messages a batch applied to the model state.
+
+    Applied: those at or above their partition's next offset ``before`` the
+    batch (the pipeline skips the rest), except the ones it dead-lettered.
+
+    >>> from streams.pipeline import DeadLetter
+    >>> ledger = ApplyLedger()
+    >>> batch = [RawMessage(0, o, None, b"") for o in (4, 5, 6, 7)]
+    >>> bad = DeadLetter(None, "not_json", "", b"", "events", 0, 6)
+    >>> record_applied(ledger, batch, {0: 5}, [bad])
+    >>> ledger.runs(0)
+    [[5, 6], [7, 8]]
+    """
+    skipped = {(d.partition, d.offset) for d in rejected}
+    next_offset = dict(before)
+    for message in messages:
+        partition, offset = message.partition, message.offset
+        if offset < next_offset.get(partition, 0):
+            continue
+        next_offset[partition] = offset + 1
+        if (partition, offset) not in skipped:
+            ledger.applied(partition, offset)
+
+
+def _restored_ledger(enabled: bool, state: dict[str, Any]) -> ApplyLedger | None:
+    """The ledger of a restored state (a fresh one if it was written without one)."""
+    if not enabled:
+        return None
+    return ApplyLedger.from_state(state["ledger"]) if "ledger" in state else ApplyLedger()
 
 
 def seconds_behind(waiting: int, watermark: int | None, now_ms: float) -> float:

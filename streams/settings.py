@@ -104,6 +104,7 @@ _ENV = {
     "task_weighting": "RECSTREAM_TASK_WEIGHTING",
     "torch_threads": "RECSTREAM_TORCH_THREADS",
     "faults": "RECSTREAM_FAULTS",
+    "ledger": "RECSTREAM_LEDGER",
 }
 _SECURITY_ENV = {
     "protocol": "RECSTREAM_SECURITY_PROTOCOL",
@@ -157,6 +158,7 @@ class Settings:
     # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
     torch_threads: int = 1
     faults: str = ""  # fault injection for tests only (streams.faults); never in production
+    ledger: bool = False  # record applied offsets in checkpoints (streams.ledger); tests only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))

@@ -19,7 +19,7 @@ A ranking round scores many users against many candidate items at once: a
 :class:`CandidateBlock` names each user and each item once and lists the
 pairs by index, so a learner that can (:meth:`MultiTaskLearner.predict_block
 <online_models.learner.MultiTaskLearner.predict_block>`) works out each user
-and each item once; :func:`predict_block` falls back on ``predict`` for the others.
+and each item once; the protocol's default scores the block's samples.
 
 >>> block = CandidateBlock(["u1"], [5], ["i1", "i2"], ["a.b", None], [None, "x"], [3.0, None],
 ...                        pair_user=np.array([0, 0]), pair_item=np.array([1, 0]))
@@ -30,7 +30,7 @@ and each item once; :func:`predict_block` falls back on ``predict`` for the othe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -67,23 +67,58 @@ class Sample:
         return (self.click, self.cart, self.purchase)
 
 
+@dataclass(frozen=True, slots=True)
+class LearnerHealth:
+    """What a learner reports on ``/metrics``: rows in use per ID table, items still cold.
+
+    ``cold_items`` is None for a learner without a notion of cold items.
+    """
+
+    table_rows: dict[str, int] = field(default_factory=dict)
+    cold_items: int | None = None
+
+
 @runtime_checkable
 class Learner(Protocol):
-    """Score a batch, learn a batch, save and restore state.
+    """Remember, score and learn batches, save and restore state.
 
-    ``predict`` returns an ``(n, 3)`` float array of ``p_click, p_cart,
-    p_purchase`` with ``p_purchase <= p_cart <= p_click`` in every row.
-    ``learn`` updates on one micro-batch; labels that are ``None`` are not
-    learned. ``state_dict`` holds only numbers, strings, lists, dicts, numpy
-    arrays and tensors, so ``torch.load(..., weights_only=True)`` can read it
-    back without executing anything.
+    ``remember`` keeps what new samples are scored with now, to learn their
+    labels with it later (the label stage calls it once, when the samples
+    appear); it returns what ``predict`` may reuse for those same samples.
+    ``predict`` changes nothing and returns an ``(n, 3)`` float array of
+    ``p_click, p_cart, p_purchase`` with ``p_purchase <= p_cart <= p_click``
+    in every row. ``learn`` updates on one micro-batch of labelled samples;
+    labels that are ``None`` are not learned. ``model_version`` counts the
+    updates applied. ``state_dict`` holds only numbers, strings, lists, dicts,
+    numpy arrays and tensors, so ``torch.load(..., weights_only=True)`` can
+    read it back without executing anything.
+
+    A learner class that subclasses the protocol gets the defaults below:
+    nothing to remember, a block scored as its samples, no cold items.
     """
 
     name: str
+    model_version: int
 
-    def predict(self, samples: Sequence[Sample]) -> np.ndarray: ...
+    def remember(self, samples: Sequence[Sample]) -> Any:
+        """Keep what ``samples`` are scored with now; return what :meth:`predict` may reuse."""
+        return None
+
+    def predict(self, samples: Sequence[Sample], remembered: Any = None) -> np.ndarray: ...
+
+    def predict_block(self, block: CandidateBlock) -> np.ndarray:
+        """``(P, 3)`` predictions of the block's pairs, as :meth:`predict` of its samples."""
+        return self.predict(block.samples())
 
     def learn(self, samples: Sequence[Sample]) -> None: ...
+
+    def is_cold(self, item_id: str) -> bool:
+        """Whether the item's predictions still rest on its content rather than its own data."""
+        return False
+
+    def health(self) -> LearnerHealth:
+        """Table rows in use and cold items, for the worker's metrics."""
+        return LearnerHealth()
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -129,14 +164,19 @@ class CandidateBlock:
         ]
 
 
-def predict_block(learner: Learner, block: CandidateBlock) -> np.ndarray:
-    """``(P, 3)`` predictions of the block's pairs: ``learner.predict(block.samples())``.
+def score_then_learn(
+    learner: Learner, new: Sequence[Sample], labels: Sequence[Sample]
+) -> np.ndarray:
+    """One prequential step: remember and score the ``new`` samples, then learn ``labels``.
 
-    A learner with a ``predict_block`` method of its own (each user and item
-    worked out once) is asked that instead.
+    The scores come from the model as it was before the step's labels, so
+    none of a sample's labels is learned before it is scored. The worker and
+    every benchmark step their learners with this.
     """
-    own = getattr(learner, "predict_block", None)
-    return own(block) if own is not None else learner.predict(block.samples())
+    predictions = learner.predict(new, learner.remember(new)) if new else np.empty((0, 3))
+    if labels:
+        learner.learn(labels)
+    return predictions
 
 
 def funnel_consistent(predictions: Any, tolerance: float = 1e-9) -> bool:

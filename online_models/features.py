@@ -496,20 +496,25 @@ class FeatureEncoder:
         self.content = ContentRows(self.tables["token"], self.tables["brand"], capacities.item)
 
     def encode(
-        self, samples: Sequence[Sample], learning: bool, labels: np.ndarray | None = None
+        self,
+        samples: Sequence[Sample],
+        learning: bool,
+        labels: np.ndarray | None = None,
+        keep: bool = False,
     ) -> FeatureBatch:
         """Features of ``samples``; ``learning`` inserts new ids into the tables.
 
-        Scoring keeps what keyed samples were scored with; learning takes it
-        back (``labels``, ``(B, 3)`` NaN where unknown, tell which label is a
-        sample's last; computed from the samples when not given).
+        Scoring with ``keep`` keeps what keyed samples are scored with;
+        learning takes it back (``labels``, ``(B, 3)`` NaN where unknown, tell
+        which label is a sample's last; computed from the samples when not
+        given). Scoring without ``keep`` changes nothing.
         """
         keys = np.fromiter(map(getattr, samples, repeat("key"), repeat(-1)), np.int64, len(samples))
         if not learning:
             rows = self._look_up(samples, insert=False)
             features = self._features(rows)
             states = _user_states(features["history"], rows.users, features["user_count"])
-            if (keys >= 0).any():
+            if keep and (keys >= 0).any():
                 self._keep(keys, rows, features, states)
             return self._batch(rows, features, {}, states)
         if labels is None:

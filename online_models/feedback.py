@@ -40,14 +40,14 @@ Example
 >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
 >>> waits.scored([TrackedSample("u1", "i1", ts=0, key=1), TrackedSample("u1", "i2", ts=0, key=2)])
 >>> click = TrackedSample("u1", "i1", ts=0, key=1, click=1.0)
->>> waits.admit([click], label_matrix([click])).tolist()
+>>> waits.admit([click], label_matrix([click])).learn.tolist()
 [True]
 >>> waits.scored([TrackedSample("u2", "i3", ts=1_500, key=3)])          # time moves on
 >>> samples, labels = waits.due()                                        # i2: no click
 >>> [s.key for s in samples], labels.tolist()
 ([2], [[0.0, 0.0, 0.0]])
 >>> closure = TrackedSample("u1", "i2", ts=0, key=2, click=0.0, cart=0.0, purchase=0.0)
->>> waits.admit([closure], label_matrix([closure])).tolist()                # learned already
+>>> waits.admit([closure], label_matrix([closure])).learn.tolist()          # learned already
 [False]
 >>> waits.scored([TrackedSample("u2", "i4", ts=7_000, key=4)])
 >>> samples, labels = waits.due()                            # i3: no click; i1: no cart
@@ -64,7 +64,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,6 +81,14 @@ _NEGATIVES = np.array(
     [[0.0, 0.0, 0.0], [math.nan, 0.0, 0.0], [math.nan, math.nan, 0.0]], dtype=np.float32
 )
 """The labels of a sample assumed negative from each stage on."""
+
+
+class Admission(NamedTuple):
+    """Of the samples offered to :meth:`ProvisionalNegatives.admit`: which to learn, and which
+    of those correct a stage learned as negative before."""
+
+    learn: np.ndarray
+    corrects: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,15 +183,17 @@ class ProvisionalNegatives:
         """Move the clock on to event time ``now_ms`` (scoring samples without keys does)."""
         self.now_ms = max(self.now_ms, now_ms)
 
-    def admit(self, samples: Sequence[Sample], labels: np.ndarray) -> np.ndarray:
+    def admit(self, samples: Sequence[Sample], labels: np.ndarray) -> Admission:
         """Which of ``samples`` (with ``labels``, ``(n, 3)``) to learn; moves the waits on.
 
         Left out: the resolver's negatives for a stage already learned as
-        negative. A positive registers the wait for the next stage.
+        negative. A positive registers the wait for the next stage; one for a
+        stage already learned as negative corrects it.
         """
         admitted = np.ones(len(samples), dtype=bool)
+        corrects = np.zeros(len(samples), dtype=bool)
         if not samples:
-            return admitted
+            return Admission(admitted, corrects)
         times = np.fromiter(map(_TIME, samples), np.int64, len(samples))
         clock = np.maximum.accumulate(np.maximum(times, self.now_ms))  # as learned one by one
         self.now_ms = int(clock[-1])
@@ -202,13 +212,14 @@ class ProvisionalNegatives:
             value = labels[rows, np.maximum(assumed, 0)]
             dropped = was_assumed & ~(value > 0) & ~np.isnan(value)
             admitted[rows[dropped]] = False
+            corrects[rows[was_assumed & (value > 0)]] = True
             self._waiting[slots[own & ~dropped]] = NONE
             moves_on = ~was_assumed & (last[rows] < STAGES - 1) & (label[rows] > 0)
             rows, slots = rows[moves_on], slots[moves_on]
             stage = (last[rows] + 1).astype(np.int8)
             self._wait(slots, keys[rows], stage, clock[rows] + np.take(self.waits_ms, stage))
             self._sample[slots] = _objects([samples[i] for i in rows.tolist()])
-        return admitted
+        return Admission(admitted, corrects)
 
     def due(self) -> tuple[list[TrackedSample], np.ndarray]:
         """Samples whose wait is over, and their labels: 0 from the awaited stage on."""

@@ -131,6 +131,13 @@ class LabelConfig:
         Open samples kept at most; beyond it the earliest deadline closes first.
     max_catalog_items
         Item contents kept at most (least recently updated dropped first).
+    provisional_waits_ms
+        Event time a shown item waits for its click, a click for its cart and
+        a cart for its purchase before the label stage has every model learn
+        the missing step as 0 (:mod:`online_models.feedback`); ``None`` learns
+        labels only as the resolver gives them. Defaults: clicks come within
+        seconds; the simulated shop's carts and purchases within 30 minutes
+        of the step before, half the 60-minute conversion window.
     seed
         Seed of the negative sampler.
     """
@@ -145,6 +152,7 @@ class LabelConfig:
     idle_partition_ms: int = 10 * 60_000
     max_pending: int = 500_000
     max_catalog_items: int = 1_000_000
+    provisional_waits_ms: tuple[int, int, int] | None = (60_000, 1_800_000, 1_800_000)
     seed: int = 0
 
 
@@ -566,12 +574,12 @@ def _bare(sample: TrackedSample) -> TrackedSample:
     """
     if (sample.click, sample.cart, sample.purchase) == _NO_LABELS:
         return sample
-    return _labelled(sample, *_NO_LABELS)
+    return labelled(sample, *_NO_LABELS)
 
 
 def _update(sample: TrackedSample, stage: int, upto: int, value: float) -> TrackedSample:
     """An update of ``sample`` setting the labels after ``stage`` up to ``upto`` to ``value``."""
-    return _labelled(
+    return labelled(
         sample,
         value if stage < CLICKED <= upto else None,
         value if stage < CARTED <= upto else None,
@@ -579,10 +587,14 @@ def _update(sample: TrackedSample, stage: int, upto: int, value: float) -> Track
     )
 
 
-def _labelled(
+def labelled(
     sample: TrackedSample, click: float | None, cart: float | None, purchase: float | None
 ) -> TrackedSample:
-    """A copy of ``sample`` with these labels."""
+    """A copy of ``sample`` with these labels (``None``: unknown).
+
+    >>> labelled(TrackedSample("u1", "i1", ts=5, key=3), 1.0, None, None).labels()
+    (1.0, None, None)
+    """
     return TrackedSample(
         user_id=sample.user_id,
         item_id=sample.item_id,

@@ -38,9 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from online_models.base import TASKS, CandidateBlock, Sample
-from online_models.features import FeatureEncoder, TableCapacities, label_matrix
-from online_models.feedback import ProvisionalNegatives
+from online_models.base import (
+    TASKS,
+    CandidateBlock,
+    Learner,
+    LearnerHealth,
+    Sample,
+    score_then_learn,
+)
+from online_models.features import FeatureBatch, FeatureEncoder, TableCapacities, label_matrix
 from online_models.net import MultiTaskNet, funnel_probabilities
 from online_models.towers import ARCHITECTURES
 
@@ -85,13 +91,6 @@ class MultiTaskConfig:
         layers (Adam); std of the normal init of content embeddings.
     max_batch_size
         Larger ``learn`` calls are split into steps of at most this many.
-    provisional_negative_ms
-        Event time a scored impression waits for its click, a click for its
-        cart and a cart for its purchase before the missing step is learned
-        as a negative (:mod:`online_models.feedback`); ``None`` learns labels
-        only as they are given. Defaults: clicks come within seconds; the
-        simulated shop's carts and purchases within 30 minutes of the step
-        before, half the label resolver's 60-minute conversion window.
     id_ttl_ms, expiry_every
         IDs not seen for ``id_ttl_ms`` of event time expire (checked every
         ``expiry_every`` updates); ``None`` keeps them until evicted.
@@ -125,7 +124,6 @@ class MultiTaskConfig:
     dense_lr: float = 0.006
     init_std: float = 0.1
     max_batch_size: int = 2048
-    provisional_negative_ms: tuple[int, int, int] | None = (60_000, 1_800_000, 1_800_000)
     id_ttl_ms: int | None = 30 * DAY_MS
     expiry_every: int = 256
     cold_threshold: int = 20
@@ -180,6 +178,8 @@ class MultiTaskConfig:
         unknown key, is a ValueError rather than a silently different model.
         """
         values = dict(values)
+        for name in MOVED_OPTIONS:
+            values.pop(name, None)
         for name, kept in REMOVED_OPTIONS.items():
             value = values.pop(name, kept)
             if value != kept:
@@ -196,7 +196,16 @@ class MultiTaskConfig:
         return cls(**{**values, **tuples})
 
 
-_TUPLE_FIELDS = ("task_weights", "provisional_negative_ms")
+_TUPLE_FIELDS = ("task_weights",)
+MOVED_OPTIONS = ("provisional_negative_ms",)
+"""Options older configs may hold that are now set elsewhere, dropped when read.
+
+``provisional_negative_ms`` (the waits before a missing label is learned as
+0) is the label stage's now, for every model alike
+(:attr:`~online_models.labels.LabelConfig.provisional_waits_ms`); a restored
+pipeline takes the old learner's waiting samples over (see
+:meth:`~online_models.label_stage.LabelStage.load_state_dict`).
+"""
 REMOVED_OPTIONS: dict[str, Any] = {"rate_features": True, "conditional_loss_weight": 0.0}
 """Options older configs may hold, each with the only value the learner still supports.
 
@@ -208,7 +217,7 @@ conditional loss made no consistent difference.
 """
 
 
-class MultiTaskLearner:
+class MultiTaskLearner(Learner):
     """The multi-task net with its feature state, learning online.
 
     Parameters
@@ -234,27 +243,28 @@ class MultiTaskLearner:
         )
         self.model_version = 0
         self.optimiser = torch.optim.Adam(self.net.parameters(), lr=config.dense_lr, fused=True)
-        self.feedback = (
-            None
-            if config.provisional_negative_ms is None
-            else ProvisionalNegatives(config.provisional_negative_ms)
-        )
 
     # -- the protocol -------------------------------------------------------------
 
-    def predict(self, samples: Sequence[Sample]) -> np.ndarray:
-        """``(n, 3)`` ``p_click, p_cart, p_purchase``.
+    def remember(self, samples: Sequence[Sample]) -> FeatureBatch:
+        """Keep the features keyed samples are scored with now, to learn their labels with.
 
-        Changes no model state; keyed samples (the label resolver's) are
-        remembered, to be learned later with the features scored now and, if
-        no click comes, as provisional negatives.
+        Returns the encoded batch, which :meth:`predict` of the same samples reuses.
+        """
+        return self.encoder.encode(samples, learning=False, keep=True)
+
+    def predict(
+        self, samples: Sequence[Sample], remembered: FeatureBatch | None = None
+    ) -> np.ndarray:
+        """``(n, 3)`` ``p_click, p_cart, p_purchase``; changes nothing.
+
+        ``remembered`` is what :meth:`remember` returned for these samples.
         """
         if not samples:
             return np.empty((0, len(TASKS)))
-        if self.feedback is not None:
-            self.feedback.scored(samples)
+        batch = self.encoder.encode(samples, learning=False) if remembered is None else remembered
         with torch.inference_mode():
-            logits = self.net(self.encoder.encode(samples, learning=False))
+            logits = self.net(batch)
         return funnel_probabilities(logits)
 
     def predict_block(self, block: CandidateBlock) -> np.ndarray:
@@ -266,25 +276,13 @@ class MultiTaskLearner:
         """
         if len(block) == 0:
             return np.empty((0, len(TASKS)))
-        if self.feedback is not None:
-            self.feedback.advance(max(block.times))
         with torch.inference_mode():
             logits = self.net(self.encoder.encode_block(block))
         return funnel_probabilities(logits)
 
     def learn(self, samples: Sequence[Sample]) -> None:
-        """One optimiser step per chunk of at most ``max_batch_size`` samples.
-
-        Samples that waited ``provisional_negative_ms`` for their next label
-        are learned with them as negatives (their later closures skipped).
-        """
+        """One optimiser step per chunk of at most ``max_batch_size`` samples."""
         labels = label_matrix(samples)
-        if self.feedback is not None:
-            admitted = self.feedback.admit(samples, labels)
-            if not admitted.all():
-                samples = [s for s, keep in zip(samples, admitted.tolist(), strict=True) if keep]
-            waited, negatives = self.feedback.due()
-            samples, labels = [*samples, *waited], np.concatenate([labels[admitted], negatives])
         size = self.config.max_batch_size
         for start in range(0, len(samples), size):
             self._learn_batch(samples[start : start + size], labels[start : start + size])
@@ -323,7 +321,6 @@ class MultiTaskLearner:
             "optimizer": self.optimiser.state_dict(),
             "encoder": self.encoder.state_dict(),
             "generator": self.generator.get_state(),
-            "feedback": None if self.feedback is None else self.feedback.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -335,8 +332,6 @@ class MultiTaskLearner:
         self.optimiser.load_state_dict(state["optimizer"])
         self.encoder.load_state_dict(state["encoder"])
         self.generator.set_state(state["generator"])
-        if self.feedback is not None:
-            self.feedback.load_state_dict(state["feedback"])
         self.model_version = int(state["model_version"])
 
     # -- cold start and metrics ---------------------------------------------------
@@ -361,8 +356,12 @@ class MultiTaskLearner:
         """Rows in use per ID table."""
         return self.encoder.table_stats()
 
+    def health(self) -> LearnerHealth:
+        """Rows in use per ID table and the cold items among them."""
+        return LearnerHealth(self.table_stats(), self.cold_item_count())
 
-class SingleTaskLearner:
+
+class SingleTaskLearner(Learner):
     """One net per task, no sharing: each learns only its own entire-space label.
 
     Predictions are made funnel-consistent with a cumulative minimum across
@@ -388,9 +387,21 @@ class SingleTaskLearner:
         """Updates applied (the click net's count)."""
         return self.learners[0].model_version
 
-    def predict(self, samples: Sequence[Sample]) -> np.ndarray:
+    def remember(self, samples: Sequence[Sample]) -> list[FeatureBatch]:
+        """Each net keeps what the samples are scored with."""
+        return [learner.remember(samples) for learner in self.learners]
+
+    def predict(
+        self, samples: Sequence[Sample], remembered: list[FeatureBatch] | None = None
+    ) -> np.ndarray:
         """Column ``t`` from net ``t``, then a cumulative minimum along the funnel."""
-        return _funnel_of_tasks([learner.predict(samples) for learner in self.learners])
+        batches = [None] * len(self.learners) if remembered is None else remembered
+        return _funnel_of_tasks(
+            [
+                learner.predict(samples, batch)
+                for learner, batch in zip(self.learners, batches, strict=True)
+            ]
+        )
 
     def predict_block(self, block: CandidateBlock) -> np.ndarray:
         """:meth:`predict` of the block's samples, each net scoring the block as a block."""
@@ -400,6 +411,14 @@ class SingleTaskLearner:
         """Every net learns the batch (each masked to its own task)."""
         for learner in self.learners:
             learner.learn(samples)
+
+    def is_cold(self, item_id: str) -> bool:
+        """Cold to the click net (the nets see the same items)."""
+        return self.learners[0].is_cold(item_id)
+
+    def health(self) -> LearnerHealth:
+        """The click net's tables (the nets see the same ids)."""
+        return self.learners[0].health()
 
     def state_dict(self) -> dict[str, Any]:
         """The three nets' states."""
@@ -453,8 +472,8 @@ def benchmark(
     stream, _ = ToyShop(seed=seed).stream(samples)
     started = time.perf_counter()
     for first in range(0, len(stream), batch_size):
-        learner.predict(stream[first : first + batch_size])
-        learner.learn(stream[first : first + batch_size])
+        batch = stream[first : first + batch_size]
+        score_then_learn(learner, batch, batch)
     seconds = time.perf_counter() - started
     return {
         "samples": float(samples),

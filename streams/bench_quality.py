@@ -1,13 +1,16 @@
 """``recstream bench quality``: prequential replay comparing every model on one stream.
 
 One pass over the source (the simulator or a real log) builds ONE sample
-stream with :class:`~online_models.labels.LabelResolver`, cut into
-micro-batches of about ``batch_size`` samples (new plus labelled; 2,048 by
-default, about what the worker's default micro-batch of 1,000 events
-carries). Every model then runs over the same micro-batches,
-test-then-train: it scores the batch's new samples,
-then learns the batch's labelled samples (new ones and delayed label
-updates). Scores are made before any of a sample's labels is learned.
+stream with the label stage (:class:`~online_models.label_stage.LabelStage`,
+as the worker's), cut into micro-batches of about ``batch_size`` samples
+(new plus labelled; 2,048 by default, about what the worker's default
+micro-batch of 1,000 events carries). Every model then runs over the same
+micro-batches with the worker's step
+(:func:`~online_models.base.score_then_learn`): it remembers and scores the
+batch's new samples, then learns the batch's label stream (resolved labels,
+corrections and provisional negatives). Scores are made before any of a
+sample's labels is learned, and every model learns the same labels
+(``labels_learned`` per model and task shows it).
 
 Reported per model (:func:`online_models.evaluation.prequential_metrics`):
 per-task AUC and log loss over samples that appeared in the second half of
@@ -57,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models.base import TASKS, Learner
+from online_models.base import TASKS, Learner, score_then_learn
 from online_models.baselines import Popularity, RiverFunnelLR
 from online_models.drift import ConceptDriftMonitor, FeatureDriftMonitor
 from online_models.evaluation import (
@@ -68,6 +71,8 @@ from online_models.evaluation import (
     prequential_metrics,
     rolling_auc,
 )
+from online_models.features import label_matrix
+from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from producers.contract import CatalogItem, Event
 from streams.progress import optional_progress
@@ -133,13 +138,16 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
 
 @dataclass
 class Step:
-    """One micro-batch: samples to score, samples to learn, the events behind them.
+    """One micro-batch: samples to score, labels to learn, the events behind them.
 
-    ``truth`` holds the simulator's entire-space probabilities of ``new``.
+    ``resolved`` are the labels that happened (the resolver's, for drift
+    detection), ``learn`` the label stage's stream made from them; ``truth``
+    holds the simulator's entire-space probabilities of ``new``.
     """
 
     position: int
     new: list[TrackedSample] = field(default_factory=list)
+    resolved: list[TrackedSample] = field(default_factory=list)
     learn: list[TrackedSample] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     truth: np.ndarray | None = None
@@ -188,37 +196,42 @@ def build_stream(options: QualityOptions) -> SampleStream:
     fmt = None if options.source == "sim" else _log_format(options)
     config = label_config(options, fmt)
     records, shop, breaks = _open_source(options, fmt, label_horizon_ms(config))
-    resolver = LabelResolver(config)
+    stage = LabelStage(config)
+    resolver = stage.resolver
     counter = InteractionCounter()
     sample_log = SampleLog()
     steps: list[Step] = []
     step = Step(position=0)
     numbered = _numbered(records, resolver)
+
+    def close(step: Step) -> None:
+        step.learn = stage.labels(step.new, step.resolved).samples
+        steps.append(step)
+        if shop is not None:
+            step.truth = _truth(shop, step.new)
+
     with optional_progress(options.progress, "prepare stream", options.events) as advance:
         for index, event in numbered:
-            resolution = resolver.observe(event)
+            resolution = stage.observe(event)
             cold = [counter.is_cold(s.item_id) for s in resolution.new]
             counter.observe(event)
             sample_log.created(resolution.new, index, cold)
-            learn = resolution.to_learn()
-            sample_log.labelled(learn, index)
+            resolved = resolution.to_learn()
+            sample_log.labelled(resolved, index)
             step.new += resolution.new
-            step.learn += learn
+            step.resolved += resolved
             step.events.append(event)
             step.position = index
             last = options.events is not None and index + 1 >= options.events
-            if len(step.new) + len(step.learn) >= options.batch_size or index + 1 in breaks or last:
-                steps.append(step)
-                if shop is not None:
-                    step.truth = _truth(shop, step.new)
+            size = len(step.new) + len(step.resolved)
+            if size >= options.batch_size or index + 1 in breaks or last:
+                close(step)
                 advance(len(step.events))
                 step = Step(position=index)
             if last:
                 break
         if step.events:
-            steps.append(step)
-            if shop is not None:
-                step.truth = _truth(shop, step.new)
+            close(step)
     _drain(numbered, resolver, sample_log, resolver.watermark + label_horizon_ms(config))
     oracle = None
     if shop is not None:
@@ -229,7 +242,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
         steps=steps,
         log=sample_log,
         events=sum(len(s.events) for s in steps),
-        label_counts=dict(resolver.counts),
+        label_counts={**resolver.counts, **{f"learned_{k}": v for k, v in stage.learned.items()}},
         oracle=oracle,
         injected_at=shop.drift_points if shop is not None else [],
     )
@@ -325,11 +338,13 @@ def _truth(shop: Any, samples: list[TrackedSample]) -> np.ndarray:
 
 @dataclass
 class ModelRun:
-    """A model's scores (one row per sample key) and its own CPU time (predict + learn)."""
+    """A model's scores (one row per sample key), its own CPU time (remember, predict, learn)
+    and the labels it learned per task."""
 
     scores: np.ndarray
     seconds: float
     learned: int
+    labels_learned: dict[str, int]
 
 
 def run_model(
@@ -343,19 +358,21 @@ def run_model(
     scores = np.full((len(stream.log), 3), np.nan)
     seconds = 0.0
     learned = 0
+    per_task = np.zeros(len(TASKS), dtype=np.int64)
     for step in stream.steps:
         start = time.process_time()
-        if step.new:
-            scores[[s.key for s in step.new]] = model.predict(step.new)
-        if step.learn:
-            model.learn(step.learn)
+        predictions = score_then_learn(model, step.new, step.learn)
         seconds += time.process_time() - start
+        if step.new:
+            scores[[s.key for s in step.new]] = predictions
         learned += len(step.learn)
+        if step.learn:
+            per_task += np.count_nonzero(~np.isnan(label_matrix(step.learn)), axis=0)
         if features is not None:
             features.observe(step.events)
-        if concept is not None and step.learn:
-            keys, tasks, labels = label_rows(step.learn)
-            categories = _label_categories(step.learn)
+        if concept is not None and step.resolved:
+            keys, tasks, labels = label_rows(step.resolved)
+            categories = _label_categories(step.resolved)
             for task, name in enumerate(TASKS):
                 mine = tasks == task
                 if mine.any():
@@ -367,7 +384,8 @@ def run_model(
                         features.rebase()
         if advance is not None:
             advance(len(step.events))
-    return ModelRun(scores=scores, seconds=seconds, learned=learned)
+    labels_learned = dict(zip(TASKS, per_task.tolist(), strict=True))
+    return ModelRun(scores=scores, seconds=seconds, learned=learned, labels_learned=labels_learned)
 
 
 def _label_categories(samples: list[TrackedSample]) -> np.ndarray:
@@ -398,6 +416,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
             result = run_model(model, stream, *monitors, advance)
         metrics = prequential_metrics(result.scores, stream.log, from_position)
         metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
+        metrics["labels_learned"] = result.labels_learned
         report["models"][name] = metrics
         runs[name] = result.scores
     if "mtl" in runs:

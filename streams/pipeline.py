@@ -6,11 +6,12 @@ returns what must be sent: dead letters and score records. Per batch:
 1. skip messages below the next offset already applied (a replay after a
    restart applies nothing twice); decode and validate each message with the
    shared contract; dead-letter what fails, and duplicates, with the reason;
-2. turn events into samples with delayed labels (:mod:`online_models.labels`),
-   with event time from per-partition watermarks (an event stamped far ahead
-   is clamped, see :class:`~online_models.labels.EventClock`);
-3. score the new samples with the model as it was *before* this batch
-   (prequential), then learn every label that is known now;
+2. turn events into samples with delayed labels in the label stage
+   (:mod:`online_models.label_stage`), with event time from per-partition
+   watermarks (an event stamped far ahead is clamped, see
+   :class:`~online_models.labels.EventClock`);
+3. have the model remember and score the new samples as it was *before*
+   this batch (prequential), then learn the label stream of the batch;
 4. update quality, drift and candidate state;
 5. rank the top-K for every user with a funnel event in the batch (one
    refresh per user per batch: the debounce) and return the score records.
@@ -39,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from online_models.base import Learner
+from online_models.base import Learner, score_then_learn
 from online_models.drift import FeatureDriftMonitor
 from online_models.features import label_matrix
+from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.live_quality import LiveQuality
 from producers.contract import (
@@ -115,7 +117,7 @@ class Pipeline:
     ) -> None:
         self.learner = learner
         self.events_topic = events_topic
-        self.resolver = LabelResolver(labels)
+        self.labels = LabelStage(labels)
         self.quality = LiveQuality()
         self.features = FeatureDriftMonitor()
         self.pool = CandidatePool(candidates)
@@ -139,7 +141,7 @@ class Pipeline:
                 dead.append(self._dead(message, bad, topic))
                 continue
             self.pool.observe_catalog(item)
-            self.resolver.observe_catalog(item)
+            self.labels.observe_catalog(item)
         return dead
 
     # ---------------------------------------------------------------- events
@@ -163,7 +165,7 @@ class Pipeline:
             except InvalidRecord as bad:
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
                 continue
-            resolution = self.resolver.observe(event, message.partition)
+            resolution = self.labels.observe(event, message.partition)
             if resolution.event is None:
                 bad = InvalidRecord("duplicate", f"event_id {event.event_id!r} was applied before")
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
@@ -177,12 +179,14 @@ class Pipeline:
                 triggers[event.user_id] = sent_ts
         self.applied.update(event.type for event in out.events)
         self.position += len(out.events)
+        to_learn = self.labels.labels(new, learnable).samples
+        predictions = score_then_learn(self.learner, new, to_learn)
         if new:
-            self.quality.scored(new, self.learner.predict(new))
-        if learnable:
-            self.learner.learn(learnable)
-            known = ~np.isnan(label_matrix(learnable))
+            self.quality.scored(new, predictions)
+        if to_learn:
+            known = ~np.isnan(label_matrix(to_learn))
             out.learned = tuple(np.count_nonzero(known, axis=0).tolist())
+        if learnable:  # quality is measured on the labels that happened, not on provisional ones
             out.drift = self.quality.labelled(learnable, self.position)
             if out.drift:
                 self.features.rebase()
@@ -192,13 +196,17 @@ class Pipeline:
         out.scores = self.refresh_scores(triggers)
         return out
 
+    @property
+    def resolver(self) -> LabelResolver:
+        """The label stage's resolver (event time, open samples)."""
+        return self.labels.resolver
+
     def refresh_scores(self, triggers: dict[str, int]) -> list[dict[str, Any]]:
         """Top-K records for these users (user -> event time of the triggering event)."""
         if not triggers:
             return []
-        is_cold = getattr(self.learner, "is_cold", None) or (lambda _item: False)
         return self.ranker.rank_block(
-            self.learner, self.pool.block(triggers), int(time.time() * 1000), is_cold
+            self.learner, self.pool.block(triggers), int(time.time() * 1000)
         )
 
     def _dead(self, message: RawMessage, bad: InvalidRecord, topic: str) -> DeadLetter:
@@ -219,7 +227,7 @@ class Pipeline:
         """Everything the worker knows, as plain values and tensors."""
         return {
             "learner": self.learner.state_dict(),
-            "resolver": self.resolver.state_dict(),
+            "labels": self.labels.state_dict(),
             "quality": self.quality.state_dict(),
             "features": self.features.state_dict(),
             "pool": self.pool.state_dict(),
@@ -231,7 +239,7 @@ class Pipeline:
     def load_state_dict(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
         """Restore from :meth:`state_dict` and the offsets the checkpoint covers."""
         self.learner.load_state_dict(state["learner"])
-        self.resolver.load_state_dict(state["resolver"])
+        self.labels.load_state_dict(state.get("labels") or _older_labels(state))
         self.quality.load_state_dict(state["quality"])
         self.features.load_state_dict(state["features"])
         self.pool.load_state_dict(state["pool"])
@@ -239,3 +247,9 @@ class Pipeline:
         self.rejected = Counter(state["rejected"])
         self.position = int(state["position"])
         self.offsets = dict(offsets)
+
+
+def _older_labels(state: dict[str, Any]) -> dict[str, Any]:
+    """The label stage's state in a checkpoint from before the stage: the resolver's at the
+    top, the provisional waits inside the learner's."""
+    return {"resolver": state["resolver"], "waits": state["learner"].get("feedback")}

@@ -10,27 +10,28 @@ Example
 -------
 >>> import numpy as np
 >>> from producers.contract import ItemContent
->>> class Fixed:                         # any Learner will do
+>>> from online_models.base import Learner
+>>> class Fixed(Learner):                # any Learner will do
 ...     name, model_version = "fixed", 7
-...     def predict(self, samples):
+...     def predict(self, samples, remembered=None):
 ...         return np.array([[0.5, 0.1, 0.02], [0.2, 0.05, 0.01]])[: len(samples)]
 >>> ranker = Ranker(RankingConfig(top_k=2, cold_slots=0))
 >>> cands = {"u1": [("i1", ItemContent("a.b", "x", 10.0)), ("i2", ItemContent("a.b", "y", 5.0))]}
->>> records = ranker.rank(Fixed(), cands, {"u1": 1_000}, now_ms=1_100, is_cold=lambda i: False)
+>>> records = ranker.rank(Fixed(), cands, {"u1": 1_000}, now_ms=1_100)
 >>> [entry["item_id"] for entry in records[0]["items"]], records[0]["model_version"]
 (['i1', 'i2'], 7)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
 import numpy as np
 
-from online_models.base import CandidateBlock, Learner, predict_block
+from online_models.base import CandidateBlock, Learner
 from producers.contract import ItemContent
 
 OBJECTIVES = ("weighted", "revenue")
@@ -64,7 +65,6 @@ class Ranker:
         candidates: Mapping[str, Sequence[tuple[str, ItemContent]]],
         event_ts: Mapping[str, int],
         now_ms: int,
-        is_cold: Callable[[str], bool],
     ) -> list[dict[str, Any]]:
         """One score record per user with candidates (see docs/contracts.md, "Scores").
 
@@ -75,27 +75,28 @@ class Ranker:
         if not users:
             return []
         block = candidate_block(users, candidates, event_ts)
-        return self.rank_block(learner, block, now_ms, is_cold)
+        return self.rank_block(learner, block, now_ms)
 
     def rank_block(
-        self, learner: Learner, block: CandidateBlock, now_ms: int, is_cold: Callable[[str], bool]
+        self, learner: Learner, block: CandidateBlock, now_ms: int
     ) -> list[dict[str, Any]]:
         """One score record per user of ``block``, its users and candidates scored at once.
 
-        (:func:`~online_models.base.predict_block`; each user's ``event_ts``
-        is its time in the block.)
+        (:meth:`~online_models.base.Learner.predict_block`; each user's
+        ``event_ts`` is its time in the block; ``cold`` is the learner's
+        :meth:`~online_models.base.Learner.is_cold`.)
         """
         if len(block) == 0:
             return []
-        probabilities = predict_block(learner, block)
+        probabilities = learner.predict_block(block)
         joint = self._joint(probabilities, block)
-        cold_items = np.fromiter(map(is_cold, block.item_ids), bool, len(block.item_ids))
+        cold_items = np.fromiter(map(learner.is_cold, block.item_ids), bool, len(block.item_ids))
         cold = cold_items[block.pair_item]
         chosen = self._top_k(joint, cold, block.pair_user)
         item_ids = [block.item_ids[i] for i in block.pair_item[chosen].tolist()]
         entries = _entries(item_ids, probabilities[chosen], joint[chosen], cold[chosen])
         counts = np.bincount(block.pair_user[chosen], minlength=len(block.user_ids)).tolist()
-        version = int(getattr(learner, "model_version", 0))
+        version = learner.model_version
         return [
             {
                 "user_id": user,

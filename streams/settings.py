@@ -166,11 +166,11 @@ class Settings:
             check(getattr(self, name))
 
     def label_config(self) -> LabelConfig:
-        """How the worker's label resolver turns events into samples (its windows in ms).
+        """How the worker's label stage turns events into samples and labels (windows in ms).
 
         >>> config = Settings(dedupe_events=1_000_000, max_skew_s=60).label_config()
-        >>> config.dedupe_events, config.max_skew_ms
-        (1000000, 60000)
+        >>> config.dedupe_events, config.max_skew_ms, config.provisional_waits_ms
+        (1000000, 60000, (60000, 1800000, 1800000))
         """
         return LabelConfig(
             impressions=self.impressions,
@@ -178,10 +178,11 @@ class Settings:
             conversion_window_ms=int(self.conversion_window_s * 1000),
             dedupe_events=self.dedupe_events,
             max_skew_ms=int(self.max_skew_s * 1000),
+            provisional_waits_ms=self.provisional_waits_ms(),
         )
 
-    def learner_waits_ms(self) -> tuple[int, int, int]:
-        """Event time the learner waits before learning a missing click, cart, purchase as 0.
+    def provisional_waits_ms(self) -> tuple[int, int, int]:
+        """Event time the label stage waits before a missing click, cart, purchase is learned as 0.
 
         A shown item is learned as not clicked after ``click_wait_s`` (most
         clicks come within seconds of the impression, long before the click
@@ -193,7 +194,7 @@ class Settings:
         0.5 s: mean click prediction 0.33 against a click rate of 0.073 after
         60,000 events with a 10 s wait, 0.08 against 0.074 with 1 s).
 
-        >>> Settings().learner_waits_ms()
+        >>> Settings().provisional_waits_ms()
         (60000, 1800000, 1800000)
         """
         conversion = int(self.conversion_window_s * 500)
@@ -201,13 +202,11 @@ class Settings:
         return (click, conversion, conversion)
 
     def model_config(self) -> MultiTaskConfig:
-        """The worker's learner: towers, task weights, threads and waits from these settings.
+        """The worker's learner: towers, task weights and threads from these settings.
 
         >>> config = Settings(towers="ple", task_weights=(1.0, 0.0, 2.0)).model_config()
         >>> config.architecture, config.task_weights, config.num_threads
         ('ple', (1.0, 0.0, 2.0), 1)
-        >>> config.provisional_negative_ms == Settings().learner_waits_ms()
-        True
         """
         from online_models.learner import MultiTaskConfig  # torch: only where a model is built
 
@@ -215,7 +214,6 @@ class Settings:
             architecture=self.towers,
             task_weights=self.task_weights,
             task_weighting=self.task_weighting,
-            provisional_negative_ms=self.learner_waits_ms(),
             num_threads=self.torch_threads,
         )
 

@@ -45,6 +45,16 @@ def test_the_report_has_every_model_task_and_group(sim_report):
     assert set(report["oracle"]["tasks"]) == {"click", "cart", "purchase"}
 
 
+def test_every_model_learns_the_same_label_stream_provisional_negatives_included(sim_report):
+    report, _ = sim_report
+    learned = {name: metrics["labels_learned"] for name, metrics in report["models"].items()}
+    assert len({tuple(counts.values()) for counts in learned.values()}) == 1, learned
+    assert set(learned["mtl"]) == {"click", "cart", "purchase"} and learned["mtl"]["click"] > 0
+    reasons = {k: v for k, v in report["samples"].items() if k.startswith("learned_")}
+    assert set(reasons) == {"learned_resolved", "learned_corrected", "learned_provisional"}
+    assert 0 < sum(reasons.values()) <= sum(learned["mtl"].values())  # a sample: 1-3 labels
+
+
 def test_mtl_is_compared_with_every_model_on_the_same_samples(sim_report):
     report, _ = sim_report
     comparisons = report["comparisons"]
@@ -85,7 +95,7 @@ class OrderChecker(Popularity):
         self.scored: set[int] = set()
         self.learned = 0
 
-    def predict(self, samples):
+    def predict(self, samples, remembered=None):
         self.scored.update(s.key for s in samples)
         return super().predict(samples)
 

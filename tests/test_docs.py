@@ -21,6 +21,7 @@ import pytest
 
 import producers.contract as contract
 import streams.settings as settings
+from online_models.base import Learner
 from producers.contract import CatalogItem, Event, ItemContent
 from streams.cli import build_parser
 from streams.metrics import Metrics
@@ -189,15 +190,18 @@ def test_every_event_and_catalog_field_is_documented():
 
 
 def test_every_score_field_is_documented():
-    class Fixed:
+    class Fixed(Learner):
         model_version = 3
 
-        def predict(self, samples):
+        def predict(self, samples, remembered=None):
             return np.array([[0.5, 0.1, 0.02]] * len(samples))
+
+        def is_cold(self, item_id):
+            return True
 
     ranker = Ranker(RankingConfig(top_k=1, cold_slots=0))
     candidates = {"u1": [("i1", ItemContent("a.b", "x", 1.0))]}
-    record = ranker.rank(Fixed(), candidates, {"u1": 1}, now_ms=2, is_cold=lambda _: True)[0]
+    record = ranker.rank(Fixed(), candidates, {"u1": 1}, now_ms=2)[0]
     fields = {*record, *record["items"][0]}
     text = section(read("contracts.md"), "Scores")
     assert [f for f in sorted(fields) if not in_code(text, f)] == []

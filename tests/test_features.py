@@ -94,7 +94,7 @@ def test_a_click_enters_the_history_only_for_samples_after_it():
 def test_a_delayed_label_is_learned_with_the_features_it_was_scored_with():
     encoder = FeatureEncoder(SMALL)
     shown = TrackedSample("u1", "i9", ts=100, category="toys.games", price=5.0, key=7)
-    scored = encoder.encode([shown], learning=False)
+    scored = encoder.encode([shown], learning=False, keep=True)
     later_clicks = [
         Sample("u1", f"i{k}", ts=90 + k, category="toys.games", click=1.0) for k in range(1, 6)
     ]

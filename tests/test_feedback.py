@@ -12,7 +12,7 @@ SECOND = 1_000
 
 def admit(waits, samples):
     """The samples ``waits`` lets through."""
-    admitted = waits.admit(samples, label_matrix(samples))
+    admitted = waits.admit(samples, label_matrix(samples)).learn
     return [s for s, keep in zip(samples, admitted, strict=True) if keep]
 
 

@@ -173,7 +173,7 @@ def test_a_restored_learner_scores_and_keeps_learning_exactly_alike(factory, tmp
     original = factory(config)
     for start in range(0, 1_500, 300):  # score, then learn click first, conversions later
         chunk = stream[start : start + 300]
-        original.predict(chunk)
+        original.remember(chunk)
         original.learn([replace(s, cart=None, purchase=None) for s in chunk])
         original.learn([replace(s, click=None) for s in chunk])
     path = tmp_path / "learner.pt"
@@ -185,7 +185,7 @@ def test_a_restored_learner_scores_and_keeps_learning_exactly_alike(factory, tmp
     for start in range(1_500, 3_000, 300):
         chunk = stream[start : start + 300]
         for learner in (original, restored):
-            learner.predict(chunk)
+            learner.remember(chunk)
             learner.learn(chunk)
     assert np.array_equal(restored.predict(probe), original.predict(probe))
     assert restored.model_version == original.model_version
@@ -255,8 +255,64 @@ def test_configs_of_older_checkpoints_load_and_removed_options_are_refused():
     assert MultiTaskConfig.from_dict(saved) == SMALL
     older = {**saved, "rate_features": True, "conditional_loss_weight": 0.0}  # their only values
     assert MultiTaskConfig.from_dict(older) == SMALL
+    moved = {**saved, "provisional_negative_ms": [1_000, 30_000, 30_000]}  # the label stage's now
+    assert MultiTaskConfig.from_dict(moved) == SMALL
     for name, value in (("rate_features", False), ("conditional_loss_weight", 0.5)):
         with pytest.raises(ValueError, match=f"{name}={value!r}, an option since removed"):
             MultiTaskConfig.from_dict({**saved, name: value})
     with pytest.raises(ValueError, match="unknown MultiTaskConfig options"):
         MultiTaskConfig.from_dict({**saved, "no_such_option": 1})
+
+
+def equal_states(a, b) -> bool:
+    """Two state dicts hold the same values (tensors and arrays compared exactly)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(equal_states(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(equal_states(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b, equal_nan=True)
+    return a == b or (a != a and b != b)  # NaN equals NaN here
+
+
+def learner_factories():
+    from online_models.baselines import Popularity, RiverFunnelLR
+
+    return {
+        "mtl": lambda: mtl(SMALL),
+        "single_task": lambda: single_task(SMALL),
+        "id_only": lambda: id_only(SMALL),
+        "river_lr": RiverFunnelLR,
+        "popularity": Popularity,
+    }
+
+
+@pytest.mark.parametrize("name", ["mtl", "single_task", "id_only", "river_lr", "popularity"])
+def test_predict_changes_nothing(name):
+    learner = learner_factories()[name]()
+    stream = evicting_stream(seed=4)
+    learner.remember(stream[:500])
+    learner.learn(stream[:500])
+    probe = stream[500:800]
+    before = learner.state_dict()
+    first = learner.predict(probe)
+    assert np.array_equal(learner.predict(probe), first)
+    assert equal_states(learner.state_dict(), before)
+
+
+@pytest.mark.parametrize("factory", [mtl, single_task])
+def test_a_learner_that_never_predicted_learns_as_one_that_did(factory):
+    stream = evicting_stream(seed=5)
+    scoring, silent = factory(SMALL), factory(SMALL)
+    for start in range(0, 1_200, 300):
+        shown = [
+            replace(s, click=None, cart=None, purchase=None) for s in stream[start : start + 300]
+        ]
+        silent.remember(shown)  # the scoring-time snapshots, taken alike by both
+        scoring.predict(shown, scoring.remember(shown))
+        scoring.predict(shown)
+        for learner in (scoring, silent):
+            learner.learn(stream[start : start + 300])
+    assert equal_states(scoring.state_dict(), silent.state_dict())

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from online_models.base import Learner
 from online_models.learner import MultiTaskConfig, mtl
 from producers.contract import CatalogItem, Event, ItemContent, encode_catalog_item, encode_event
 from streams.checkpoint import from_loadable, to_loadable
@@ -83,15 +84,18 @@ def test_scores_follow_the_contract_and_keep_a_place_for_a_cold_item():
 
 
 def test_ranker_reserves_cold_slots_for_the_best_cold_items():
-    class Fixed:
+    class Fixed(Learner):
         model_version = 1
 
-        def predict(self, samples):
+        def predict(self, samples, remembered=None):
             return np.array([[0.9 - 0.1 * n, 0.01, 0.001] for n in range(len(samples))])
+
+        def is_cold(self, item_id):
+            return item_id in ("i4", "i5")
 
     candidates = {"u": [(f"i{n}", LAMP) for n in range(6)]}
     record = Ranker(RankingConfig(top_k=3, cold_slots=1)).rank(
-        Fixed(), candidates, {"u": NOW}, NOW, is_cold=lambda item: item in ("i4", "i5")
+        Fixed(), candidates, {"u": NOW}, NOW
     )[0]
     assert [i["item_id"] for i in record["items"]] == ["i0", "i1", "i4"]
     assert [i["cold"] for i in record["items"]] == [False, False, True]
@@ -109,6 +113,21 @@ def test_a_pipeline_restored_from_its_checkpointed_state_scores_identically():
     after = restored.refresh_scores(trigger)[0]["items"]
     assert before == after
     assert restored.offsets == pipe.offsets and restored.applied == pipe.applied
+
+
+def test_a_checkpoint_from_before_the_label_stage_restores_its_resolver_and_waits():
+    pipe = pipeline()
+    catalog(pipe)
+    pipe.process_events(messages(clicks(60)), now_ms=NOW)
+    state = from_loadable(to_loadable(pipe.state_dict()))
+    labels = state.pop("labels")  # the layout before: resolver at the top, waits in the learner
+    older = {**state, "resolver": labels["resolver"]}
+    older["learner"] = {**state["learner"], "feedback": labels["waits"]}
+    restored = pipeline()
+    restored.load_state_dict(older, dict(pipe.offsets))
+    again = from_loadable(to_loadable(restored.state_dict()))
+    assert again["labels"]["resolver"] == labels["resolver"]
+    assert again["labels"]["waits"] == labels["waits"] and labels["waits"]["waiting"]
 
 
 @pytest.mark.parametrize("objective", ["weighted", "revenue"])
@@ -131,9 +150,8 @@ def test_the_settings_waits_keep_a_fresh_learner_calibrated_on_the_demo_shop():
     from streams.demo import DemoOptions
 
     settings = DemoOptions().worker_settings()
-    assert settings.learner_waits_ms() == (1_000, 30_000, 30_000)
-    model = MultiTaskConfig(provisional_negative_ms=settings.learner_waits_ms())
-    pipe = Pipeline(mtl(model), labels=settings.label_config())
+    assert settings.label_config().provisional_waits_ms == (1_000, 30_000, 30_000)
+    pipe = Pipeline(mtl(settings.model_config()), labels=settings.label_config())
     shop_catalog, stream = demo_stream(40_000, seed=7)
     pipe.process_catalog(shop_catalog, "items")
     for start in range(0, len(stream), 500):
@@ -147,4 +165,4 @@ def test_the_settings_waits_keep_a_fresh_learner_calibrated_on_the_demo_shop():
 def test_the_click_wait_never_exceeds_the_click_window():
     from streams.settings import Settings
 
-    assert Settings(click_window_s=10, click_wait_s=60).learner_waits_ms()[0] == 10_000
+    assert Settings(click_window_s=10, click_wait_s=60).provisional_waits_ms()[0] == 10_000

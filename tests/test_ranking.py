@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from online_models.base import CandidateBlock, Sample, predict_block
+from online_models.base import CandidateBlock, Learner, Sample
 from online_models.learner import MultiTaskConfig, id_only, mtl, single_task
 from producers.contract import CatalogItem, Event, ItemContent
 from streams.candidates import CandidateConfig, CandidatePool, Popularity
@@ -57,13 +57,13 @@ def test_a_block_scores_as_its_samples_do(factory):
 def test_a_learner_without_block_scoring_is_asked_for_the_samples():
     seen = []
 
-    class Plain:
-        def predict(self, samples):
+    class Plain(Learner):
+        def predict(self, samples, remembered=None):
             seen.extend((s.user_id, s.item_id, s.ts, s.category) for s in samples)
             return np.full((len(samples), 3), 0.1)
 
     block = block_of(["a", "b"], items_per_user=2)
-    assert predict_block(Plain(), block).shape == (4, 3)
+    assert Plain().predict_block(block).shape == (4, 3)
     assert seen == [
         ("a", "i0", 2_000, "home.lamp"),
         ("a", "i1", 2_000, "garden.hose"),
@@ -91,16 +91,17 @@ def test_every_user_gets_the_top_k_with_cold_places_and_ties_in_candidate_order(
     cold_items = {f"i{k}" for k in range(0, 40, 3)}
     scores = {f"i{k}": round(float(rng.random()), 1) for k in range(40)}  # many ties
 
-    class Fixed:
+    class Fixed(Learner):
         model_version = 4
 
-        def predict(self, samples):
+        def predict(self, samples, remembered=None):
             return np.array([[scores[s.item_id], 0.0, 0.0] for s in samples])
 
+        def is_cold(self, item_id):
+            return item_id in cold_items
+
     config = RankingConfig(top_k=7, cold_slots=2, weights=(1.0, 0.0, 0.0))
-    records = Ranker(config).rank(
-        Fixed(), candidates, dict.fromkeys(users, 9), 10, cold_items.__contains__
-    )
+    records = Ranker(config).rank(Fixed(), candidates, dict.fromkeys(users, 9), 10)
     assert [r["user_id"] for r in records] == users
     for record in records:
         offered = [item for item, _ in candidates[record["user_id"]]]
@@ -113,14 +114,16 @@ def test_every_user_gets_the_top_k_with_cold_places_and_ties_in_candidate_order(
 
 
 def test_users_without_candidates_get_no_record():
-    class Fixed:
-        def predict(self, samples):
+    class Fixed(Learner):
+        model_version = 0
+
+        def predict(self, samples, remembered=None):
             return np.full((len(samples), 3), 0.1)
 
     ranker = Ranker(RankingConfig(top_k=2, cold_slots=0))
-    records = ranker.rank(Fixed(), {"a": [], "b": [("i1", CONTENTS[0])]}, {"a": 1, "b": 1}, 2, bool)
+    records = ranker.rank(Fixed(), {"a": [], "b": [("i1", CONTENTS[0])]}, {"a": 1, "b": 1}, 2)
     assert [r["user_id"] for r in records] == ["b"]
-    assert ranker.rank(Fixed(), {"a": []}, {"a": 1}, 2, bool) == []
+    assert ranker.rank(Fixed(), {"a": []}, {"a": 1}, 2) == []
 
 
 def test_popularity_keeps_the_best_overall_and_per_category_with_ties_in_arrival_order():

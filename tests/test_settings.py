@@ -46,10 +46,7 @@ def test_the_defaults_build_the_worker_model_it_had_before():
     settings = settings_of(["worker"])
     assert (settings.towers, settings.task_weights) == ("shared_bottom", (1.0, 1.0, 1.0))
     assert (settings.task_weighting, settings.torch_threads) == ("fixed", 1)
-    before = replace(  # what WorkerService hard-wired before these settings
-        MultiTaskConfig(num_threads=1), provisional_negative_ms=settings.learner_waits_ms()
-    )
-    assert settings.model_config() == before
+    assert settings.model_config() == MultiTaskConfig(num_threads=1)  # what it hard-wired
 
 
 @pytest.mark.parametrize("towers", ["mmoe", "ple"])
@@ -237,7 +234,8 @@ def test_the_worker_service_builds_its_learner_from_the_settings(tmp_path):
         task_weighting="uncertainty",
         click_wait_s=5.0,
     )
-    learner = WorkerService(settings).pipeline.learner
+    pipeline = WorkerService(settings).pipeline
+    learner = pipeline.learner
     assert learner.config == replace(settings.model_config(), name="mtl")
-    assert learner.config.provisional_negative_ms == (5_000, 1_800_000, 1_800_000)
+    assert pipeline.labels.waits.waits_ms == (5_000, 1_800_000, 1_800_000)
     assert isinstance(learner.net.towers, MMoE)

@@ -18,7 +18,7 @@ conditional rates. Predictions multiply along the funnel.
 
 Example
 -------
->>> from online_models.base import Sample
+>>> from online_models.base import Learner, Sample
 >>> model = Popularity(PopularityConfig(prior_strength=1.0))
 >>> hit = Sample("u1", "hot", ts=1, category="toys", click=1.0)
 >>> miss = Sample("u2", "cold", ts=1, category="toys", click=0.0, cart=0.0, purchase=0.0)
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models.base import Sample
+from online_models.base import Learner, Sample
 
 _FIELDS = 6
 """Counts per entity: click trials, clicks, cart trials, carts, purchase trials, purchases."""
@@ -65,16 +65,20 @@ class _DecayedCounts:
         self.rows: dict[str, list[float]] = {}  # key -> [*counts, clock of last decay]
 
     def get(self, key: str, clock: int) -> list[float] | None:
+        """The key's counts decayed to ``clock`` (None if unknown); nothing changes."""
+        row = self.rows.get(key)
+        if row is None or row[_FIELDS] == clock:
+            return row
+        factor = self.rate ** (clock - row[_FIELDS])
+        return [value * factor for value in row[:_FIELDS]]
+
+    def add(self, key: str, clock: int, counts: Sequence[float]) -> None:
         row = self.rows.get(key)
         if row is not None and row[_FIELDS] != clock:
             factor = self.rate ** (clock - row[_FIELDS])
             for i in range(_FIELDS):
                 row[i] *= factor
             row[_FIELDS] = clock
-        return row
-
-    def add(self, key: str, clock: int, counts: Sequence[float]) -> None:
-        row = self.get(key, clock)
         if row is None:
             row = [0.0] * _FIELDS + [clock]
             if len(self.rows) >= self.max_keys:
@@ -86,7 +90,7 @@ class _DecayedCounts:
             row[i] += value
 
 
-class Popularity:
+class Popularity(Learner):
     """Decayed item funnel rates with category and shop priors.
 
     Parameters
@@ -104,8 +108,9 @@ class Popularity:
         self._categories = _DecayedCounts(half_life, bound)
         self._shop = _DecayedCounts(half_life, 1)
         self._clock = 0
+        self.model_version = 0
 
-    def predict(self, samples: Sequence[Sample]) -> np.ndarray:
+    def predict(self, samples: Sequence[Sample], remembered: Any = None) -> np.ndarray:
         """``(n, 3)`` funnel probabilities."""
         clock, strength = self._clock, self.config.prior_strength
         shop = _rates(self._shop.get("", clock), self.config.initial_rates, strength)
@@ -122,6 +127,7 @@ class Popularity:
 
     def learn(self, samples: Sequence[Sample]) -> None:
         """Count each known label at the item, its category and the shop."""
+        self.model_version += 1
         for s in samples:
             self._clock += 1
             counts = _label_counts(s)
@@ -132,6 +138,7 @@ class Popularity:
     def state_dict(self) -> dict[str, Any]:
         """Counts per item, category and shop (plain lists), and the clock."""
         return {
+            "model_version": self.model_version,
             "clock": self._clock,
             "items": {k: list(v) for k, v in self._items.rows.items()},
             "categories": {k: list(v) for k, v in self._categories.rows.items()},
@@ -141,6 +148,7 @@ class Popularity:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counts saved by :meth:`state_dict`."""
         self._clock = int(state["clock"])
+        self.model_version = int(state.get("model_version", 0))
         tables = {"items": self._items, "categories": self._categories, "shop": self._shop}
         for key, table in tables.items():
             table.rows = {k: [float(x) for x in v] for k, v in state[key].items()}

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from river import linear_model, optim
 
-from online_models.base import TASKS, Sample
+from online_models.base import TASKS, Learner, Sample
 from online_models.features import price_buckets
 
 
@@ -78,7 +78,7 @@ def hashed_features(samples: Sequence[Sample], buckets: int) -> list[dict[int, f
     ]
 
 
-class RiverFunnelLR:
+class RiverFunnelLR(Learner):
     """``p_click``, ``p(cart|click)``, ``p(purchase|cart)`` as River regressions.
 
     Parameters
@@ -92,6 +92,7 @@ class RiverFunnelLR:
     def __init__(self, config: RiverLRConfig | None = None) -> None:
         self.config = config or RiverLRConfig()
         self._models = {task: self._new_model() for task in TASKS}
+        self.model_version = 0
 
     def _new_model(self) -> linear_model.LogisticRegression:
         return linear_model.LogisticRegression(
@@ -100,7 +101,7 @@ class RiverFunnelLR:
             l2=self.config.l2,
         )
 
-    def predict(self, samples: Sequence[Sample]) -> np.ndarray:
+    def predict(self, samples: Sequence[Sample], remembered: Any = None) -> np.ndarray:
         """``(n, 3)`` funnel probabilities."""
         out = np.empty((len(samples), 3))
         steps = [self._models[task].predict_proba_one for task in TASKS]
@@ -111,6 +112,7 @@ class RiverFunnelLR:
     def learn(self, samples: Sequence[Sample]) -> None:
         """Learn each known label in its step's conditional model."""
         click, cart, purchase = (self._models[task].learn_one for task in TASKS)
+        self.model_version += 1
         for s, x in zip(samples, hashed_features(samples, self.config.buckets), strict=True):
             if s.click is not None:
                 click(x, s.click > 0, s.weight)
@@ -120,10 +122,13 @@ class RiverFunnelLR:
                 purchase(x, s.purchase > 0, s.weight)
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights (hashed slot -> value) and intercept per step."""
+        """Weights (hashed slot -> value) and intercept per step, and the updates applied."""
         return {
-            task: {"weights": dict(model._weights), "intercept": float(model.intercept)}
-            for task, model in self._models.items()
+            **{
+                task: {"weights": dict(model._weights), "intercept": float(model.intercept)}
+                for task, model in self._models.items()
+            },
+            "model_version": self.model_version,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,3 +139,4 @@ class RiverFunnelLR:
                 model._weights[int(slot)] = float(weight)
             model.intercept = float(state[task]["intercept"])
             self._models[task] = model
+        self.model_version = int(state.get("model_version", 0))

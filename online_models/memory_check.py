@@ -13,7 +13,7 @@ item tables at 254k-258k of their 262,144 rows, peak RSS 0.87 GB).
 
 Example
 -------
->>> from online_models.learner import MultiTaskConfig
+>>> from online_models.config import MultiTaskConfig
 >>> report = memory_check(events=4_000, distinct_items=3_000, batch_size=1_000,
 ...                       config=MultiTaskConfig().with_capacity(512))
 >>> report["tables"]["item"] <= 511, report["at_cap"]["item"], report["events"]
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from online_models.base import Sample
-from online_models.learner import MultiTaskConfig, MultiTaskLearner
+from online_models.config import MultiTaskConfig
+from online_models.learner import MultiTaskLearner
 
 CATEGORIES = tuple(f"dept{d}.cat{c}" for d in range(10) for c in range(8))
 

@@ -61,7 +61,7 @@ Example
 >>> import torch
 >>> from online_models.base import Sample
 >>> from online_models.features import FeatureEncoder
->>> from online_models.learner import MultiTaskConfig
+>>> from online_models.config import MultiTaskConfig
 >>> config = MultiTaskConfig(architecture="mmoe").with_capacity(64)
 >>> encoder, net = FeatureEncoder(config.capacities), MultiTaskNet(config)
 >>> batch = encoder.encode([Sample("u1", "i9", ts=1, category="a.b", price=3.0)], learning=True)
@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -85,6 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from online_models.base import TASKS
+from online_models.config import MultiTaskConfig
 from online_models.features import (
     CONTENT_DENSE_FEATURES,
     DENSE_FEATURES,
@@ -94,9 +94,6 @@ from online_models.features import (
 )
 from online_models.towers import build_towers
 from online_models.towers.mlp import mlp
-
-if TYPE_CHECKING:
-    from online_models.learner import MultiTaskConfig
 
 HISTORY_SECTIONS = ("item", "token", "token", "brand", "price")
 """The section each history field's rows belong to (item, category, top, brand, price)."""

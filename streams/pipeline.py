@@ -22,7 +22,8 @@ exactly the events that were applied.
 
 Example
 -------
->>> from online_models.learner import MultiTaskConfig, mtl
+>>> from online_models.config import MultiTaskConfig
+>>> from online_models.learner import mtl
 >>> pipeline = Pipeline(mtl(MultiTaskConfig(user_rows=1024, item_rows=1024)))
 >>> out = pipeline.process_events([RawMessage(0, 0, b"u1", b"not json")], now_ms=0)
 >>> out.dead_letters[0].reason, pipeline.offsets

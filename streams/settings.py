@@ -30,14 +30,14 @@ from online_models.base import TASKS
 from online_models.labels import LabelConfig
 
 if TYPE_CHECKING:
-    from online_models.learner import MultiTaskConfig
+    from online_models.config import MultiTaskConfig
 
 TOWERS = ("shared_bottom", "mmoe", "ple")
 """Choices of ``towers``: :data:`online_models.towers.ARCHITECTURES`, spelled out here so
 that reading settings does not import torch (about 1.5 s on every command); a test
 checks that the two agree."""
 TASK_WEIGHTINGS = ("fixed", "uncertainty")
-"""Choices of ``task_weighting`` (:class:`~online_models.learner.MultiTaskConfig`)."""
+"""Choices of ``task_weighting`` (:class:`~online_models.config.MultiTaskConfig`)."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class Settings:
         >>> config.architecture, config.task_weights, config.num_threads
         ('ple', (1.0, 0.0, 2.0), 1)
         """
-        from online_models.learner import MultiTaskConfig  # torch: only where a model is built
+        from online_models.config import MultiTaskConfig  # torch: only where a model is built
 
         return MultiTaskConfig(
             architecture=self.towers,

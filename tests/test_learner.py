@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from online_models.base import TASKS, Learner, Sample, funnel_consistent
+from online_models.config import MultiTaskConfig
 from online_models.labels import TrackedSample
 from online_models.learner import (
-    MultiTaskConfig,
     MultiTaskLearner,
     benchmark,
     id_only,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from online_models.base import Learner
-from online_models.learner import MultiTaskConfig, mtl
+from online_models.config import MultiTaskConfig
+from online_models.learner import mtl
 from producers.contract import CatalogItem, Event, ItemContent, encode_catalog_item, encode_event
 from streams.checkpoint import from_loadable, to_loadable
 from streams.pipeline import Pipeline, RawMessage

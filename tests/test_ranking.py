@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from online_models.base import CandidateBlock, Learner, Sample
-from online_models.learner import MultiTaskConfig, id_only, mtl, single_task
+from online_models.config import MultiTaskConfig
+from online_models.learner import id_only, mtl, single_task
 from producers.contract import CatalogItem, Event, ItemContent
 from streams.candidates import CandidateConfig, CandidatePool, Popularity
 from streams.ranking import Ranker, RankingConfig, candidate_block

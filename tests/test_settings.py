@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from online_models.learner import MultiTaskConfig, mtl
+from online_models.config import MultiTaskConfig
+from online_models.learner import mtl
 from online_models.synthetic import ToyShop
 from online_models.towers import ARCHITECTURES, PLE, MMoE, SharedBottom
 from streams.cli import build_parser, main

@@ -610,26 +610,32 @@ class FeatureDriftMonitor:
         Events per window.
     bins
         Hash bins for category and brand.
+    history_windows
+        Closed windows whose PSI is kept in :attr:`history` (the oldest go
+        first): a running worker's state stays bounded.
 
     Example
     -------
-    >>> monitor = FeatureDriftMonitor(window_events=2)
-    >>> kinds = ["click", "click", "click", "cart"]
+    >>> monitor = FeatureDriftMonitor(window_events=2, history_windows=1)
+    >>> kinds = ["click", "click", "click", "cart", "cart", "cart", "click", "cart"]
     >>> monitor.observe([Event(f"e{n}", 0, kind, "u", "i") for n, kind in enumerate(kinds)])
-    >>> round(monitor.latest["event_type"], 2)
-    4.6
+    >>> round(monitor.latest["event_type"], 2), len(monitor.history)
+    (4.6, 1)
     """
 
-    def __init__(self, window_events: int = 5_000, bins: int = 32) -> None:
+    def __init__(
+        self, window_events: int = 5_000, bins: int = 32, history_windows: int = 500
+    ) -> None:
         self.window_events = window_events
         self.bins = bins
+        self.history_windows = history_windows
         sizes = {"category": bins, "brand": bins, "price_bucket": 64, "event_type": 4}
         self._sizes = sizes
         self._reference: dict[str, np.ndarray] | None = None
         self._current = {f: np.zeros(n, dtype=np.int64) for f, n in sizes.items()}
         self._in_window = 0
         self.latest: dict[str, float] = {}
-        self.history: list[dict[str, Any]] = []
+        self.history: deque[dict[str, Any]] = deque(maxlen=history_windows)
 
     def observe(self, events: Sequence[Event]) -> None:
         """Count events in order; each time a window fills, compute PSI against the reference."""
@@ -688,7 +694,7 @@ class FeatureDriftMonitor:
         self._current = {f: np.array(v, np.int64) for f, v in state["current"].items()}
         self._in_window = int(state["in_window"])
         self.latest = dict(state["latest"])
-        self.history = [dict(h) for h in state["history"]]
+        self.history = deque((dict(h) for h in state["history"]), maxlen=self.history_windows)
 
 
 @lru_cache(maxsize=1 << 16)

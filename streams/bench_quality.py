@@ -400,7 +400,8 @@ def run(options: QualityOptions) -> dict[str, Any]:
     stream = build_stream(options)
     gc.freeze()  # the stream lives to the end: keep the collector from rescanning it per model
     from_position = stream.events // 2
-    concept, features = ConceptDriftMonitor(), FeatureDriftMonitor()
+    concept = ConceptDriftMonitor()
+    features = FeatureDriftMonitor(history_windows=stream.events)  # every window, for the plot
     report: dict[str, Any] = {
         "source": options.source,
         "events": stream.events,
@@ -431,7 +432,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
     report["drift"] = {
         "injected_at": stream.injected_at,
         "detections": concept.detections if "mtl" in options.models else [],
-        "psi": {"windows": features.history, "window_events": features.window_events},
+        "psi": {"windows": list(features.history), "window_events": features.window_events},
         "calibration": concept.calibration() if "mtl" in options.models else {},
     }
     report = _finite(report)

@@ -241,3 +241,14 @@ def test_category_bins_hash_the_top_level_or_the_whole_path():
     assert top[0] == top[1] != top[2] and top[3] == -1
     whole = category_bins(paths, 128, "category")
     assert len(set(whole[:3].tolist())) == 3 and whole[3] == -1
+
+
+def test_the_psi_history_of_a_running_monitor_stays_bounded():
+    monitor = FeatureDriftMonitor(window_events=10, history_windows=3)
+    kinds = ["click", "cart", "purchase", "impression"]
+    monitor.observe([Event(f"e{n}", 0, kinds[n % 4], "u", "i") for n in range(200)])
+    assert len(monitor.history) == 3
+    restored = FeatureDriftMonitor(window_events=10, history_windows=3)
+    restored.load_state_dict(monitor.state_dict())
+    restored.observe([Event(f"f{n}", 0, "click", "u", "i") for n in range(50)])
+    assert len(restored.history) == 3 and restored.history[-1]["event_type"] > 0

@@ -82,6 +82,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         next_offset=service.next_offset,
         on_assigned=service.assigned,
         on_reset=service.events_reset,
+        matches=service.log_matches,
     )
     catalog = CatalogReader(
         settings,

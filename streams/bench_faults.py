@@ -20,9 +20,11 @@ The faults:
   window is small (``--dedupe-events``), so the stream is longer than it:
   exactly-once must come from offsets, not from event ids.
 - ``broker_restart``: the embedded broker stopped and started again with
-  the worker running. It keeps everything in memory, so its topics come back
-  empty; what the worker applied before is reported as ``erased_by_broker``
-  (the broker lost it, not the worker); nothing produced after may be lost.
+  the worker running, right after a first part of the stream was produced.
+  It keeps everything in memory, so its topics come back empty: what the
+  worker had not applied of the first part by then is reported as
+  ``erased_by_broker`` (the broker lost it, not the worker); nothing
+  produced after the restart may be lost.
 - ``corrupt_checkpoint``: the newest checkpoint's state broken (its header
   fine) while the worker is down; the worker must fall back to the older one
   and apply again from its offsets.
@@ -85,6 +87,8 @@ FAULTS = (
     "event_time",
 )
 PARTITIONS = 4
+MALFORMED_DEDUPE = 200_000
+"""The ``malformed`` run's deduplication window: longer than its stream (see ``malformed``)."""
 MOMENTS = ("batch", "checkpoint", "publish", "delay")
 LEAD_S = 20.0
 """A batch or publish kill is armed this many seconds of the feed beyond where it stands when
@@ -140,8 +144,16 @@ def kill_schedule(seed: int, kills: int) -> list[dict[str, Any]]:
 class Run:
     """One fault's topics, stream, worker and working directory."""
 
-    def __init__(self, name: str, bootstrap: str, options: FaultOptions, workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        bootstrap: str,
+        options: FaultOptions,
+        workdir: Path,
+        dedupe_events: int | None = None,
+    ) -> None:
         self.name = name
+        self.dedupe_events = dedupe_events or options.dedupe_events
         self.options = options
         self.bootstrap = bootstrap
         self.topics = TopicNames(prefix=f"{name}-{uuid.uuid4().hex[:6]}.")
@@ -157,7 +169,7 @@ class Run:
             "--batch-size",
             str(options.batch_size),
             "--dedupe-events",
-            str(options.dedupe_events),
+            str(self.dedupe_events),
             "--checkpoint-interval",
             str(options.checkpoint_interval_s),
         )
@@ -169,14 +181,18 @@ class Run:
         self.options.log(f"  [{self.name} {entry['t_s']:7.2f}s] {what} {_short(details)}")
 
     def feed(
-        self, malformed_every: int = 50, seed_offset: int = 0, events: int | None = None
+        self,
+        malformed_every: int = 50,
+        seed_offset: int = 0,
+        events: int | None = None,
+        rate: float | None = None,
     ) -> Feeder:
         records = fault_records(
             self.options.events if events is None else events,
             seed=self.options.seed + seed_offset,
             malformed_every=malformed_every,
         )
-        return Feeder(self.bootstrap, self.topics, records, self.options.rate).start()
+        return Feeder(self.bootstrap, self.topics, records, rate or self.options.rate).start()
 
     def start(self, faults: str = "") -> None:
         self.worker.start(faults)
@@ -211,8 +227,14 @@ class Run:
             applied = {p: ledger.counts(p) for p in ledger.partitions()}
         else:
             applied = applied_of(ledger)
-        audit = audit_run(topic, applied, letters, now_ms=int(time.time() * 1000))
-        return self.row(audit, final_checkpoint=checkpoint, exit_code=code)
+        now_ms = int(time.time() * 1000)
+        audit = audit_run(topic, applied, letters, now_ms, self.dedupe_events)
+        return self.row(
+            audit,
+            final_checkpoint=checkpoint,
+            exit_code=code,
+            dedupe_events=self.dedupe_events,
+        )
 
     def row(self, audit: Audit, **extra: Any) -> dict[str, Any]:
         return {"name": self.name, **audit.row(), **extra, "log": self.events}
@@ -292,13 +314,13 @@ def broker_restart(options: FaultOptions, workdir: Path) -> dict[str, Any]:
 
 def _across_a_restart(run: Run, broker: EmbeddedBroker, options: FaultOptions) -> dict[str, Any]:
     run.start()
-    before = run.feed(events=options.events // 3)
-    before.wait()
-    settle(run.worker, at_least=len(before.acked))
+    before = run.feed(events=options.events // 3, rate=options.rate * 10)  # a backlog
+    before.wait()  # and at once, while the worker is still applying it:
     ends = {m.partition: 0 for m in before.acked}
     for m in before.acked:
         ends[m.partition] = max(ends[m.partition], m.offset + 1)
-    run.note("before the restart: all applied", produced=len(before.acked), ends=ends)
+    seen = applied_count(run.worker.metrics())
+    run.note("before the restart", produced=len(before.acked), ends=ends, worker_had_seen=seen)
     broker.stop()
     run.note("broker stopped")
     time.sleep(1.0)
@@ -308,7 +330,7 @@ def _across_a_restart(run: Run, broker: EmbeddedBroker, options: FaultOptions) -
     after = run.feed(seed_offset=1, events=options.events // 3)
     row = run.finish(after, stop_feed=False, applied_of=lambda ledger: _after(ledger, ends))
     ledger, _offsets, _name = run.worker.final_ledger()
-    erased, twice = _erased(ledger, before.acked, ends)
+    erased, twice = _erased(ledger, before.acked, run.dedupe_events)
     resets = len(re.findall(r"has no offset \d+ any more", run.worker.log_text()))
     row.update(
         {
@@ -333,7 +355,7 @@ def corrupt_checkpoint(run: Run) -> dict[str, Any]:
     run.worker.kill()
     newest = sorted(run.worker.checkpoint_dir.glob("checkpoint-*.pt"))[-1]
     payload = torch.load(newest, map_location="cpu", weights_only=True)
-    payload["state"]["pipeline"]["resolver"] = {"broken": True}  # the header stays valid
+    payload["state"]["pipeline"] = {"broken": True}  # the header and the offsets stay valid
     torch.save(payload, newest)
     run.note("SIGKILL, newest checkpoint's state broken", checkpoint=newest.name)
     run.start()
@@ -384,7 +406,11 @@ def poison_batch(run: Run) -> dict[str, Any]:
 
 
 def malformed(run: Run) -> dict[str, Any]:
-    """One event in seven malformed, and one SIGKILL so that dead letters repeat."""
+    """One event in seven malformed, and one SIGKILL so that dead letters repeat.
+
+    The deduplication window is longer than the stream here, so every repeat
+    must be dead-lettered (with a shorter one, a repeat may be applied).
+    """
     run.start()
     feeder = run.feed(malformed_every=7)
     run.worker.wait_for(
@@ -421,7 +447,8 @@ def run(options: FaultOptions) -> dict[str, Any]:
                     return broker_restart(options, workdir)
                 except Exception as err:
                     return {"name": name, "ok": False, "error": repr(err)}
-            run_ = Run(name, broker.bootstrap, options, workdir)
+            window = MALFORMED_DEDUPE if name == "malformed" else None
+            run_ = Run(name, broker.bootstrap, options, workdir, dedupe_events=window)
             try:
                 return {
                     "sigkill": sigkill,
@@ -534,11 +561,9 @@ def _after(ledger: ApplyLedger, ends: dict[int, int]) -> dict[int, Counter[int]]
     return counts
 
 
-def _erased(
-    ledger: ApplyLedger, before: list[TopicMessage], ends: dict[int, int]
-) -> tuple[int, int]:
+def _erased(ledger: ApplyLedger, before: list[TopicMessage], window: int) -> tuple[int, int]:
     """Of the events to apply produced before the broker restart: never applied, applied twice."""
-    kinds = classify(before, now_ms=int(time.time() * 1000))
+    kinds = classify(before, int(time.time() * 1000), window)
     counts = {p: ledger.counts(p, epoch=0) for p in ledger.partitions()}
     times = [
         counts.get(p, Counter()).get(o, 0) for (p, o), kind in kinds.items() if kind == "apply"

@@ -4,12 +4,21 @@ After a fault run the ``events`` topic is read back (not the producer's
 counts: a producer retry can put a message there twice), and each message
 is classified the way the worker must treat it:
 
-- **to apply**: a valid event, not a repeat;
-- **to dead-letter**: invalid by the contract (its reason), or a repeat of
-  the event just before it in the same partition (within
-  :data:`NEAR_REPEAT` offsets, where deduplication must catch it);
-- **either**: a repeat from further away, which deduplication catches only
-  within its window: applied once, or dead-lettered, but not both.
+- **to apply**: a valid event, not a repeat of an earlier ``event_id``;
+- **to dead-letter**: invalid by the contract (its reason), or a repeat
+  when the whole topic holds no more valid events than the worker's
+  deduplication window (then every repeat is within the window, whatever
+  order the worker read the partitions in);
+- **either**: a repeat with a shorter window: deduplication remembers the
+  last N events *applied*, across partitions, so whether it catches a repeat
+  depends on how the partitions were interleaved (after a restart, one
+  partition's backlog can come whole before another's). Applied once, or
+  dead-lettered, or both (a crash can repeat its batch in another
+  interleaving after its dead letter was sent: the letter then belongs to a
+  lineage that did not survive), but not neither.
+
+A repeat is taken to be in the partition of its original (the same key),
+as a producer retry or a replayed log puts it.
 
 It is then compared with the applied-offsets ledger of the final checkpoint
 (:mod:`streams.ledger`) and with the dead letters read back from
@@ -28,12 +37,12 @@ Example
 >>> ledger = ApplyLedger()
 >>> ledger.applied(0, 0)
 >>> letters = [dead_letter(0, 1, b"{x", "not_json"), dead_letter(0, 2, ok, "duplicate")] * 2
->>> audit = audit_run(topic, {0: ledger.counts(0)}, letters, now_ms=10**13)
+>>> audit = audit_run(topic, {0: ledger.counts(0)}, letters, now_ms=10**13, dedupe_window=100)
 >>> (audit.applied, audit.lost, audit.applied_twice, audit.dead_letters_expected,
 ...  audit.dead_letters_received, audit.dead_letters_duplicated, audit.ok)
 (1, 0, 0, 2, 2, 2, True)
 >>> ledger.applied(0, 0)                    # a second application of offset 0
->>> audit_run(topic, {0: ledger.counts(0)}, letters, now_ms=10**13).applied_twice
+>>> audit_run(topic, {0: ledger.counts(0)}, letters, now_ms=10**13, dedupe_window=100).applied_twice
 1
 """
 
@@ -47,9 +56,6 @@ from typing import Any
 
 from producers.contract import InvalidRecord, decode_event
 
-NEAR_REPEAT = 8
-"""A repeat of an ``event_id`` this many offsets after it in one partition must be a duplicate."""
-
 
 @dataclass(frozen=True, slots=True)
 class TopicMessage:
@@ -62,7 +68,13 @@ class TopicMessage:
 
 @dataclass
 class Audit:
-    """One fault run's figures (the report's row, see :meth:`row`)."""
+    """One fault run's figures (the report's row, see :meth:`row`).
+
+    ``applied``: distinct offsets applied; ``dead_letters_received``: distinct
+    expected dead letters that arrived (``_duplicated``: arrivals beyond the
+    first); ``either_*``: repeats the window may or may not catch, and what
+    became of them; ``examples``: up to ten (partition, offset) per problem.
+    """
 
     produced: int = 0
     expected_applied: int = 0
@@ -78,6 +90,8 @@ class Audit:
     wrongly_applied: int = 0
     applied_unknown: int = 0
     either: int = 0
+    either_applied: int = 0
+    either_dead_lettered: int = 0
     examples: dict[str, list[list[int]]] = field(default_factory=dict)
 
     @property
@@ -109,30 +123,40 @@ def dead_letter(partition: int, offset: int, raw: bytes | None, reason: str) -> 
     }
 
 
-def classify(messages: Iterable[TopicMessage], now_ms: int) -> dict[tuple[int, int], str]:
+def classify(
+    messages: Iterable[TopicMessage], now_ms: int, dedupe_window: int | None = None
+) -> dict[tuple[int, int], str]:
     """``apply``, ``dead_letter`` or ``either`` for each (partition, offset) of a topic.
+
+    ``dedupe_window``: the worker's ``--dedupe-events`` (None: unknown).
 
     >>> e = b'{"event_id":"e1","ts":1000000000000,"type":"click","user_id":"u","item_id":"i"}'
     >>> m = [TopicMessage(0, 0, e), TopicMessage(0, 1, e), TopicMessage(1, 0, e)]
     >>> m.append(TopicMessage(1, 1, b""))
-    >>> sorted(classify(m, now_ms=10**13).items())
-    [((0, 0), 'apply'), ((0, 1), 'dead_letter'), ((1, 0), 'either'), ((1, 1), 'dead_letter')]
+    >>> sorted(classify(m, now_ms=10**13, dedupe_window=3).items())
+    [((0, 0), 'apply'), ((0, 1), 'dead_letter'), ((1, 0), 'dead_letter'), ((1, 1), 'dead_letter')]
+    >>> sorted(classify(m, now_ms=10**13, dedupe_window=2).items())
+    [((0, 0), 'apply'), ((0, 1), 'either'), ((1, 0), 'either'), ((1, 1), 'dead_letter')]
     """
-    seen: dict[str, tuple[int, int]] = {}
-    out: dict[tuple[int, int], str] = {}
-    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+    ids: dict[tuple[int, int], str | None] = {}
+    for m in messages:
         try:
-            event = decode_event(m.value, now_ms)
+            ids[(m.partition, m.offset)] = decode_event(m.value, now_ms).event_id
         except InvalidRecord:
-            out[(m.partition, m.offset)] = "dead_letter"
-            continue
-        first = seen.setdefault(event.event_id, (m.partition, m.offset))
-        if first == (m.partition, m.offset):
-            out[(m.partition, m.offset)] = "apply"
-        elif first[0] == m.partition and m.offset - first[1] <= NEAR_REPEAT:
-            out[(m.partition, m.offset)] = "dead_letter"
+            ids[(m.partition, m.offset)] = None
+    valid = sum(1 for event_id in ids.values() if event_id is not None)
+    repeat = "dead_letter" if dedupe_window is not None and valid <= dedupe_window else "either"
+    seen: set[str] = set()
+    out: dict[tuple[int, int], str] = {}
+    for where in sorted(ids):
+        event_id = ids[where]
+        if event_id is None:
+            out[where] = "dead_letter"
+        elif event_id in seen:
+            out[where] = repeat
         else:
-            out[(m.partition, m.offset)] = "either"
+            seen.add(event_id)
+            out[where] = "apply"
     return out
 
 
@@ -141,6 +165,7 @@ def audit_run(
     applied: Mapping[int, Counter[int]],
     letters: Iterable[Mapping[str, Any]],
     now_ms: int,
+    dedupe_window: int | None = None,
 ) -> Audit:
     """Compare a topic's messages with applied counts per offset and the dead letters read.
 
@@ -148,7 +173,7 @@ def audit_run(
     ledger's epoch that belongs to this topic); ``letters`` are the decoded
     dead letters of the events topic.
     """
-    kinds = classify(messages, now_ms)
+    kinds = classify(messages, now_ms, dedupe_window)
     raw = {(m.partition, m.offset): _text(m.value) for m in messages}
     received: Counter[tuple[int, int]] = Counter()
     audit = Audit(produced=len(messages))
@@ -191,13 +216,11 @@ def audit_run(
                 note("wrongly_applied", where)
         else:
             audit.either += 1
-            audit.dead_letters_received += letter
+            audit.either_applied += times > 0
+            audit.either_dead_lettered += letter
             if times == 0 and not letter:
                 audit.lost += 1
                 note("lost", where)
-            elif times and letter:
-                audit.wrongly_applied += 1
-                note("wrongly_applied", where)
     audit.dead_letters_duplicated = sum(n - 1 for n in received.values())
     for partition, counted in applied.items():
         for offset in counted:

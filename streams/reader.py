@@ -30,6 +30,7 @@ Example
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -43,6 +44,9 @@ from streams.settings import Settings
 
 log = logging.getLogger("recstream.worker")
 
+Matches = Callable[[int, int, bytes | None], bool]
+"""``matches(partition, offset, value)``: is this the message the state applied there last?"""
+
 
 class _PartitionReader:
     """What both readers share: a consumer made in the event loop, positions from the state."""
@@ -51,13 +55,14 @@ class _PartitionReader:
         self,
         config: dict[str, Any],
         next_offset: Callable[[int], int],
-        on_reset: Callable[[int, int], None],
+        on_reset: Callable[..., None],
+        matches: Matches | None = None,
     ) -> None:
         self._config = config
         self._next_offset = next_offset
         self._on_reset = on_reset
         self.consumer: AIOKafkaConsumer | None = None
-        self.resets = ResetWatch(next_offset, on_reset, config)
+        self.resets = ResetWatch(next_offset, on_reset, config, matches)
 
     async def _connect(self) -> AIOKafkaConsumer:
         """aiokafka consumers must be made inside the event loop: here, not in ``__init__``."""
@@ -70,8 +75,14 @@ class _PartitionReader:
         partitions = list(partitions)
         for tp in partitions:  # at once: a fetch may start while the check below awaits
             self.consumer.seek(tp, self._next_offset(tp.partition))
-        for tp in await self.resets.reset(self.consumer, partitions):
-            await self.consumer.seek_to_beginning(tp)
+        # and none does until the check is over: a message applied from a log that was
+        # reset would move the state's offsets past what the new log holds below them
+        self.consumer.pause(*partitions)
+        try:
+            for tp in await self.resets.reset(self.consumer, partitions):
+                await self.consumer.seek_to_beginning(tp)
+        finally:
+            self.consumer.resume(*partitions)
 
     async def _fetch(self, timeout_ms: int, max_records: int) -> list[RawMessage]:
         try:
@@ -103,7 +114,8 @@ class EventReader(_PartitionReader):
         bootstrap: str,
         next_offset: Callable[[int], int],
         on_assigned: Callable[[list[int]], None] = lambda partitions: None,
-        on_reset: Callable[[int, int], None] = lambda partition, offset: None,
+        on_reset: Callable[..., None] = lambda partition, offset, read_ahead=False: None,
+        matches: Matches | None = None,
     ) -> None:
         config = dict(
             bootstrap_servers=bootstrap,
@@ -118,7 +130,7 @@ class EventReader(_PartitionReader):
             request_timeout_ms=30_000,
             **aiokafka_security(settings),
         )
-        super().__init__(config, next_offset, on_reset)
+        super().__init__(config, next_offset, on_reset, matches)
         self.settings = settings
         self.topic = settings.topics.events
         self._on_assigned = on_assigned
@@ -177,7 +189,7 @@ class CatalogReader(_PartitionReader):
         settings: Settings,
         bootstrap: str,
         next_offset: Callable[[int], int],
-        on_reset: Callable[[int, int], None] = lambda partition, offset: None,
+        on_reset: Callable[..., None] = lambda partition, offset, read_ahead=False: None,
     ) -> None:
         config = dict(
             bootstrap_servers=bootstrap,
@@ -215,17 +227,28 @@ class ResetWatch:
     shorter log is confirmed by reading it: the embedded broker's reported
     end can lag what is readable, so only a partition where the last applied
     message cannot be read back is a reset.
+
+    A new log can also have grown past the old offsets by the time the
+    worker is assigned again (a producer that went on at once): with
+    ``matches(partition, offset, value)``, the message now at the last
+    applied offset is read back and compared with the one the state applied
+    there (:meth:`~streams.service.WorkerService.log_matches`); another
+    message there is a reset too. ``on_reset(partition, offset, True)``:
+    messages of that partition read from the old position before the reset
+    was found may still be on their way, and must not be applied.
     """
 
     def __init__(
         self,
         next_offset: Callable[[int], int],
-        on_reset: Callable[[int, int], None],
+        on_reset: Callable[..., None],
         probe_config: dict[str, Any],
+        matches: Matches | None = None,
     ) -> None:
         self._next_offset = next_offset
         self._on_reset = on_reset
         self._probe_config = probe_config
+        self._matches = matches
 
     async def reset(
         self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
@@ -240,23 +263,37 @@ class ResetWatch:
         except KafkaError as err:  # the broker is away: the fetches will tell
             log.warning("could not read end offsets: %r", err)
             return set()
+        shorter = {tp: ends.get(tp, offset) < offset for tp, offset in expected.items()}
+        probed = [tp for tp in expected if shorter[tp] or self._matches is not None]
+        values = await asyncio.gather(*(self._read(tp, expected[tp] - 1) for tp in probed))
         reset = set()
-        for tp, offset in expected.items():
-            if ends.get(tp, offset) < offset and not await self._readable(tp, offset - 1):
-                self._on_reset(tp.partition, offset)
+        for tp, last in zip(probed, values, strict=True):
+            offset = expected[tp]
+            if last is None:
+                gone = shorter[tp]  # not readable: a reset only where the log is shorter
+            else:
+                gone = self._matches is not None and not self._matches(
+                    tp.partition, offset - 1, last
+                )
+            if gone:
+                self._on_reset(tp.partition, offset, True)
                 reset.add(tp)
         return reset
 
-    async def _readable(self, tp: TopicPartition, offset: int) -> bool:
+    async def _read(self, tp: TopicPartition, offset: int) -> bytes | None:
+        """The value at ``offset`` (``b""`` for a message without one), None if unreadable."""
         probe = AIOKafkaConsumer(**{**self._probe_config, "group_id": None})
         await probe.start()
         try:
             probe.assign([tp])
             probe.seek(tp, offset)
             fetched = await probe.getmany(tp, timeout_ms=2_000, max_records=1)
-            return any(record.offset == offset for record in fetched.get(tp, []))
+            for record in fetched.get(tp, []):
+                if record.offset == offset:
+                    return record.value if record.value is not None else b""
+            return None
         except OffsetOutOfRangeError:
-            return False
+            return None
         finally:
             await probe.stop()
 

@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ class WorkerService:
         self.catalog_offsets: dict[int, int] = {}
         self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
         self.ledger = ApplyLedger() if settings.ledger else None
+        self._marks: dict[int, tuple[int, int]] = {}  # partition -> last message (offset, crc)
+        self._stale_from: dict[int, int] = {}  # partition -> offset read from before its reset
         self._checkpoints_started = 0
         self._freezer = GcFreezer()
         self._last_checkpoint = time.monotonic()
@@ -119,6 +122,7 @@ class WorkerService:
                     int(p): int(o) for p, o in found.state["catalog_offsets"].items()
                 }
                 ledger = _restored_ledger(self.settings.ledger, found.state)
+                marks = {int(p): (int(o), int(c)) for p, o, c in found.state.get("log_marks", [])}
             except Exception as err:  # any mismatch in a state we wrote ourselves
                 log.error(
                     "refused checkpoint %s: its state does not load (%r)", found.path.name, err
@@ -127,6 +131,7 @@ class WorkerService:
                 continue
             self.catalog_offsets = catalog_offsets
             self.ledger = ledger
+            self._marks = marks
             self._restored(found, outbox)
             return
 
@@ -139,8 +144,14 @@ class WorkerService:
         self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
-    def events_reset(self, partition: int, offset: int) -> None:
-        """``events`` partition ``partition`` no longer holds ``offset``: read it from its start."""
+    def events_reset(self, partition: int, offset: int, read_ahead: bool = False) -> None:
+        """``events`` partition ``partition`` no longer holds ``offset``: read it from its start.
+
+        ``read_ahead``: messages of the new log at ``offset`` and beyond may
+        have been read before the reset was found; they are dropped until
+        the partition's messages come from below ``offset`` again (from the
+        start), or they would move the offsets past what was never applied.
+        """
         log.error(
             "events partition %d has no offset %d any more (topic recreated, broker restarted "
             "empty, or retention): reading it again from its start; what the model learned stays",
@@ -148,11 +159,14 @@ class WorkerService:
             offset,
         )
         self.pipeline.offsets[partition] = 0
+        self._marks.pop(partition, None)
+        if read_ahead:
+            self._stale_from[partition] = offset
         if self.ledger is not None:
             self.ledger.reset(partition)
         self.metrics.offset_resets.labels(topic="events").inc()
 
-    def catalog_reset(self, partition: int, offset: int) -> None:
+    def catalog_reset(self, partition: int, offset: int, read_ahead: bool = False) -> None:
         """``items`` partition ``partition`` no longer holds ``offset``: read it from its start."""
         log.error(
             "items partition %d has no offset %d any more: reading it again", partition, offset
@@ -163,6 +177,15 @@ class WorkerService:
     def next_catalog_offset(self, partition: int) -> int:
         """The next ``items`` offset of ``partition`` not yet applied (0: from the start)."""
         return self.catalog_offsets.get(partition, 0)
+
+    def log_matches(self, partition: int, offset: int, value: bytes | None) -> bool:
+        """Whether ``value``, read at ``offset`` of ``partition``, is the last message applied.
+
+        True when the state knows no last message at that offset (nothing to
+        tell them apart by).
+        """
+        mark = self._marks.get(partition)
+        return mark is None or mark[0] != offset or mark[1] == zlib.crc32(value or b"")
 
     def next_offset(self, partition: int) -> int:
         """The next ``events`` offset of ``partition`` not yet applied (where reading resumes)."""
@@ -209,6 +232,8 @@ class WorkerService:
 
     def events_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
         """Apply one batch of ``events`` messages; return what to send."""
+        if self._stale_from:
+            messages = self._without_stale(messages)
         if self.faults:
             self.faults.check_batch((m.partition, m.offset) for m in messages)
         before = dict(self.pipeline.offsets) if self.ledger is not None else None
@@ -216,6 +241,7 @@ class WorkerService:
         result = self.pipeline.process_events(messages)
         if before is not None:
             record_applied(self.ledger, messages, before, result.dead_letters)
+        self._mark_last(messages)
         outgoing = self._outgoing(result.dead_letters, result.scores)
         self.metrics.pipeline_cpu.inc(time.thread_time() - started)
         self._observe(result)
@@ -225,6 +251,28 @@ class WorkerService:
             self.faults.stall_batch(positions)  # applied, nothing of it published yet
             outgoing.stall = self.faults.stall_publish_due(positions)
         return outgoing
+
+    def _without_stale(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
+        """``messages`` without those read from a reset partition's old position."""
+        kept = []
+        for message in messages:
+            stale_from = self._stale_from.get(message.partition)
+            if stale_from is not None:
+                if message.offset >= stale_from:
+                    continue
+                del self._stale_from[message.partition]  # read from the start again
+            kept.append(message)
+        return kept
+
+    def _mark_last(self, messages: Sequence[RawMessage]) -> None:
+        """Remember the last message consumed of each partition (its offset and checksum)."""
+        offsets = self.pipeline.offsets
+        for message in reversed(messages):
+            partition = message.partition
+            if message.offset + 1 == offsets.get(partition) and (
+                self._marks.get(partition, (-1, 0))[0] != message.offset
+            ):
+                self._marks[partition] = (message.offset, zlib.crc32(message.value or b""))
 
     def catalog_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
         """Apply one batch of ``items`` messages (those below the catalog offsets are skipped)."""
@@ -339,6 +387,7 @@ class WorkerService:
             "catalog_offsets": dict(self.catalog_offsets),
             "counters": self.metrics.counter_values(),
         }
+        state["log_marks"] = [[p, o, crc] for p, (o, crc) in self._marks.items()]
         if self.ledger is not None:
             state["ledger"] = self.ledger.state_dict()
         return state

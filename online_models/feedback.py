@@ -149,15 +149,19 @@ class ProvisionalNegatives:
         """Samples waiting."""
         return int(np.count_nonzero(self._waiting != NONE))
 
-    def scored(self, samples: Sequence[Sample]) -> None:
+    def scored(self, samples: Sequence[Sample], until_ms: int | None = None) -> None:
         """Start the click wait of impressions (keyed, no label yet); advance the clock.
 
-        The samples are kept as they are (not copied): do not change them later.
+        The clock follows the samples' times, never past ``until_ms`` (event
+        time, when the caller knows it: one sample stamped far ahead must
+        not make every wait due). The samples are kept as they are (not
+        copied): do not change them later.
         """
         if not samples:
             return
         times = np.fromiter(map(_TIME, samples), np.int64, len(samples))
-        self.advance(int(times.max()))
+        latest = int(times.max())
+        self.advance(latest if until_ms is None else min(latest, until_ms))
         keys = _keys(samples)
         fresh = np.flatnonzero(keys >= 0)
         if len(fresh) == 0:
@@ -183,18 +187,23 @@ class ProvisionalNegatives:
         """Move the clock on to event time ``now_ms`` (scoring samples without keys does)."""
         self.now_ms = max(self.now_ms, now_ms)
 
-    def admit(self, samples: Sequence[Sample], labels: np.ndarray) -> Admission:
+    def admit(
+        self, samples: Sequence[Sample], labels: np.ndarray, until_ms: int | None = None
+    ) -> Admission:
         """Which of ``samples`` (with ``labels``, ``(n, 3)``) to learn; moves the waits on.
 
         Left out: the resolver's negatives for a stage already learned as
         negative. A positive registers the wait for the next stage; one for a
-        stage already learned as negative corrects it.
+        stage already learned as negative corrects it. The clock follows the
+        samples' times, never past ``until_ms`` (see :meth:`scored`).
         """
         admitted = np.ones(len(samples), dtype=bool)
         corrects = np.zeros(len(samples), dtype=bool)
         if not samples:
             return Admission(admitted, corrects)
         times = np.fromiter(map(_TIME, samples), np.int64, len(samples))
+        if until_ms is not None:
+            times = np.minimum(times, until_ms)
         clock = np.maximum.accumulate(np.maximum(times, self.now_ms))  # as learned one by one
         self.now_ms = int(clock[-1])
         keys = _keys(samples)

@@ -104,12 +104,13 @@ class LabelStage:
         if self.waits is None:
             out = LabelBatch(list(resolved), np.zeros(len(resolved), np.int8))
         else:
-            self.waits.scored(new)
-            admission = self.waits.admit(resolved, label_matrix(resolved))
+            now = self.resolver.watermark  # event time: a sample stamped ahead does not move it
+            self.waits.scored(new, until_ms=now)
+            admission = self.waits.admit(resolved, label_matrix(resolved), until_ms=now)
             keep = admission.learn
             samples = [s for s, learn in zip(resolved, keep.tolist(), strict=True) if learn]
             codes = np.where(admission.corrects[keep], _CORRECTED, _RESOLVED).astype(np.int8)
-            self.waits.advance(self.resolver.watermark)  # event time, not the samples' own
+            self.waits.advance(now)
             waited, negatives = self.waits.due()
             rows = negatives.tolist()
             samples += [labelled(s, *_labels(row)) for s, row in zip(waited, rows, strict=True)]

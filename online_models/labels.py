@@ -100,6 +100,8 @@ SHOWN, CLICKED, CARTED, PURCHASED = 0, 1, 2, 3
 
 STAGE_OF_EVENT: dict[str, int] = {"click": CLICKED, "cart": CARTED, "purchase": PURCHASED}
 _NO_LABELS = (None, None, None)
+UNKNOWN_PARTITION = -1
+"""The partition of samples restored from checkpoints that did not record it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,7 @@ class _Open:
     sample: TrackedSample
     stage: int
     deadline: int
+    partition: int = UNKNOWN_PARTITION
 
 
 class EventClock:
@@ -207,6 +210,13 @@ class EventClock:
     was clamped too and came from another partition (or there is only one):
     then event time really jumped (a quiet spell), and the jump is taken.
 
+    A sample's label windows close on its own partition's time
+    (:meth:`closing_time`, the largest ``ts`` it sent that was not clamped):
+    events are keyed by user, so its later events come from the same
+    partition, however far behind the others that one runs. A partition that
+    has gone silent (no event while the leading watermark moved ``idle_ms``)
+    closes its windows on :attr:`now` instead.
+
     >>> clock = EventClock(max_skew_ms=300_000, idle_ms=600_000)
     >>> clock.stamp(0, 1_000), clock.stamp(1, 2_000), clock.now
     (1000, 2000, 1000)
@@ -218,6 +228,12 @@ class EventClock:
     (602000, 602000)
     >>> clock.stamp(1, 2_000_000), clock.stamp(0, 2_000_100)  # a jump, confirmed
     (902000, 2000100)
+    >>> clock.stamp(2, 1_000_000), clock.closing_time(2)  # far behind, but sending: its own
+    (1000000, 1000000)
+    >>> for ts in (2_250_000, 2_550_000, 2_700_000):  # partition 2 silent while 700 s go by
+    ...     _ = clock.stamp(0, ts)
+    >>> clock.closing_time(2)  # then: on event time
+    2700000
     """
 
     def __init__(self, max_skew_ms: int, idle_ms: int) -> None:
@@ -225,7 +241,10 @@ class EventClock:
         self.idle_ms = idle_ms
         self._marks: dict[int, int] = {}
         self._front = -1  # the leading watermark, max(self._marks.values())
+        self._arrived: dict[int, int] = {}  # the leading watermark when each partition last sent
+        self._closing: dict[int, int] = {}  # per partition, the largest ts not clamped
         self._now = -1
+        self._forced = -1  # the latest time given to advance()
         self._clamped_from: int | None = None
 
     @property
@@ -240,11 +259,15 @@ class EventClock:
             ts, self._clamped_from = front + self.max_skew_ms, partition
         else:
             self._clamped_from = None
+            if ts > self._closing.get(partition, -1):
+                self._closing[partition] = ts
         if ts <= marks.get(partition, -1):
+            self._arrived[partition] = front
             return ts  # no watermark moves: neither does the clock
         marks[partition] = ts
         if ts > front:
             self._front = front = ts
+        self._arrived[partition] = front
         if len(marks) == 1:
             self._now = max(self._now, ts)
             return ts
@@ -264,14 +287,29 @@ class EventClock:
         return self._marks.get(partition)
 
     def advance(self, now_ms: int) -> None:
-        """Move the clock to ``now_ms`` (never back) without an event."""
+        """Move the clock to ``now_ms`` (never back) without an event; windows close to it."""
         self._now = max(self._now, now_ms)
+        self._forced = max(self._forced, now_ms)
+
+    def closing_time(self, partition: int) -> int:
+        """The time up to which windows of samples from ``partition`` have passed."""
+        own = max(self._closing.get(partition, -1), self._forced)
+        if self._arrived.get(partition, -1) >= self._front - self.idle_ms:
+            return own  # still sending: its own time, however far behind
+        return max(own, self._now)
+
+    def partitions(self) -> list[int]:
+        """Partitions seen so far."""
+        return list(self._marks)
 
     def state_dict(self) -> dict[str, Any]:
         """The watermarks and the clock, as plain values."""
         return {
             "marks": [[p, mark] for p, mark in self._marks.items()],
+            "arrived": [[p, front] for p, front in self._arrived.items()],
+            "closing": [[p, ts] for p, ts in self._closing.items()],
             "now": self._now,
+            "forced": self._forced,
             "clamped_from": self._clamped_from,
         }
 
@@ -279,7 +317,11 @@ class EventClock:
         """Continue from a :meth:`state_dict`."""
         self._marks = {int(p): int(mark) for p, mark in state["marks"]}
         self._front = max(self._marks.values(), default=-1)
+        arrived = state.get("arrived", [[p, self._front] for p in self._marks])
+        self._arrived = {int(p): int(front) for p, front in arrived}
+        self._closing = {int(p): int(ts) for p, ts in state.get("closing", state["marks"])}
         self._now = int(state["now"])
+        self._forced = int(state.get("forced", -1))
         self._clamped_from = state.get("clamped_from")
 
 
@@ -299,7 +341,7 @@ class LabelResolver:
         self._clock = EventClock(self.config.max_skew_ms, self.config.idle_partition_ms)
         self._open: dict[int, _Open] = {}
         self._open_by_pair: dict[tuple[str, str], list[int]] = {}
-        self._deadlines: list[tuple[int, int]] = []
+        self._deadlines: dict[int, list[tuple[int, int]]] = {}  # per partition, a heap
         self._seen_ids: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._catalog: dict[str, ItemContent] = {}
@@ -351,32 +393,32 @@ class LabelResolver:
             out.duplicate = True
             return out
         out.event = event = self._stamped(event, partition)
-        out.resolved.extend(self.advance(self._clock.now))
+        self._close_passed(out.resolved)
         if event.item is not None:
             self._remember_content(event.item_id, event.item)
         if event.type == "impression":
             if self.config.impressions:
                 sample = self._new_sample(event, (None, None, None))
-                self._keep_open(sample, SHOWN, event.ts + self.config.click_window_ms, out)
+                deadline = event.ts + self.config.click_window_ms
+                self._keep_open(sample, SHOWN, deadline, partition, out)
                 out.new.append(sample)
             else:
                 self.counts["ignored_impressions"] += 1
         else:
-            self._apply_funnel_event(event, STAGE_OF_EVENT[event.type], out)
+            self._apply_funnel_event(event, STAGE_OF_EVENT[event.type], partition, out)
         return out
 
     def advance(self, now_ms: int) -> list[TrackedSample]:
         """Move event time to ``now_ms`` (never back) and close every window that has passed."""
         self._clock.advance(now_ms)
         closed: list[TrackedSample] = []
-        while self._deadlines and self._deadlines[0][0] < self._clock.now:
-            self._close_earliest(closed)
+        self._close_passed(closed)
         return closed
 
     def flush(self) -> list[TrackedSample]:
         """Close every open sample now (end of a finite stream)."""
         closed: list[TrackedSample] = []
-        while self._deadlines:
+        while any(self._deadlines.values()):
             self._close_earliest(closed)
         return closed
 
@@ -400,7 +442,7 @@ class LabelResolver:
         self._next_key = int(state["next_key"])
         self._clock = EventClock(self.config.max_skew_ms, self.config.idle_partition_ms)
         self._clock.load_state_dict(state.get("clock", {"marks": [], "now": state["watermark"]}))
-        self._open, self._open_by_pair, self._deadlines = {}, {}, []
+        self._open, self._open_by_pair, self._deadlines = {}, {}, {}
         for row in state["open"]:
             entry = _open_from_row(row)
             key = entry.sample.key
@@ -408,8 +450,9 @@ class LabelResolver:
             self._open_by_pair.setdefault((entry.sample.user_id, entry.sample.item_id), []).append(
                 key
             )
-            self._deadlines.append((entry.deadline, key))
-        heapq.heapify(self._deadlines)
+            self._deadlines.setdefault(entry.partition, []).append((entry.deadline, key))
+        for heap in self._deadlines.values():
+            heapq.heapify(heap)
         self._seen_order = deque(state["seen_ids"])
         self._seen_ids = set(self._seen_order)
         self._catalog = {k: ItemContent(*v) for k, v in state["catalog"].items()}
@@ -429,7 +472,9 @@ class LabelResolver:
         self.counts["clamped"] += 1
         return replace(event, ts=ts)
 
-    def _apply_funnel_event(self, event: Event, stage: int, out: Resolution) -> None:
+    def _apply_funnel_event(
+        self, event: Event, stage: int, partition: int, out: Resolution
+    ) -> None:
         pair = (event.user_id, event.item_id)
         entry = self._open_entry_below(pair, stage)
         if entry is not None:
@@ -439,7 +484,8 @@ class LabelResolver:
             else:
                 if entry.stage == SHOWN:
                     entry.deadline = event.ts + self.config.conversion_window_ms
-                    heapq.heappush(self._deadlines, (entry.deadline, entry.sample.key))
+                    heap = self._deadlines.setdefault(entry.partition, [])
+                    heapq.heappush(heap, (entry.deadline, entry.sample.key))
                 entry.stage = stage
         elif pair in self._open_by_pair:
             self.counts["repeats"] += 1
@@ -448,7 +494,8 @@ class LabelResolver:
             sample = self._new_sample(event, labels)
             out.new.append(sample)
             if stage < PURCHASED:
-                self._keep_open(sample, stage, event.ts + self.config.conversion_window_ms, out)
+                deadline = event.ts + self.config.conversion_window_ms
+                self._keep_open(sample, stage, deadline, partition, out)
             if not self.config.impressions:
                 out.new.extend(self._sample_negatives(event))
         if not self.config.impressions:
@@ -506,17 +553,31 @@ class LabelResolver:
 
     # ------------------------------------------------------------ windows
 
-    def _keep_open(self, sample: TrackedSample, stage: int, deadline: int, out: Resolution) -> None:
+    def _keep_open(
+        self, sample: TrackedSample, stage: int, deadline: int, partition: int, out: Resolution
+    ) -> None:
         key = sample.key
-        self._open[key] = _Open(_bare(sample), stage, deadline)
+        self._open[key] = _Open(_bare(sample), stage, deadline, partition)
         self._open_by_pair.setdefault((sample.user_id, sample.item_id), []).append(key)
-        heapq.heappush(self._deadlines, (deadline, key))
+        heapq.heappush(self._deadlines.setdefault(partition, []), (deadline, key))
         while len(self._open) > self.config.max_pending:
             self.counts["forced_closes"] += 1
             self._close_earliest(out.resolved)
 
+    def _close_passed(self, closed: list[TrackedSample]) -> None:
+        """Close the windows that have passed, each partition's on its own time."""
+        for partition, heap in self._deadlines.items():
+            if heap and heap[0][0] < (until := self._clock.closing_time(partition)):
+                while heap and heap[0][0] < until:
+                    self._close_first(heap, closed)
+
     def _close_earliest(self, closed: list[TrackedSample]) -> None:
-        deadline, key = heapq.heappop(self._deadlines)
+        """Close the window with the earliest deadline of any partition."""
+        heap = min((h for h in self._deadlines.values() if h), key=lambda h: h[0])
+        self._close_first(heap, closed)
+
+    def _close_first(self, heap: list[tuple[int, int]], closed: list[TrackedSample]) -> None:
+        deadline, key = heapq.heappop(heap)
         entry = self._open.get(key)
         if entry is None or entry.deadline != deadline:
             return  # stale heap entry: already closed, or its deadline moved
@@ -625,11 +686,13 @@ def _open_to_row(entry: _Open) -> list[Any]:
         s.weight,
         entry.stage,
         entry.deadline,
+        entry.partition,
     ]
 
 
 def _open_from_row(row: list[Any]) -> _Open:
-    key, user, item, ts, category, brand, price, device, weight, stage, deadline = row
+    key, user, item, ts, category, brand, price, device, weight, stage, deadline = row[:11]
+    partition = row[11] if len(row) > 11 else UNKNOWN_PARTITION  # older checkpoints
     sample = TrackedSample(
         user_id=user,
         item_id=item,
@@ -641,7 +704,7 @@ def _open_from_row(row: list[Any]) -> _Open:
         weight=float(weight),
         key=int(key),
     )
-    return _Open(sample, int(stage), int(deadline))
+    return _Open(sample, int(stage), int(deadline), int(partition))
 
 
 def _rng_state_to_plain(state: tuple[Any, ...]) -> list[Any]:

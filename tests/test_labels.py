@@ -281,3 +281,25 @@ def test_a_restored_resolver_continues_exactly_where_the_saved_one_was():
     second = resolver(**config)
     second.load_state_dict(state)
     assert head + emissions(second, events[1000:]) == whole
+
+
+def test_a_partition_running_far_behind_closes_its_windows_on_its_own_time():
+    resolver = LabelResolver(LabelConfig(click_window_ms=60_000, idle_partition_ms=600_000))
+    minute = 60_000
+    resolver.observe(Event("a0", 16 * minute, "impression", "u0", "i0"), partition=0)
+    shown = resolver.observe(Event("b0", 0, "impression", "u1", "i1"), partition=1)  # 16 min late
+    for n in range(1, 5):  # both partitions keep sending, partition 1 still 16 minutes behind
+        resolver.observe(Event(f"a{n}", 16 * minute + n * 1_000, "impression", "u0", "i0"), 0)
+        resolver.observe(Event(f"b{n}", n * 1_000, "impression", "u2", "i2"), partition=1)
+    click = resolver.observe(Event("b-click", 5_000, "click", "u1", "i1"), partition=1)
+    assert [(s.key, s.labels()) for s in click.resolved] == [(shown.new[0].key, (1.0, None, None))]
+    assert click.new == []  # the click found its impression: no separate sample
+
+
+def test_a_silent_partition_still_closes_its_windows_on_event_time():
+    resolver = LabelResolver(LabelConfig(click_window_ms=60_000, idle_partition_ms=600_000))
+    shown = resolver.observe(Event("b0", 0, "impression", "u1", "i1"), partition=1)
+    closed = []
+    for n in range(1, 30):  # only partition 0 sends, a minute at a time
+        closed += resolver.observe(Event(f"a{n}", n * 60_000, "click", "u0", "i0"), 0).resolved
+    assert (shown.new[0].key, (0.0, 0.0, 0.0)) in [(s.key, s.labels()) for s in closed]

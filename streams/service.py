@@ -141,7 +141,7 @@ class WorkerService:
         self.metrics.last_checkpoint.set(found.created_unix)
         if "counters" in found.state:  # counters continue from what the restored state saw
             self.metrics.continue_counters(found.state["counters"])
-        self._model_version = int(getattr(self.pipeline.learner, "model_version", 0))
+        self._model_version = self.pipeline.learner.model_version
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
     def events_reset(self, partition: int, offset: int, read_ahead: bool = False) -> None:
@@ -320,7 +320,7 @@ class WorkerService:
                 detection["detector"],
                 detection["event"],
             )
-        version = int(getattr(pipeline.learner, "model_version", 0))
+        version = pipeline.learner.model_version
         m.model_updates.inc(max(0, version - self._model_version))
         self._model_version = version
         m.model_version.set(version)
@@ -343,11 +343,11 @@ class WorkerService:
             m.mean_prediction.labels(task=task).set(values["mean_prediction"])
         for feature, value in pipeline.features.latest.items():
             m.feature_psi.labels(feature=feature).set(value)
-        learner = pipeline.learner
-        for table, rows in getattr(learner, "table_stats", dict)().items():
+        health = pipeline.learner.health()
+        for table, rows in health.table_rows.items():
             m.embedding_rows.labels(table=table).set(rows)
-        if hasattr(learner, "cold_item_count"):
-            m.cold_items.set(learner.cold_item_count())
+        if health.cold_items is not None:
+            m.cold_items.set(health.cold_items)
 
     # ------------------------------------------------------------ checkpoints
 

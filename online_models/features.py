@@ -79,7 +79,26 @@ PATH_TOKENS = 4
 """Tokens kept per category path: the full path and up to three prefixes."""
 PRICE_BUCKETS = 64
 """Rows of the price-bucket embedding: 0 padding, 1 missing price, 2.. log buckets."""
+CONTENT_SECTIONS = (*("token",) * PATH_TOKENS, "brand", "price", "device")
+"""The columns of :attr:`FeatureBatch.content`: the embedding section each one's rows are in."""
+TOKENS = slice(0, PATH_TOKENS)
+BRAND, PRICE, DEVICE = PATH_TOKENS, PATH_TOKENS + 1, PATH_TOKENS + 2
+"""Where the category tokens, the brand, the price bucket and the device are in ``content``."""
 HISTORY_FIELDS = ("item", "category", "top", "brand", "price")
+"""The fields of a history entry (:attr:`FeatureBatch.history`, :attr:`FeatureBatch.entry`)."""
+HISTORY_SECTIONS = {
+    "item": "item",
+    "category": "token",
+    "top": "token",
+    "brand": "brand",
+    "price": "price",
+}
+"""The embedding section each history field's rows are in."""
+HISTORY_ITEM = HISTORY_FIELDS.index("item")
+HISTORY_CONTENT = slice(HISTORY_ITEM + 1, len(HISTORY_FIELDS))
+"""The history fields after the item: its content, in :data:`HISTORY_FIELDS` order."""
+LOG_PRICE_SCALE = 10.0
+"""The ``log_price`` dense column holds ``log1p(price) / LOG_PRICE_SCALE``."""
 DENSE_FEATURES = (
     "log_price",
     "history_same_item",
@@ -157,12 +176,12 @@ class FeatureBatch:
     @property
     def tokens(self) -> torch.Tensor:
         """``(H, PATH_TOKENS)`` category token rows."""
-        return self.content[:, :PATH_TOKENS]
+        return self.content[:, TOKENS]
 
     @property
     def price(self) -> torch.Tensor:
         """``(H,)`` price buckets."""
-        return self.content[:, PATH_TOKENS + 1]
+        return self.content[:, PRICE]
 
     def per_sample(self, item_side: torch.Tensor) -> torch.Tensor:
         """Rows of the item side (one per item state) as rows per sample."""
@@ -445,9 +464,9 @@ def _scatter(
 
 def _entry(items: np.ndarray, content: np.ndarray) -> np.ndarray:
     """``(B, 5)`` int32 history entries: item, category, top-level category, brand, price."""
-    tokens = content[:, :PATH_TOKENS]
+    tokens = content[:, TOKENS]
     tops = np.where(tokens[:, 1] > 0, tokens[:, 1], tokens[:, 0])
-    columns = [items, tokens[:, 0], tops, content[:, PATH_TOKENS], content[:, PATH_TOKENS + 1]]
+    columns = [items, tokens[:, 0], tops, content[:, BRAND], content[:, PRICE]]
     return np.stack(columns, axis=1).astype(np.int32)
 
 
@@ -836,7 +855,7 @@ class FeatureEncoder:
         for name, stats in self.stats.items():
             stats.add(entity_rows[name], increments)
         self.shop_stats.add(np.zeros(len(labels), np.int64), increments)
-        log_prices = batch.dense[:, LOG_PRICE].numpy().astype(np.float64) * 10.0
+        log_prices = batch.dense[:, LOG_PRICE].numpy().astype(np.float64) * LOG_PRICE_SCALE
         priced = known[:, 0] & (batch.entry[:, 4] > 1)  # one per shown sample with a price
         moments = np.stack([np.ones_like(log_prices), log_prices, log_prices**2], axis=1)
         self.category_prices.add(batch.entry[:, 1], moments * priced[:, None])
@@ -932,7 +951,7 @@ def _history_features(
     slots = np.ones(history.shape[2], dtype=history.dtype)
     history_price = (history[:, 4] @ slots) / denominator  # empty slots are 0
     columns = np.empty((len(entry), 9), dtype=np.float32)
-    columns[:, 0] = np.nan_to_num(log_prices) / 10.0
+    columns[:, 0] = np.nan_to_num(log_prices) / LOG_PRICE_SCALE
     columns[:, 1:5] = shares
     columns[:, 5] = np.where(n_filled > 0, np.abs(entry[:, 4] - history_price) / 10.0, 0.0)
     columns[:, 6] = n_filled / history.shape[2]

@@ -86,17 +86,23 @@ from torch import nn
 from online_models.base import TASKS
 from online_models.config import MultiTaskConfig
 from online_models.features import (
+    BRAND,
     CONTENT_DENSE_FEATURES,
+    CONTENT_SECTIONS,
     DENSE_FEATURES,
-    PATH_TOKENS,
+    DEVICE,
+    HISTORY_CONTENT,
+    HISTORY_FIELDS,
+    HISTORY_ITEM,
+    HISTORY_SECTIONS,
+    PRICE,
     PRICE_BUCKETS,
+    TOKENS,
     FeatureBatch,
 )
 from online_models.towers import build_towers
 from online_models.towers.mlp import mlp
 
-HISTORY_SECTIONS = ("item", "token", "token", "brand", "price")
-"""The section each history field's rows belong to (item, category, top, brand, price)."""
 PROBABILITY_FLOOR = 1e-9
 """Predictions are clipped into ``[floor, 1 - floor]``: strictly inside (0, 1)."""
 ADAGRAD_EPS = 1e-10
@@ -257,12 +263,11 @@ class MultiTaskNet(nn.Module):
             width = d if table == "ids" else c
             if offset:
                 self.add_module(table, EmbeddingTable(offset, width + tasks, config.sparse_lr))
-        content_fields = (*("token",) * PATH_TOKENS, "brand", "price", "device")
-        self.register_buffer("content_offsets", self._offsets(content_fields), persistent=False)
+        columns = CONTENT_SECTIONS if config.use_content else CONTENT_SECTIONS[DEVICE:]
+        self.register_buffer("content_offsets", self._offsets(columns), persistent=False)
         if config.use_content:  # where the content fields of a history entry start
-            self.register_buffer(
-                "history_offsets", self._offsets(HISTORY_SECTIONS[1:]), persistent=False
-            )
+            sections = [HISTORY_SECTIONS[f] for f in HISTORY_FIELDS[HISTORY_CONTENT]]
+            self.register_buffer("history_offsets", self._offsets(sections), persistent=False)
         behaviour_in = 1 + (d if config.use_ids else 0) + (4 * c if config.use_content else 0)
         if config.use_content:
             self.content_tower = nn.Sequential(
@@ -331,16 +336,15 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, batch: FeatureBatch) -> torch.Tensor:
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        rows = batch.content if config.use_content else batch.content[:, -1:]
-        offsets = self.content_offsets if config.use_content else self.content_offsets[-1:]
-        table, fields = self.content.lookup(torch.where(rows > 0, rows + offsets, 0))
+        rows = batch.content if config.use_content else batch.content[:, DEVICE:]
+        table, fields = self.content.lookup(torch.where(rows > 0, rows + self.content_offsets, 0))
         vectors, wides = table[:, :c], table[:, c:]
         wide = gather(wides, fields).sum(dim=1)  # per item state, as everything item-side
-        device = vectors.index_select(0, fields[:, -1])
+        device = vectors.index_select(0, fields[:, -1])  # the last column either way
         item_content = user_offset = item_offset = None
         if config.use_content:
-            tokens = gather(vectors, fields[:, :PATH_TOKENS]).sum(dim=1)
-            brand_price = gather(vectors, fields[:, PATH_TOKENS:-1]).flatten(1)
+            tokens = gather(vectors, fields[:, TOKENS]).sum(dim=1)
+            brand_price = gather(vectors, fields[:, BRAND : PRICE + 1]).flatten(1)
             content_in = torch.cat([tokens, brand_price, batch.item_log_price], dim=1)
             item_content = self.content_tower(content_in)
         states = len(batch.state_user)
@@ -401,10 +405,11 @@ class MultiTaskNet(nn.Module):
         groups, _, slots = history.shape
         parts = [fill.unsqueeze(1)]
         if config.use_ids:
-            items = history[:, 0] + self.sections["item"][1]  # section row 0 -> a zero row
+            items = history[:, HISTORY_ITEM] + self.sections["item"][1]  # row 0 -> a zero row
             parts.append(F.embedding_bag(items, self.ids.weight, mode="sum")[:, :d])
         if config.use_content:
-            content = (history[:, 1:] + self.history_offsets.unsqueeze(1)).view(-1, slots)
+            content = history[:, HISTORY_CONTENT] + self.history_offsets.unsqueeze(1)
+            content = content.reshape(-1, slots)
             sums = F.embedding_bag(content, self.content.weight, mode="sum")
             parts.append(sums.view(groups, -1, c + len(TASKS))[:, :, :c].flatten(1))
         summary = torch.cat(parts, dim=1)

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from online_models.catalog import Catalog
 from online_models.features import label_matrix
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import LabelConfig, LabelResolver, Resolution, TrackedSample, labelled
@@ -78,11 +79,13 @@ class LabelStage:
     ----------
     config
         Windows, waits and memory bounds.
+    catalog
+        The item catalog (see :class:`~online_models.labels.LabelResolver`).
     """
 
-    def __init__(self, config: LabelConfig | None = None) -> None:
+    def __init__(self, config: LabelConfig | None = None, catalog: Catalog | None = None) -> None:
         self.config = config or LabelConfig()
-        self.resolver = LabelResolver(self.config)
+        self.resolver = LabelResolver(self.config, catalog)
         waits = self.config.provisional_waits_ms
         self.waits = None if waits is None else ProvisionalNegatives(waits)
         self.learned: Counter[str] = Counter()

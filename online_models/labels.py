@@ -93,6 +93,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from online_models.base import Sample
+from online_models.catalog import Catalog
 from producers.contract import CatalogItem, Event, ItemContent
 
 SHOWN, CLICKED, CARTED, PURCHASED = 0, 1, 2, 3
@@ -332,10 +333,15 @@ class LabelResolver:
     ----------
     config
         The windows, sampling and memory bounds.
+    catalog
+        The item catalog it reads content from and adds events' content to
+        (shared with the candidate pool in the worker; saved by its owner,
+        not in :meth:`state_dict`); a catalog of its own if not given.
     """
 
-    def __init__(self, config: LabelConfig | None = None) -> None:
+    def __init__(self, config: LabelConfig | None = None, catalog: Catalog | None = None) -> None:
         self.config = config or LabelConfig()
+        self.catalog = catalog if catalog is not None else Catalog(self.config.max_catalog_items)
         self._rng = random.Random(self.config.seed)
         self._next_key = 0
         self._clock = EventClock(self.config.max_skew_ms, self.config.idle_partition_ms)
@@ -344,7 +350,6 @@ class LabelResolver:
         self._deadlines: dict[int, list[tuple[int, int]]] = {}  # per partition, a heap
         self._seen_ids: set[str] = set()
         self._seen_order: deque[str] = deque()
-        self._catalog: dict[str, ItemContent] = {}
         self._pool: list[str] = []
         self._pool_slot: dict[str, int] = {}
         self._pool_next = 0
@@ -383,7 +388,7 @@ class LabelResolver:
 
     def observe_catalog(self, item: CatalogItem) -> None:
         """Remember an item's content for samples of it that come without one."""
-        self._remember_content(item.item_id, item.content)
+        self.catalog.remember(item.item_id, item.content)
 
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event read from ``partition``: windows it closes first, then the event."""
@@ -395,7 +400,7 @@ class LabelResolver:
         out.event = event = self._stamped(event, partition)
         self._close_passed(out.resolved)
         if event.item is not None:
-            self._remember_content(event.item_id, event.item)
+            self.catalog.remember(event.item_id, event.item)
         if event.type == "impression":
             if self.config.impressions:
                 sample = self._new_sample(event, (None, None, None))
@@ -430,7 +435,6 @@ class LabelResolver:
             "clock": self._clock.state_dict(),
             "open": [_open_to_row(o) for o in self._open.values()],
             "seen_ids": list(self._seen_order),
-            "catalog": {k: [c.category, c.brand, c.price] for k, c in self._catalog.items()},
             "pool": list(self._pool),
             "pool_next": self._pool_next,
             "rng": _rng_state_to_plain(self._rng.getstate()),
@@ -455,7 +459,8 @@ class LabelResolver:
             heapq.heapify(heap)
         self._seen_order = deque(state["seen_ids"])
         self._seen_ids = set(self._seen_order)
-        self._catalog = {k: ItemContent(*v) for k, v in state["catalog"].items()}
+        for item_id, content in state.get("catalog", {}).items():  # older checkpoints held it
+            self.catalog.remember(item_id, ItemContent(*content))
         self._pool = list(state["pool"])
         self._pool_slot = {item: slot for slot, item in enumerate(self._pool)}
         self._pool_next = int(state["pool_next"])
@@ -517,9 +522,9 @@ class LabelResolver:
         if item_id is None:
             item_id = event.item_id
             # the event's own content was just remembered: as the object kept for the item
-            content = self._catalog.get(item_id) or event.item or ItemContent()
+            content = self.catalog.get(item_id) or event.item or ItemContent()
         else:
-            content = self._catalog.get(item_id) or ItemContent()
+            content = self.catalog.get(item_id) or ItemContent()
         sample = TrackedSample(
             user_id=event.user_id,
             item_id=item_id,
@@ -602,17 +607,6 @@ class LabelResolver:
         if len(self._seen_order) > self.config.dedupe_events:
             self._seen_ids.discard(self._seen_order.popleft())
         return False
-
-    def _remember_content(self, item_id: str, content: ItemContent) -> None:
-        """Keep ``content`` as the item's latest; an equal one known already stays the object kept.
-
-        Samples then share one content object per item, whose strings the
-        feature encoder recognises by identity instead of hashing them again.
-        """
-        known = self._catalog.pop(item_id, None)
-        self._catalog[item_id] = known if known is content or known == content else content
-        if len(self._catalog) > self.config.max_catalog_items:
-            del self._catalog[next(iter(self._catalog))]
 
     def _add_to_pool(self, item_id: str) -> None:
         if item_id in self._pool_slot:

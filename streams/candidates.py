@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from online_models.base import CandidateBlock
+from online_models.catalog import Catalog
 from producers.contract import CatalogItem, Event, ItemContent
 
 _WEIGHT = {"click": 1.0, "cart": 3.0, "purchase": 5.0}
@@ -44,7 +45,6 @@ class CandidateConfig:
     new_items: int = 25
     half_life_events: int = 20_000
     refresh_every: int = 500
-    max_items: int = 200_000
     max_users: int = 500_000
 
 
@@ -171,11 +171,18 @@ class Popularity:
 
 
 class CandidatePool:
-    """Catalog content, decayed popularity and per-user recency, for candidate generation."""
+    """Decayed popularity, per-user recency and the newest items, for candidate generation.
 
-    def __init__(self, config: CandidateConfig | None = None) -> None:
+    Item content comes from ``catalog`` (shared with the label stage in the
+    worker, and saved by its owner); a catalog of its own if not given.
+    """
+
+    def __init__(
+        self, config: CandidateConfig | None = None, catalog: Catalog | None = None
+    ) -> None:
         self.config = config or CandidateConfig()
-        self._content: OrderedDict[str, ItemContent] = OrderedDict()
+        self.catalog = catalog if catalog is not None else Catalog()
+        self.catalog.listen(self._content_changed)
         self._newest: deque[str] = deque(maxlen=self.config.new_items)
         self._popularity = Popularity()
         self._clock = 0
@@ -186,29 +193,28 @@ class CandidatePool:
 
     @property
     def catalog_size(self) -> int:
-        return len(self._content)
+        return len(self.catalog)
 
     def content(self, item_id: str) -> ItemContent | None:
         """What the catalog (or the events) said about an item, if anything."""
-        return self._content.get(item_id)
+        return self.catalog.get(item_id)
 
     def observe_catalog(self, item: CatalogItem) -> None:
         """A catalog record: remember its content; a first sighting counts as new."""
-        if item.item_id not in self._content:
+        if self.catalog.remember(item.item_id, item.content):
             self._newest.append(item.item_id)
-        self._remember(item.item_id, item.content)
 
     def observe(self, events: Sequence[Event]) -> None:
         """Funnel events raise popularity and the user's recency; content is remembered."""
         growth = math.log(2.0) / self.config.half_life_events
         for event in events:
-            if event.item is not None and event.item_id not in self._content:
-                self._remember(event.item_id, event.item)
+            if event.item is not None and event.item_id not in self.catalog:
+                self.catalog.remember(event.item_id, event.item)
             if event.type == "impression":
                 continue
             self._clock += 1
             boost = _WEIGHT[event.type] * math.exp(self._clock * growth)
-            content = self._content.get(event.item_id)
+            content = self.catalog.get(event.item_id)
             self._popularity.add(event.item_id, boost, content.category if content else None)
             recent = self._user_items.pop(event.user_id, None)
             if recent is None:
@@ -226,8 +232,10 @@ class CandidatePool:
         """The user's candidates with their content: recent items, their categories' best,
         overall best, newest (the pairs :meth:`block` gives the user, in order)."""
         block = self.block({user_id: 0})
-        content = self._content
-        return [(block.item_ids[i], content[block.item_ids[i]]) for i in block.pair_item.tolist()]
+        content = self.catalog
+        return [
+            (block.item_ids[i], content.get(block.item_ids[i])) for i in block.pair_item.tolist()
+        ]
 
     def block(self, event_ts: Mapping[str, int]) -> CandidateBlock:
         """The users' candidates as one block, each user scored at its ``event_ts``.
@@ -248,7 +256,7 @@ class CandidatePool:
         >>> [(block.user_ids[u], block.item_ids[i]) for u, i in pairs]
         [('u1', 'i0'), ('u1', 'i1'), ('u1', 'i2'), ('u2', 'i1'), ('u2', 'i0'), ('u2', 'i2')]
         """
-        content = self._content
+        content = self.catalog
         shared = [item for item in dict.fromkeys([*self._top, *self._newest]) if item in content]
         row = dict(zip(shared, range(len(shared)), strict=True))  # item -> its place in the block
         shared_rows = list(range(len(shared)))
@@ -267,7 +275,7 @@ class CandidatePool:
                 sizes.append(len(rows))
                 pairs += rows
         items = list(row)
-        known = [content[item] for item in items]
+        known = [content.get(item) for item in items]
         return CandidateBlock(
             user_ids=users,
             times=times,
@@ -286,7 +294,7 @@ class CandidatePool:
             return []
         categories: list[str] = []
         for item_id in reversed(recent):
-            content = self._content.get(item_id)
+            content = self.catalog.get(item_id)
             if content and content.category and content.category not in categories:
                 categories.append(content.category)
             if len(categories) == self.config.recent_categories:
@@ -296,13 +304,12 @@ class CandidatePool:
             merged.update(dict.fromkeys(self._top_by_category.get(category, ())))
         return list(merged)
 
-    def _remember(self, item_id: str, content: ItemContent) -> None:
-        self._content[item_id] = content
-        self._content.move_to_end(item_id)
-        self._popularity.set_category(item_id, content.category)
-        while len(self._content) > self.config.max_items:
-            old, _ = self._content.popitem(last=False)
-            self._popularity.drop(old)
+    def _content_changed(self, item_id: str, content: ItemContent | None) -> None:
+        """The catalog changed an item's content, or dropped the item (``None``)."""
+        if content is None:
+            self._popularity.drop(item_id)
+        else:
+            self._popularity.set_category(item_id, content.category)
 
     def _refresh(self) -> None:
         """Recompute the popular lists; renormalise scores so the exponent never overflows."""
@@ -312,13 +319,12 @@ class CandidatePool:
         self._clock = 0
         config = self.config
         self._top, self._top_by_category = self._popularity.best(
-            config.popular, config.per_category, limit=config.max_items
+            config.popular, config.per_category, limit=len(self.catalog)
         )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything as plain values."""
         return {
-            "content": [[k, c.category, c.brand, c.price] for k, c in self._content.items()],
             "newest": list(self._newest),
             "popularity": self._popularity.scores(),
             "clock": self._clock,
@@ -326,15 +332,12 @@ class CandidatePool:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self._content = OrderedDict(
-            (key, ItemContent(category, brand, price))
-            for key, category, brand, price in state["content"]
-        )
+        """Restore from :meth:`state_dict` (the catalog restored first)."""
+        self.catalog.load_state_dict(state.get("content", []))  # older checkpoints held it
         self._newest = deque(state["newest"], maxlen=self.config.new_items)
         self._popularity = Popularity()
         for item_id, score in state["popularity"].items():
-            content = self._content.get(item_id)
+            content = self.catalog.get(item_id)
             self._popularity.add(item_id, float(score), content.category if content else None)
         self._clock = int(state["clock"])
         self._user_items = OrderedDict(

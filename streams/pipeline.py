@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from online_models.base import Learner, score_then_learn
+from online_models.catalog import Catalog
 from online_models.drift import FeatureDriftMonitor
 from online_models.features import label_matrix
 from online_models.label_stage import LabelStage
@@ -118,10 +119,12 @@ class Pipeline:
     ) -> None:
         self.learner = learner
         self.events_topic = events_topic
-        self.labels = LabelStage(labels)
+        labels = labels or LabelConfig()
+        self.catalog = Catalog(labels.max_catalog_items)  # one catalog: labels and candidates
+        self.labels = LabelStage(labels, self.catalog)
         self.quality = LiveQuality()
         self.features = FeatureDriftMonitor()
-        self.pool = CandidatePool(candidates)
+        self.pool = CandidatePool(candidates, self.catalog)
         self.ranker = Ranker(ranking)
         self.offsets: dict[int, int] = {}
         self.applied: Counter[str] = Counter()
@@ -142,7 +145,6 @@ class Pipeline:
                 dead.append(self._dead(message, bad, topic))
                 continue
             self.pool.observe_catalog(item)
-            self.labels.observe_catalog(item)
         return dead
 
     # ---------------------------------------------------------------- events
@@ -227,6 +229,7 @@ class Pipeline:
     def state_dict(self) -> dict[str, Any]:
         """Everything the worker knows, as plain values and tensors."""
         return {
+            "catalog": self.catalog.state_dict(),
             "learner": self.learner.state_dict(),
             "labels": self.labels.state_dict(),
             "quality": self.quality.state_dict(),
@@ -239,6 +242,7 @@ class Pipeline:
 
     def load_state_dict(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
         """Restore from :meth:`state_dict` and the offsets the checkpoint covers."""
+        self.catalog.load_state_dict(state.get("catalog", []))  # older: in labels and pool
         self.learner.load_state_dict(state["learner"])
         self.labels.load_state_dict(state.get("labels") or _older_labels(state))
         self.quality.load_state_dict(state["quality"])

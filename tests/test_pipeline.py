@@ -121,14 +121,30 @@ def test_a_checkpoint_from_before_the_label_stage_restores_its_resolver_and_wait
     catalog(pipe)
     pipe.process_events(messages(clicks(60)), now_ms=NOW)
     state = from_loadable(to_loadable(pipe.state_dict()))
-    labels = state.pop("labels")  # the layout before: resolver at the top, waits in the learner
-    older = {**state, "resolver": labels["resolver"]}
+    labels, rows = state.pop("labels"), state.pop("catalog")
+    # the layout before: resolver at the top, waits in the learner, a catalog in each of
+    # the resolver and the candidate pool
+    items = {item: content for item, *content in rows}
+    older = {**state, "resolver": {**labels["resolver"], "catalog": items}}
     older["learner"] = {**state["learner"], "feedback": labels["waits"]}
+    older["pool"] = {**state["pool"], "content": rows}
     restored = pipeline()
     restored.load_state_dict(older, dict(pipe.offsets))
     again = from_loadable(to_loadable(restored.state_dict()))
     assert again["labels"]["resolver"] == labels["resolver"]
     assert again["labels"]["waits"] == labels["waits"] and labels["waits"]["waiting"]
+    assert sorted(again["catalog"]) == sorted(rows) and len(rows) > 1
+    assert (
+        restored.refresh_scores({"u1": NOW})[0]["items"]
+        == pipe.refresh_scores({"u1": NOW})[0]["items"]
+    )
+
+
+def test_the_label_stage_and_the_candidates_read_one_catalog():
+    pipe = pipeline()
+    catalog(pipe)
+    assert pipe.labels.resolver.catalog is pipe.pool.catalog is pipe.catalog
+    assert len(pipe.catalog) > 0
 
 
 @pytest.mark.parametrize("objective", ["weighted", "revenue"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from online_models.base import CandidateBlock, Learner, Sample
+from online_models.catalog import Catalog
 from online_models.config import MultiTaskConfig
 from online_models.learner import id_only, mtl, single_task
 from producers.contract import CatalogItem, Event, ItemContent
@@ -142,16 +143,21 @@ def test_popularity_keeps_the_best_overall_and_per_category_with_ties_in_arrival
 
 
 def test_candidate_pool_state_round_trips_to_the_same_candidates():
-    pool = CandidatePool(CandidateConfig(popular=3, per_category=2, refresh_every=5, max_items=40))
+    config = CandidateConfig(popular=3, per_category=2, refresh_every=5)
+    pool = CandidatePool(config, Catalog(max_items=40))
     for n in range(60):  # more items than the pool keeps: the oldest are forgotten
         pool.observe_catalog(CatalogItem(f"i{n}", 0, category=f"c{n % 3}"))
     kinds = ["click", "cart", "purchase"]
     events = [Event(f"e{n}", 0, kinds[n % 3], f"u{n % 4}", f"i{(7 * n) % 60}") for n in range(90)]
     pool.observe(events)
-    restored = CandidatePool(pool.config)
+    assert len(pool.catalog) == 40
+    restored = CandidatePool(pool.config, Catalog(max_items=40))
+    restored.catalog.load_state_dict(pool.catalog.state_dict())  # its owner saves the catalog
     restored.load_state_dict(pool.state_dict())
+    older = CandidatePool(pool.config, Catalog(max_items=40))  # a checkpoint from before
+    older.load_state_dict({**pool.state_dict(), "content": pool.catalog.state_dict()})
     for user in ("u0", "u1", "u2", "u3", "nobody"):
-        assert restored.candidates(user) == pool.candidates(user)
+        assert restored.candidates(user) == pool.candidates(user) == older.candidates(user)
     assert all(pool.content(item) is not None for item, _ in pool.candidates("u0"))
 
 
@@ -169,7 +175,7 @@ def test_a_pool_block_lists_each_users_candidates_in_the_sources_order_without_r
     block = pool.block(users)
     assert block.user_ids == list(users) and block.times == list(users.values())
     pairs = list(zip(block.pair_user.tolist(), block.pair_item.tolist(), strict=True))
-    top, by_category = pool._popularity.best(config.popular, config.per_category, config.max_items)
+    top, by_category = pool._popularity.best(config.popular, config.per_category, len(pool.catalog))
     for u, user in enumerate(block.user_ids):
         recent = list(pool._user_items.get(user, ()))
         categories = list(dict.fromkeys(pool.content(i).category for i in reversed(recent)))

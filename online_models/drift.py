@@ -87,9 +87,8 @@ Data drift (:class:`FeatureDriftMonitor`)
     Category and brand values are hashed into ``bins`` bins so memory stays
     fixed whatever the vocabulary.
 
-Calibration (:class:`ConceptDriftMonitor.calibration`)
-    Mean prediction against observed label rate per task, over the last
-    ``calibration_window`` labels.
+Calibration per task (mean prediction against the observed label rate) is
+:class:`~online_models.live_quality.LiveQuality`'s, over its rolling window.
 
 State goes to and from plain dicts. River's ADWIN keeps its window in Rust
 and cannot be exported, so the state keeps each detector's inputs since its
@@ -109,8 +108,6 @@ Example
 ...     found = monitor.update("click", predictions, labels, position)
 >>> [(d["task"], d["detector"], 40_000 <= d["event"] < 41_000) for d in monitor.detections]
 [('click', 'page_hinkley', True)]
->>> round(monitor.calibration()["click"]["mean_prediction"], 2)
-0.21
 >>> psi(np.array([50, 50]), np.array([50, 50]))
 0.0
 """
@@ -183,8 +180,6 @@ class DriftConfig:
         stays calibrated in every group).
     cooldown_events
         Stream events after a detection during which no other is reported.
-    calibration_window
-        Labels per task in the rolling calibration.
     max_replay
         Detector inputs kept per task for restoring state.
     """
@@ -207,7 +202,6 @@ class DriftConfig:
     group_warmup_blocks: int = 60
     group_threshold: float = 6.0
     cooldown_events: int = 20_000
-    calibration_window: int = 5_000
     max_replay: int = 10_000
 
 
@@ -455,6 +449,10 @@ def _category_bin(category: str | None, bins: int, level: str) -> int:
     return _bin(category.split(".", 1)[0] if level == "top_category" else category, bins)
 
 
+MAX_DETECTIONS = 1_000
+"""Detections a monitor remembers (the newest): a worker's state stays bounded."""
+
+
 class ConceptDriftMonitor:
     """Per-task drift detection (loss and per-group calibration) and rolling calibration.
 
@@ -495,8 +493,7 @@ class ConceptDriftMonitor:
             }
             for task in TASKS
         }
-        self._calibration = {task: deque(maxlen=self.config.calibration_window) for task in TASKS}
-        self.detections: list[dict[str, Any]] = []
+        self.detections: list[dict[str, Any]] = []  # the newest MAX_DETECTIONS
         self._quiet_until = -1
 
     def update(
@@ -516,7 +513,6 @@ class ConceptDriftMonitor:
         """
         predictions = np.asarray(predictions, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.float64)
-        self._calibration[task].extend(zip(predictions.tolist(), labels.tolist(), strict=True))
         fired = self._tasks[task].add(label_losses(predictions, labels), labels > 0.5)
         for level, chart in self._groups[task].items() if categories is not None else ():
             bins = category_bins(categories, chart.bins, level)
@@ -528,6 +524,7 @@ class ConceptDriftMonitor:
         names = dict.fromkeys(fired)  # a detector firing on two blocks of one update counts once
         raised = [{"event": int(position), "task": task, "detector": name} for name in names]
         self.detections.extend(raised)
+        del self.detections[:-MAX_DETECTIONS]
         self._quiet_until = position + self.config.cooldown_events
         for detectors in self._tasks.values():
             detectors.rearm()
@@ -536,28 +533,14 @@ class ConceptDriftMonitor:
                 chart.rearm()
         return raised
 
-    def calibration(self) -> dict[str, dict[str, float]]:
-        """Per task: mean prediction and observed rate over the rolling window."""
-        out = {}
-        for task, pairs in self._calibration.items():
-            values = np.array(pairs, dtype=np.float64).reshape(-1, 2)
-            mean = values.mean(axis=0) if len(values) else np.full(2, np.nan)
-            out[task] = {
-                "mean_prediction": float(mean[0]),
-                "observed_rate": float(mean[1]),
-                "labels": len(values),
-            }
-        return out
-
     def state_dict(self) -> dict[str, Any]:
-        """Detector inputs, calibration windows and detections as plain values."""
+        """Detector inputs and detections as plain values."""
         return {
             "tasks": {task: d.state_dict() for task, d in self._tasks.items()},
             "groups": {
                 task: {level: chart.state_dict() for level, chart in charts.items()}
                 for task, charts in self._groups.items()
             },
-            "calibration": {task: [list(p) for p in c] for task, c in self._calibration.items()},
             "detections": [dict(d) for d in self.detections],
             "quiet_until": self._quiet_until,
         }
@@ -568,9 +551,7 @@ class ConceptDriftMonitor:
             detectors.load_state_dict(state["tasks"][task])
             for level, chart in self._groups[task].items():
                 chart.load_state_dict(state["groups"][task][level])
-            self._calibration[task].clear()
-            self._calibration[task].extend(tuple(p) for p in state["calibration"][task])
-        self.detections = [dict(d) for d in state["detections"]]
+        self.detections = [dict(d) for d in state["detections"]][-MAX_DETECTIONS:]
         self._quiet_until = int(state["quiet_until"])
 
 

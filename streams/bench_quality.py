@@ -24,10 +24,12 @@ simulator the ``oracle`` scores every sample with the shop's true
 probabilities at the time it appeared. ``comparisons`` gives, per task,
 ``mtl``'s AUC minus each other model's over the same samples, with its
 DeLong standard error: a difference well within two standard errors is not
-one. Drift detections come from the
-``mtl`` model's loss streams and its calibration per item category
-(:class:`~online_models.drift.ConceptDriftMonitor`, fed each label's item category);
-``injected_at`` lists the simulator's drift points (event indexes).
+one. ``mtl`` is watched as the worker watches it: its labels and
+predictions go through :class:`~online_models.live_quality.LiveQuality`
+into the drift detectors (loss streams, calibration per item category), and
+the report's ``drift.calibration`` is LiveQuality's over its last 5,000
+labels per task; ``injected_at`` lists the simulator's drift points (event
+indexes).
 
 Windows per source (event time): the simulator clicks 2-30 s after an
 impression and converts within 30 + 30 minutes, so click window 60 s and
@@ -66,7 +68,6 @@ from online_models.drift import ConceptDriftMonitor, FeatureDriftMonitor
 from online_models.evaluation import (
     InteractionCounter,
     SampleLog,
-    label_rows,
     paired_comparison,
     prequential_metrics,
     rolling_auc,
@@ -74,6 +75,7 @@ from online_models.evaluation import (
 from online_models.features import label_matrix
 from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
+from online_models.live_quality import LiveQuality
 from producers.contract import CatalogItem, Event
 from streams.progress import optional_progress
 
@@ -81,6 +83,8 @@ MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "single_task", "id_only", "po
 DRIFT_AT = 0.6
 """The simulated taste shift happens after this share of the events."""
 MINUTE_MS = 60_000
+CALIBRATION_LABELS = 5_000
+"""Labels per task over which the report's calibration (mtl's) is taken."""
 
 
 def _model_factories() -> dict[str, Callable[[], Learner]]:
@@ -350,11 +354,12 @@ class ModelRun:
 def run_model(
     model: Learner,
     stream: SampleStream,
-    concept: ConceptDriftMonitor | None = None,
+    quality: LiveQuality | None = None,
     features: FeatureDriftMonitor | None = None,
     advance: Callable[[float], None] | None = None,
 ) -> ModelRun:
-    """Test-then-train over the stream; feed drift monitors if given."""
+    """Test-then-train over the stream; feed the live quality (and its drift detectors) and the
+    feature drift monitor as the worker does, if given."""
     scores = np.full((len(stream.log), 3), np.nan)
     seconds = 0.0
     learned = 0
@@ -370,28 +375,15 @@ def run_model(
             per_task += np.count_nonzero(~np.isnan(label_matrix(step.learn)), axis=0)
         if features is not None:
             features.observe(step.events)
-        if concept is not None and step.resolved:
-            keys, tasks, labels = label_rows(step.resolved)
-            categories = _label_categories(step.resolved)
-            for task, name in enumerate(TASKS):
-                mine = tasks == task
-                if mine.any():
-                    predicted = scores[keys[mine], task]
-                    found = concept.update(
-                        name, predicted, labels[mine], step.position, categories[mine]
-                    )
-                    if found and features:
-                        features.rebase()
+        if quality is not None:
+            if step.new:
+                quality.scored(step.new, predictions)
+            if step.resolved and quality.labelled(step.resolved, step.position) and features:
+                features.rebase()
         if advance is not None:
             advance(len(step.events))
     labels_learned = dict(zip(TASKS, per_task.tolist(), strict=True))
     return ModelRun(scores=scores, seconds=seconds, learned=learned, labels_learned=labels_learned)
-
-
-def _label_categories(samples: list[TrackedSample]) -> np.ndarray:
-    """The item category of each row :func:`label_rows` gives for the samples, in its order."""
-    rows = [s.category for s in samples for label in s.labels() if label is not None]
-    return np.array(rows, dtype=object)
 
 
 def run(options: QualityOptions) -> dict[str, Any]:
@@ -400,7 +392,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
     stream = build_stream(options)
     gc.freeze()  # the stream lives to the end: keep the collector from rescanning it per model
     from_position = stream.events // 2
-    concept = ConceptDriftMonitor()
+    quality = LiveQuality(window=CALIBRATION_LABELS, drift=ConceptDriftMonitor())
     features = FeatureDriftMonitor(history_windows=stream.events)  # every window, for the plot
     report: dict[str, Any] = {
         "source": options.source,
@@ -412,7 +404,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
     runs: dict[str, np.ndarray] = {}
     for name in options.models:
         model = factories[name]()
-        monitors = (concept, features) if name == "mtl" else (None, None)
+        monitors = (quality, features) if name == "mtl" else (None, None)
         with optional_progress(options.progress, name, stream.events) as advance:
             result = run_model(model, stream, *monitors, advance)
         metrics = prequential_metrics(result.scores, stream.log, from_position)
@@ -431,9 +423,9 @@ def run(options: QualityOptions) -> dict[str, Any]:
         runs["oracle"] = stream.oracle
     report["drift"] = {
         "injected_at": stream.injected_at,
-        "detections": concept.detections if "mtl" in options.models else [],
+        "detections": quality.drift.detections if "mtl" in options.models else [],
         "psi": {"windows": list(features.history), "window_events": features.window_events},
-        "calibration": concept.calibration() if "mtl" in options.models else {},
+        "calibration": _calibration(quality) if "mtl" in options.models else {},
     }
     report = _finite(report)
     if options.report is not None:
@@ -441,6 +433,18 @@ def run(options: QualityOptions) -> dict[str, Any]:
     if options.plot is not None:
         plot_rolling_auc(runs, stream, report["drift"], options.plot)
     return report
+
+
+def _calibration(quality: LiveQuality) -> dict[str, dict[str, float]]:
+    """Per task, mtl's mean prediction and the observed rate over its last labels."""
+    return {
+        task: {
+            "mean_prediction": values["mean_prediction"],
+            "observed_rate": values["label_rate"],
+            "labels": values["labels"],
+        }
+        for task, values in quality.summary().items()
+    }
 
 
 def _finite(value: Any) -> Any:

@@ -8,7 +8,6 @@ import numpy as np
 
 from online_models.drift import (
     ConceptDriftMonitor,
-    DriftConfig,
     FeatureDriftMonitor,
     category_bins,
     normalised_entropy,
@@ -104,13 +103,6 @@ def test_a_restored_monitor_raises_what_the_original_would_have():
         labels = (rng.random(CHUNK) < truth).astype(float)
         second.update("click", predict(truth, labels), labels, position)
     assert second.detections == whole != []
-
-
-def test_calibration_compares_mean_prediction_with_the_observed_rate_over_a_window():
-    monitor = ConceptDriftMonitor(DriftConfig(calibration_window=4))
-    monitor.update("cart", np.array([0.9, 0.9, 0.1, 0.3, 0.2]), np.array([1, 1, 0, 1, 0.0]), 0)
-    cart = monitor.calibration()["cart"]
-    assert cart == {"mean_prediction": 0.375, "observed_rate": 0.5, "labels": 4}
 
 
 def test_normalised_entropy_is_one_for_predicting_the_base_rate():

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from online_models.base import TASKS
-from online_models.features import TableCapacities
+from online_models.layout import TableCapacities
 from online_models.towers import ARCHITECTURES
 
 DAY_MS = 86_400_000

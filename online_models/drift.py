@@ -127,8 +127,8 @@ import numpy as np
 from river.drift import ADWIN, PageHinkley
 
 from online_models.base import TASKS
+from online_models.content import price_buckets
 from online_models.evaluation import label_losses
-from online_models.features import price_buckets
 from producers.contract import EVENT_TYPES, Event
 
 GROUP_LEVELS: tuple[str, ...] = ("top_category", "category")

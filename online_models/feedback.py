@@ -35,7 +35,7 @@ handful of array operations rather than a heap operation per sample.
 
 Example
 -------
->>> from online_models.features import label_matrix
+>>> from online_models.layout import label_matrix
 >>> from online_models.labels import TrackedSample
 >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
 >>> waits.scored([TrackedSample("u1", "i1", ts=0, key=1), TrackedSample("u1", "i2", ts=0, key=2)])

@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 
 from online_models.catalog import Catalog
-from online_models.features import label_matrix
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import LabelConfig, LabelResolver, Resolution, TrackedSample, labelled
+from online_models.layout import label_matrix
 from producers.contract import CatalogItem, Event
 
 REASONS = ("resolved", "corrected", "provisional")

@@ -47,7 +47,8 @@ from online_models.base import (
     score_then_learn,
 )
 from online_models.config import MultiTaskConfig
-from online_models.features import FeatureBatch, FeatureEncoder, label_matrix
+from online_models.features import FeatureEncoder
+from online_models.layout import FeatureBatch, label_matrix
 from online_models.net import MultiTaskNet, funnel_probabilities
 
 

@@ -34,8 +34,8 @@ import numpy as np
 from online_models.base import TASKS
 from online_models.drift import ConceptDriftMonitor
 from online_models.evaluation import auc, log_loss
-from online_models.features import label_matrix
 from online_models.labels import TrackedSample
+from online_models.layout import label_matrix
 
 
 class LiveQuality:

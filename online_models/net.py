@@ -85,7 +85,7 @@ from torch import nn
 
 from online_models.base import TASKS
 from online_models.config import MultiTaskConfig
-from online_models.features import (
+from online_models.layout import (
     BRAND,
     CONTENT_DENSE_FEATURES,
     CONTENT_SECTIONS,

@@ -72,9 +72,9 @@ from online_models.evaluation import (
     prequential_metrics,
     rolling_auc,
 )
-from online_models.features import label_matrix
 from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
+from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
 from producers.contract import CatalogItem, Event
 from streams.progress import optional_progress

@@ -44,9 +44,9 @@ import numpy as np
 from online_models.base import Learner, score_then_learn
 from online_models.catalog import Catalog
 from online_models.drift import FeatureDriftMonitor
-from online_models.features import label_matrix
 from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
+from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
 from producers.contract import (
     Event,

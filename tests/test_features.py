@@ -7,16 +7,10 @@ import numpy as np
 import torch
 
 from online_models.base import Sample
-from online_models.features import (
-    DENSE_FEATURES,
-    PATH_TOKENS,
-    FeatureEncoder,
-    TableCapacities,
-    label_matrix,
-    path_tokens,
-    price_buckets,
-)
+from online_models.content import path_tokens, price_buckets
+from online_models.features import FeatureEncoder
 from online_models.labels import TrackedSample
+from online_models.layout import DENSE_FEATURES, PATH_TOKENS, TableCapacities, label_matrix
 from online_models.synthetic import ToyShop
 
 SMALL = TableCapacities(user=4096, item=4096, token=1024, brand=1024, device=16)

@@ -2,9 +2,9 @@
 
 import math
 
-from online_models.features import label_matrix
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
+from online_models.layout import label_matrix
 from producers.contract import Event
 
 SECOND = 1_000

@@ -40,7 +40,7 @@ import numpy as np
 from river import linear_model, optim
 
 from online_models.base import TASKS, Learner, Sample
-from online_models.features import price_buckets
+from online_models.content import price_buckets
 
 
 @dataclass(frozen=True, slots=True)

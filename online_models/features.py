@@ -75,10 +75,14 @@ from online_models.base import CandidateBlock, Sample
 from online_models.content import ContentRows
 from online_models.layout import (
     BRAND,
+    DEVICE,
+    ENTRY,
+    HISTORY_DENSE_FEATURES,
     HISTORY_FIELDS,
     HISTORY_FILL,
     LOG_PRICE,
     LOG_PRICE_SCALE,
+    MATCHED_FIELDS,
     PATH_TOKENS,
     PRICE,
     RATE_ENTITIES,
@@ -361,7 +365,7 @@ class FeatureEncoder:
             for name, table_rows in (
                 ("user", kept_rows.users),
                 ("item", kept_rows.items),
-                ("device", kept_rows.content[:, -1]),
+                ("device", kept_rows.content[:, DEVICE]),
             ):
                 self.tables[name].touch(table_rows, now_ms)
             self.content.touch(kept_rows.content[:, :-1], now_ms)
@@ -449,15 +453,16 @@ class FeatureEncoder:
         pair_user: np.ndarray | None = None,
         pair_item: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The relative price and rate columns of ``DENSE_FEATURES``, per pair.
+        """The :data:`~online_models.layout.ENTITY_DENSE_FEATURES` columns, per pair.
 
         They depend on the user alone or the item alone: given ``pair_user``
         and ``pair_item``, ``users`` and ``items`` (with their ``entry`` and
         ``log_prices``) are distinct ones, worked out once each and gathered
         per pair; without, one per pair already.
         """
-        item_side = {"item": items, "brand": entry[:, 3], "category": entry[:, 1]}
-        columns = [self._relative_price(entry[:, 1], log_prices)]
+        categories = entry[:, ENTRY["category"]]
+        item_side = {"item": items, "brand": entry[:, ENTRY["brand"]], "category": categories}
+        columns = [self._relative_price(categories, log_prices)]
         columns += [
             self._rate_odds(name, users if name == "user" else item_side[name])
             for name in RATE_ENTITIES
@@ -539,16 +544,16 @@ class FeatureEncoder:
         entity_rows = {
             "item": items,
             "user": users,
-            "brand": batch.entry[:, 3],
-            "category": batch.entry[:, 1],
+            "brand": batch.entry[:, ENTRY["brand"]],
+            "category": batch.entry[:, ENTRY["category"]],
         }
         for name, stats in self.stats.items():
             stats.add(entity_rows[name], increments)
         self.shop_stats.add(np.zeros(len(labels), np.int64), increments)
         log_prices = batch.dense[:, LOG_PRICE].numpy().astype(np.float64) * LOG_PRICE_SCALE
-        priced = known[:, 0] & (batch.entry[:, 4] > 1)  # one per shown sample with a price
+        priced = known[:, 0] & (batch.entry[:, ENTRY["price"]] > 1)  # shown, with a price
         moments = np.stack([np.ones_like(log_prices), log_prices, log_prices**2], axis=1)
-        self.category_prices.add(batch.entry[:, 1], moments * priced[:, None])
+        self.category_prices.add(batch.entry[:, ENTRY["category"]], moments * priced[:, None])
         interactions = positive.sum(axis=1)
         seen = known[:, 0] | (interactions > 0)
         self.tables["user"].count(users[seen], interactions[seen])
@@ -630,23 +635,30 @@ def _history_features(
     user_count: np.ndarray,
     item_count: np.ndarray,
 ) -> np.ndarray:
-    """The history, price and count columns of ``DENSE_FEATURES``, roughly in [0, 1].
+    """The :data:`~online_models.layout.HISTORY_DENSE_FEATURES` columns, roughly in [0, 1].
 
     ``history`` is ``(B, fields, slots)``, ``entry`` the candidate as a history entry.
     """
-    n_filled = _count_true(history[:, 0] != 0)
+    matched = [ENTRY[name] for name in MATCHED_FIELDS]
+    n_filled = _count_true(history[:, ENTRY["item"]] != 0)
     denominator = np.maximum(n_filled, 1)
-    wanted = np.where(entry[:, :4] > 0, entry[:, :4], -1)  # an unknown id matches no slot
-    shares = _count_true(history[:, :4] == wanted[:, :, None]) / denominator[:, None]
+    wanted = entry[:, matched]
+    wanted = np.where(wanted > 0, wanted, -1)  # an unknown id matches no slot
+    shares = _count_true(history[:, matched] == wanted[:, :, None]) / denominator[:, None]
     slots = np.ones(history.shape[2], dtype=history.dtype)
-    history_price = (history[:, 4] @ slots) / denominator  # empty slots are 0
-    columns = np.empty((len(entry), 9), dtype=np.float32)
-    columns[:, 0] = np.nan_to_num(log_prices) / LOG_PRICE_SCALE
-    columns[:, 1:5] = shares
-    columns[:, 5] = np.where(n_filled > 0, np.abs(entry[:, 4] - history_price) / 10.0, 0.0)
-    columns[:, 6] = n_filled / history.shape[2]
-    columns[:, 7] = np.log1p(item_count) / 5.0
-    columns[:, 8] = np.log1p(user_count) / 5.0
+    history_price = (history[:, ENTRY["price"]] @ slots) / denominator  # empty slots are 0
+    price_gap = np.abs(entry[:, ENTRY["price"]] - history_price) / 10.0  # buckets: 2 per doubling
+    named = {
+        "log_price": np.nan_to_num(log_prices) / LOG_PRICE_SCALE,
+        **{f"history_same_{name}": shares[:, k] for k, name in enumerate(MATCHED_FIELDS)},
+        "history_price_gap": np.where(n_filled > 0, price_gap, 0.0),
+        "history_fill": n_filled / history.shape[2],
+        "log_item_count": np.log1p(item_count) / 5.0,
+        "log_user_count": np.log1p(user_count) / 5.0,
+    }
+    columns = np.empty((len(entry), len(HISTORY_DENSE_FEATURES)), dtype=np.float32)
+    for column, name in enumerate(HISTORY_DENSE_FEATURES):
+        columns[:, column] = named[name]
     return columns
 
 

@@ -47,26 +47,33 @@ HISTORY_SECTIONS = {
     "price": "price",
 }
 """The embedding section each history field's rows are in."""
-HISTORY_ITEM = HISTORY_FIELDS.index("item")
+ENTRY = {name: column for column, name in enumerate(HISTORY_FIELDS)}
+"""The column of each history field in an entry, and its row in a history's field axis."""
+HISTORY_ITEM = ENTRY["item"]
 HISTORY_CONTENT = slice(HISTORY_ITEM + 1, len(HISTORY_FIELDS))
 """The history fields after the item: its content, in :data:`HISTORY_FIELDS` order."""
+MATCHED_FIELDS = ("item", "category", "top", "brand")
+"""History fields a candidate is matched against (the ``history_same_*`` features)."""
 LOG_PRICE_SCALE = 10.0
 """The ``log_price`` dense column holds ``log1p(price) / LOG_PRICE_SCALE``."""
-DENSE_FEATURES = (
+HISTORY_DENSE_FEATURES = (
     "log_price",
-    "history_same_item",
-    "history_same_category",
-    "history_same_top",
-    "history_same_brand",
+    *(f"history_same_{field}" for field in MATCHED_FIELDS),
     "history_price_gap",
     "history_fill",
     "log_item_count",
     "log_user_count",
-    "category_relative_price",
 )
+"""The dense features of the candidate against the user's history, and the counts."""
 RATE_ENTITIES = {"item": "item", "user": "user", "brand": "brand", "category": "token"}
 """Entities with funnel-rate features, and the ID table their rows come from."""
-DENSE_FEATURES += tuple(f"{entity}_{task}_rate" for entity in RATE_ENTITIES for task in TASKS)
+ENTITY_DENSE_FEATURES = (
+    "category_relative_price",
+    *(f"{entity}_{task}_rate" for entity in RATE_ENTITIES for task in TASKS),
+)
+"""The dense features of the user alone or the item alone (worked out once per side)."""
+DENSE_FEATURES = HISTORY_DENSE_FEATURES + ENTITY_DENSE_FEATURES
+"""The columns of :attr:`FeatureBatch.dense`."""
 LOG_PRICE = DENSE_FEATURES.index("log_price")
 HISTORY_FILL = DENSE_FEATURES.index("history_fill")
 CONTENT_DENSE_FEATURES = (

@@ -336,11 +336,12 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, batch: FeatureBatch) -> torch.Tensor:
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
-        rows = batch.content if config.use_content else batch.content[:, DEVICE:]
+        columns = slice(None) if config.use_content else slice(DEVICE, DEVICE + 1)
+        rows = batch.content[:, columns]
         table, fields = self.content.lookup(torch.where(rows > 0, rows + self.content_offsets, 0))
         vectors, wides = table[:, :c], table[:, c:]
         wide = gather(wides, fields).sum(dim=1)  # per item state, as everything item-side
-        device = vectors.index_select(0, fields[:, -1])  # the last column either way
+        device = vectors.index_select(0, fields[:, DEVICE if config.use_content else 0])
         item_content = user_offset = item_offset = None
         if config.use_content:
             tokens = gather(vectors, fields[:, TOKENS]).sum(dim=1)

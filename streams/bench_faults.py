@@ -87,9 +87,14 @@ FAULTS = (
     "event_time",
 )
 PARTITIONS = 4
+AUC_TOLERANCE = 0.01
+"""Issue 9: AUC per task within this of the same stream without the event-time faults."""
 MALFORMED_DEDUPE = 200_000
 """The ``malformed`` run's deduplication window: longer than its stream (see ``malformed``)."""
 MOMENTS = ("batch", "checkpoint", "publish", "delay")
+HANG_S = 300.0
+"""Hang guard of every wait. A loaded machine is slow here mostly because checkpoint
+writers run only on idle CPU (``SCHED_IDLE``): on a saturated one they wait."""
 LEAD_S = 20.0
 """A batch or publish kill is armed this many seconds of the feed beyond where it stands when
 the worker starts: past the restart and the catch-up, once checkpoints are being written."""
@@ -112,7 +117,7 @@ class FaultOptions:
     parallel: int = 3
     """Runs at a time (they wait on group joins much more than they compute)."""
     auc_events: int = 60_000
-    auc_seeds: tuple[int, ...] = (7, 8, 9)
+    auc_seeds: tuple[int, ...] = (7, 8, 9, 10, 11)
     workdir: Path | None = None
     report: Path | None = None
     log: Callable[[str], None] = print
@@ -161,6 +166,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
         self.events: list[dict[str, Any]] = []
+        self.feeders: list[Feeder] = []
         ensure_topics(bootstrap, self.topics, partitions=PARTITIONS)
         self.worker = WorkerProcess(
             bootstrap,
@@ -192,7 +198,9 @@ class Run:
             seed=self.options.seed + seed_offset,
             malformed_every=malformed_every,
         )
-        return Feeder(self.bootstrap, self.topics, records, rate or self.options.rate).start()
+        feeder = Feeder(self.bootstrap, self.topics, records, rate or self.options.rate)
+        self.feeders.append(feeder)
+        return feeder.start()
 
     def start(self, faults: str = "") -> None:
         self.worker.start(faults)
@@ -216,7 +224,7 @@ class Run:
         topic = read_topic(self.bootstrap, self.topics.events, expected=produced)
         self.note("feed over", produced=produced, read_back=len(topic), failed=feeder.failed)
         settle(self.worker, at_least=len(topic))
-        code = self.worker.signal(signal.SIGTERM)
+        code = self.worker.signal(signal.SIGTERM, timeout_s=HANG_S)
         self.note("SIGTERM", exit_code=code)
         ledger, _offsets, checkpoint = self.worker.final_ledger()
         letters = decode_letters(
@@ -240,7 +248,10 @@ class Run:
         return {"name": self.name, **audit.row(), **extra, "log": self.events}
 
     def close(self) -> None:
+        """Stop the worker and every feed (also after a failure)."""
         self.worker.stop()
+        for feeder in self.feeders:
+            feeder.stop()
 
 
 # ---------------------------------------------------------------- the faults
@@ -277,16 +288,16 @@ def strike(run: Run, kill: dict[str, Any]) -> dict[str, Any]:
         marker = (
             checkpoints / "faults-fired" / f"stall_{moment}@{kill['partition']}:{kill['offset']}"
         )
-        _wait(lambda: marker.exists(), 120, f"the stall at {marker.name}")
+        _wait(lambda: marker.exists(), HANG_S, f"the stall at {marker.name}")
     else:  # after a checkpoint of this run, so that the restart restores one
         written = worker.metrics().get("recstream_checkpoints_total", 0)
         worker.wait_for(
-            lambda m: m.get("recstream_checkpoints_total", 0) > written, 120, "a checkpoint"
+            lambda m: m.get("recstream_checkpoints_total", 0) > written, HANG_S, "a checkpoint"
         )
         time.sleep(kill["delay_s"])
         if moment == "checkpoint":
             since = time.time()
-            _wait(lambda: _temporary(checkpoints, since), 120, "a checkpoint being written")
+            _wait(lambda: _temporary(checkpoints, since), HANG_S, "a checkpoint being written")
     before = worker.metrics()
     writing = _temporary(checkpoints, since)
     worker.kill()
@@ -350,7 +361,7 @@ def corrupt_checkpoint(run: Run) -> dict[str, Any]:
     run.start()
     feeder = run.feed()
     run.worker.wait_for(
-        lambda m: m.get("recstream_checkpoints_total", 0) >= 3, 120, "three checkpoints"
+        lambda m: m.get("recstream_checkpoints_total", 0) >= 3, HANG_S, "three checkpoints"
     )
     run.worker.kill()
     newest = sorted(run.worker.checkpoint_dir.glob("checkpoint-*.pt"))[-1]
@@ -378,11 +389,11 @@ def disk_full(run: Run) -> dict[str, Any]:
     run.start("disk_full_checkpoint@2")
     feeder = run.feed()
     marker = run.worker.checkpoint_dir / "faults-fired" / "disk_full_checkpoint@2"
-    _wait(marker.exists, 120, "the failed checkpoint")
+    _wait(marker.exists, HANG_S, "the failed checkpoint")
     written = run.worker.metrics().get("recstream_checkpoints_total", 0)
     run.worker.wait_for(
         lambda m: m.get("recstream_checkpoints_total", 0) >= written + 2,
-        120,
+        HANG_S,
         "checkpoints after the failure",
     )
     run.note("checkpoint 2 failed (ENOSPC); later ones written", checkpoints_before=written)
@@ -396,7 +407,7 @@ def poison_batch(run: Run) -> dict[str, Any]:
     spec = f"poison_batch@1:{run.options.events // 20}"
     run.start(spec)
     feeder = run.feed()
-    code = run.worker.process.wait(timeout=300)
+    code = run.worker.process.wait(timeout=HANG_S)
     run.note("worker exited", exit_code=code)
     run.start()
     time.sleep(3.0)
@@ -414,7 +425,7 @@ def malformed(run: Run) -> dict[str, Any]:
     run.start()
     feeder = run.feed(malformed_every=7)
     run.worker.wait_for(
-        lambda m: m.get("recstream_checkpoints_total", 0) >= 2, 120, "two checkpoints"
+        lambda m: m.get("recstream_checkpoints_total", 0) >= 2, HANG_S, "two checkpoints"
     )
     time.sleep(0.7)
     run.worker.kill()
@@ -427,8 +438,13 @@ def malformed(run: Run) -> dict[str, Any]:
 def event_time(options: FaultOptions) -> dict[str, Any]:
     """AUC per task with one far-future event and one lagging partition, and without."""
     report = run_check(EventTimeOptions(events=options.auc_events, seeds=options.auc_seeds))
-    worst = max(abs(d) for d in report["mean_difference"].values())
-    return {"name": "event_time", "max_auc_difference": worst, **report}
+    worst = max(abs(d) for kind in report["mean_difference"].values() for d in kind.values())
+    return {
+        "name": "event_time",
+        "max_auc_difference": worst,
+        "ok": worst <= AUC_TOLERANCE,
+        **report,
+    }
 
 
 # ---------------------------------------------------------------- running
@@ -515,13 +531,15 @@ def table(report: dict[str, Any]) -> str:
                     f"{kill['checkpoint_being_written']}"
                 )
         if row["name"] == "event_time":
-            mean = row["mean_auc"]
             lines.append(
-                f"event_time ({row['events']} events x seeds {row['seeds']}): AUC clean "
-                f"{mean['clean']}, with a far-future event and partition {row['lag_partition']} "
-                f"{row['lag_s']:.0f} s late {mean['faulty']}; largest difference "
-                f"{row['max_auc_difference']}"
+                f"event_time ({row['events']} events, seeds {row['seeds']}; far future "
+                f"{row['ahead_s']:.0f} s ahead, partition {row['lag_partition']} "
+                f"{row['lag_s']:.0f} s late): mean AUC per task, and its difference from clean"
             )
+            for kind, auc in row["mean_auc"].items():
+                difference = row["mean_difference"].get(kind, "")
+                lines.append(f"  {kind:>10}: {auc}  {difference}")
+            lines.append(f"  largest difference {row['max_auc_difference']}, ok {row['ok']}")
         if "error" in row:
             lines.append(f"{row['name']}: ERROR {row['error']}")
     return "\n".join(lines)

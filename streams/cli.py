@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="auc_seeds",
         type=lambda text: tuple(int(s) for s in text.split(",")),
         metavar="S,S,...",
-        help="seeds of the event_time check (default 7,8,9)",
+        help="seeds of the event_time check (default 7,8,9,10,11)",
     )
     faults.add_argument("--workdir", type=Path, help="keep checkpoints and worker logs here")
     faults.add_argument("--report", type=Path, help="write the JSON report here")

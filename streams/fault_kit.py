@@ -248,7 +248,7 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, faults: str | None = None, timeout_s: float = 120.0) -> WorkerProcess:
+    def start(self, faults: str | None = None, timeout_s: float = 300.0) -> WorkerProcess:
         """Start it (with ``faults``, if given) and wait until it owns its partitions."""
         if faults is not None:
             self.faults = faults

@@ -537,8 +537,10 @@ def table(report: dict[str, Any]) -> str:
                 f"{row['lag_s']:.0f} s late): mean AUC per task, and its difference from clean"
             )
             for kind, auc in row["mean_auc"].items():
-                difference = row["mean_difference"].get(kind, "")
-                lines.append(f"  {kind:>10}: {auc}  {difference}")
+                difference = row["mean_difference"].get(kind)
+                error = row["standard_error"].get(kind)
+                more = f"  difference {difference}, standard error {error}" if difference else ""
+                lines.append(f"  {kind:>10}: {auc}{more}")
             lines.append(f"  largest difference {row['max_auc_difference']}, ok {row['ok']}")
         if "error" in row:
             lines.append(f"{row['name']}: ERROR {row['error']}")

@@ -87,6 +87,13 @@ def run_check(options: EventTimeOptions) -> dict[str, Any]:
             kind: {task: round(mean[kind][task] - mean["clean"][task], 4) for task in TASKS}
             for kind in VARIANTS[1:]
         },
+        "standard_error": {
+            kind: {
+                task: standard_error([r[kind][task] - r["clean"][task] for r in runs])
+                for task in TASKS
+            }
+            for kind in VARIANTS[1:]
+        },
     }
 
 
@@ -150,3 +157,14 @@ def _auc(catalog: list[RawMessage], stream: list[RawMessage], options: EventTime
         pipeline.process_events(numbered[start : start + options.batch])
     summary = pipeline.quality.summary()
     return {task: round(float(summary[task]["auc"]), 4) for task in TASKS}
+
+
+def standard_error(differences: list[float]) -> float | None:
+    """The standard error of the mean of per-seed differences (None for one seed).
+
+    >>> standard_error([0.01, -0.01, 0.03]), standard_error([0.5])
+    (0.0115, None)
+    """
+    if len(differences) < 2:
+        return None
+    return round(float(np.std(differences, ddof=1) / np.sqrt(len(differences))), 4)

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from streams.bench_faults import FaultOptions, run, table
+from streams.bench_faults import KAFKA_FAULTS, FaultOptions, run, table
 from streams.fault_audit import TopicMessage, audit_run, dead_letter
 from streams.ledger import ApplyLedger
 from streams.pipeline import RawMessage
@@ -114,16 +114,8 @@ def test_the_ledger_follows_the_restored_state_not_the_lost_one(tmp_path):
 
 @pytest.mark.slow
 def test_every_fault_loses_nothing_and_applies_nothing_twice(tmp_path):
-    kafka_faults = (
-        "sigkill",
-        "broker_restart",
-        "corrupt_checkpoint",
-        "disk_full",
-        "poison_batch",
-        "malformed",
-    )
     options = FaultOptions(
-        faults=kafka_faults,
+        faults=KAFKA_FAULTS,
         events=6_000,
         rate=200.0,
         kills=5,
@@ -135,7 +127,7 @@ def test_every_fault_loses_nothing_and_applies_nothing_twice(tmp_path):
     report = run(options)
     print(table(report))
     rows = {row["name"]: row for row in report["faults"]}
-    assert set(rows) == set(kafka_faults)
+    assert set(rows) == set(KAFKA_FAULTS)
     for name, row in rows.items():
         assert "error" not in row, f"{name}: {row.get('error')}"
         assert row["lost"] == 0 and row["applied_twice"] == 0, name

@@ -30,7 +30,6 @@ Example
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -44,7 +43,6 @@ from online_models.base import (
     Learner,
     LearnerHealth,
     Sample,
-    score_then_learn,
 )
 from online_models.config import MultiTaskConfig
 from online_models.features import FeatureEncoder
@@ -284,35 +282,3 @@ def single_task(config: MultiTaskConfig | None = None) -> SingleTaskLearner:
 def id_only(config: MultiTaskConfig | None = None) -> MultiTaskLearner:
     """Baseline: the net without content towers (IDs only); named "id_only"."""
     return MultiTaskLearner(replace(config or MultiTaskConfig(), name="id_only", use_content=False))
-
-
-def benchmark(
-    learner: MultiTaskLearner | None = None,
-    samples: int = 50_000,
-    batch_size: int = 512,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Prequential throughput: predict each micro-batch, then learn it.
-
-    Times everything the learner does, feature extraction included, on a
-    :class:`~online_models.synthetic.ToyShop` stream generated beforehand.
-
-    >>> report = benchmark(samples=2_000, batch_size=500)
-    >>> sorted(report)
-    ['batch_size', 'samples', 'samples_per_second', 'seconds']
-    """
-    from online_models.synthetic import ToyShop
-
-    learner = learner or mtl()
-    stream, _ = ToyShop(seed=seed).stream(samples)
-    started = time.perf_counter()
-    for first in range(0, len(stream), batch_size):
-        batch = stream[first : first + batch_size]
-        score_then_learn(learner, batch, batch)
-    seconds = time.perf_counter() - started
-    return {
-        "samples": float(samples),
-        "batch_size": float(batch_size),
-        "seconds": seconds,
-        "samples_per_second": samples / seconds,
-    }

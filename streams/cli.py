@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fault_names(text: str) -> tuple[str, ...]:
-    from streams.bench_faults import FAULTS
+    from streams.bench.faults import FAULTS
 
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in FAULTS]
@@ -494,7 +494,7 @@ def run_scores(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import bench_quality
+    from streams.bench import quality as bench_quality
 
     try:
         report = bench_quality.run(bench_quality.options_from_args(args))
@@ -505,7 +505,8 @@ def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import bench_kafka, bench_throughput
+    from streams.bench import kafka as bench_kafka
+    from streams.bench import throughput as bench_throughput
     from streams.progress import stderr
 
     if args.kafka:
@@ -532,7 +533,7 @@ def run_bench_throughput(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_bench_faults(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import bench_faults
+    from streams.bench import faults as bench_faults
     from streams.progress import stderr
 
     options = bench_faults.options_with(

@@ -9,7 +9,7 @@ import pytest
 
 from online_models.baselines import Popularity
 from online_models.drift import DETECTORS
-from streams.bench_quality import (
+from streams.bench.quality import (
     MODEL_NAMES,
     QualityOptions,
     build_stream,

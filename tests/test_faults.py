@@ -1,6 +1,6 @@
 """Faults: the real worker against the real broker loses nothing and applies nothing twice.
 
-The suite is ``recstream bench faults`` (:mod:`streams.bench_faults`) on
+The suite is ``recstream bench faults`` (:mod:`streams.bench.faults`) on
 shorter streams; exactly-once is checked per offset, against the ledger of
 applied (partition, offset) pairs in the worker's final checkpoint and the
 topics read back. The first tests show that the comparison catches what it
@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from streams.bench_faults import KAFKA_FAULTS, FaultOptions, run, table
-from streams.fault_audit import TopicMessage, audit_run, dead_letter
+from streams.bench.fault_audit import TopicMessage, audit_run, dead_letter
+from streams.bench.faults import KAFKA_FAULTS, FaultOptions, run, table
 from streams.ledger import ApplyLedger
 from streams.pipeline import RawMessage
 from streams.service import WorkerService

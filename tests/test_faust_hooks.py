@@ -1,4 +1,4 @@
-"""The private Faust/aiokafka hook points the worker uses are where streams.faust_hooks expects."""
+"""The private Faust/aiokafka hooks of the bench are where streams.bench.faust_hooks expects."""
 
 import asyncio
 import tomllib
@@ -8,8 +8,8 @@ import faust
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams import faust_hooks
-from streams.faust_hooks import CHECKED_VERSIONS, hook_problems, use_fetch_wait, version_drift
+from streams.bench import faust_hooks
+from streams.bench.faust_hooks import CHECKED_VERSIONS, hook_problems, use_fetch_wait, version_drift
 
 ROOT = Path(__file__).resolve().parents[1]
 

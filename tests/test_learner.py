@@ -12,12 +12,12 @@ from online_models.config import MultiTaskConfig
 from online_models.labels import TrackedSample
 from online_models.learner import (
     MultiTaskLearner,
-    benchmark,
     id_only,
     mtl,
     single_task,
 )
 from online_models.synthetic import ToyShop
+from streams.bench.learner import benchmark
 
 SMALL = MultiTaskConfig().with_capacity(4096)
 

@@ -163,7 +163,7 @@ def test_the_settings_waits_keep_a_fresh_learner_calibrated_on_the_demo_shop():
     when its 10 s click window closes fed a fresh model 20,000 events of almost only
     positives, and it over-predicted clicks four times over long after.
     """
-    from streams.bench_throughput import demo_stream
+    from streams.bench.throughput import demo_stream
     from streams.demo import DemoOptions
 
     settings = DemoOptions().worker_settings()

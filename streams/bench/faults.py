@@ -7,7 +7,7 @@ ledger on, :mod:`streams.ledger`) is struck by the fault, restarted as a
 supervisor would, and finally stopped with SIGTERM (a graceful last
 checkpoint). Then the ``events`` topic and ``events.dlq`` are read back and
 compared per offset with the ledger of the final checkpoint
-(:mod:`streams.fault_audit`): produced, applied, applied twice, lost, dead
+(:mod:`streams.bench.fault_audit`): produced, applied, applied twice, lost, dead
 letters expected, received (distinct) and duplicated.
 
 The faults:
@@ -35,7 +35,7 @@ The faults:
   letters are repeated: duplicates are counted apart and none is lost.
 - ``event_time`` (in-process, no Kafka): one far-future event and one
   lagging partition, AUC per task against the same stream without them
-  (:mod:`streams.event_time_check`).
+  (:mod:`streams.bench.event_time`).
 
 Example
 -------
@@ -62,10 +62,9 @@ from typing import Any
 
 import torch
 
-from streams.broker import EmbeddedBroker, free_port
-from streams.event_time_check import EventTimeOptions, run_check
-from streams.fault_audit import Audit, TopicMessage, audit_run, classify, decode_letters
-from streams.fault_kit import (
+from streams.bench.event_time import EventTimeOptions, run_check
+from streams.bench.fault_audit import Audit, TopicMessage, audit_run, classify, decode_letters
+from streams.bench.fault_kit import (
     Feeder,
     WorkerProcess,
     applied_count,
@@ -73,6 +72,7 @@ from streams.fault_kit import (
     read_topic,
     settle,
 )
+from streams.broker import EmbeddedBroker, free_port
 from streams.ledger import ApplyLedger
 from streams.settings import TopicNames
 from streams.topics import ensure_topics

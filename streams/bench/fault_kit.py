@@ -34,10 +34,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from producers.contract import CatalogItem, encode_catalog_item, encode_event
 from producers.simulator import Shop, ShopConfig
+from streams.bench.fault_audit import TopicMessage
 from streams.broker import free_port
 from streams.checkpoint import CheckpointStore
 from streams.demo import scrape
-from streams.fault_audit import TopicMessage
 from streams.ledger import ApplyLedger
 from streams.settings import TopicNames
 

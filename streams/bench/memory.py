@@ -5,7 +5,7 @@ item ids (and a large user population), in micro-batches, and reports the
 rows in use per table and the process's peak resident memory. Samples are
 generated batch by batch, so the stream itself takes no memory.
 
-Run ``python -m online_models.memory_check`` for the full check (2,000,000
+Run ``python -m streams.bench.memory`` for the full check (2,000,000
 events over 1,000,000 items: about a minute on 2 cores); it prints the report
 as JSON: ``at_cap`` is true for a table that filled up and evicts, and
 ``peak_rss_bytes`` is the process's peak resident memory (measured: user and

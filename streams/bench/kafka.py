@@ -47,7 +47,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from streams import bench_throughput
+from streams.bench import throughput as bench_throughput
 from streams.broker import EmbeddedBroker, free_port
 from streams.demo import DemoOptions, scrape, worker_command
 from streams.progress import stderr
@@ -196,7 +196,7 @@ def _run_helper(
     command = [
         sys.executable,
         "-m",
-        "streams.bench_kafka",
+        "streams.bench.kafka",
         kind,
         "--broker",
         bootstrap,
@@ -319,7 +319,7 @@ def _faust_passthrough(args: argparse.Namespace) -> None:
     """Faust's own consumer, per-message path and all: decode, one send per acting user."""
     import faust
 
-    from streams.faust_hooks import use_fetch_wait
+    from streams.bench.faust_hooks import use_fetch_wait
 
     use_fetch_wait(args.fetch_wait_ms)
     datadir = tempfile.mkdtemp(prefix="recstream-passthrough-")
@@ -358,8 +358,8 @@ def _faust_passthrough(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m streams.bench_kafka faust|reader ...``: one comparison reader, one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m streams.bench_kafka")
+    """``python -m streams.bench.kafka faust|reader ...``: one comparison reader, one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m streams.bench.kafka")
     parser.add_argument("kind", choices=["faust", "reader"])
     parser.add_argument("--broker", required=True)
     parser.add_argument("--topic", required=True)

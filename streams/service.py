@@ -20,7 +20,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 
 from online_models.base import TASKS
 from online_models.learner import mtl
@@ -298,7 +298,7 @@ class WorkerService:
         return Outgoing(
             dead_letters=self.dead_letters.add((d.key, d.to_json()) for d in dead_letters),
             scores=[
-                (s["user_id"].encode(), json.dumps(s, separators=(",", ":")).encode())
+                (s["user_id"].encode(), orjson.dumps(s))  # compact JSON, ~15x json.dumps
                 for s in scores
             ],
             score_event_ts=[s["event_ts"] for s in scores],

@@ -11,7 +11,7 @@ topic:
     settings and a fresh checkpoint directory;
 (c) ``faust_passthrough``: a minimal Faust app on Faust's own consumer
     (``take_events(1000)``, JSON decode, one send per acting user) at the
-    worker's 10 ms fetch wait;
+    worker's fetch wait;
 (d) ``client_reader``: a bare aiokafka ``getmany`` loop with JSON decode.
 
 A rate runs from the first to the last applied event, so joining the group

@@ -49,7 +49,7 @@ from online_models.catalog import Catalog
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import LabelConfig, LabelResolver, Resolution, TrackedSample, labelled
 from online_models.layout import label_matrix
-from producers.contract import CatalogItem, Event
+from producers.contract import Event
 
 REASONS = ("resolved", "corrected", "provisional")
 """Why a label is learned (see the module docstring)."""
@@ -93,10 +93,6 @@ class LabelStage:
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event (see :meth:`LabelResolver.observe`)."""
         return self.resolver.observe(event, partition)
-
-    def observe_catalog(self, item: CatalogItem) -> None:
-        """Remember an item's content for samples of it that come without one."""
-        self.resolver.observe_catalog(item)
 
     def labels(self, new: Sequence[TrackedSample], resolved: Sequence[TrackedSample]) -> LabelBatch:
         """The labels to learn now, once ``new`` samples were scored and ``resolved`` came.

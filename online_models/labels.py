@@ -299,10 +299,6 @@ class EventClock:
             return own  # still sending: its own time, however far behind
         return max(own, self._now)
 
-    def partitions(self) -> list[int]:
-        """Partitions seen so far."""
-        return list(self._marks)
-
     def state_dict(self) -> dict[str, Any]:
         """The watermarks and the clock, as plain values."""
         return {

@@ -1,6 +1,7 @@
-"""Replay real e-commerce logs as contract records, in event-time order.
+"""Replay real e-commerce logs (in event-time order) and recordings as contract records.
 
-Two public logs are understood (see docs/contracts.md, "Real logs"):
+Two public logs are understood (see docs/contracts.md, "Real logs"), and our
+own recordings:
 
 - ``rees46``: REES46 / Open CDP "eCommerce behavior data from multi category
   store", with the header ``event_time,event_type,product_id,category_id,
@@ -12,8 +13,14 @@ Two public logs are understood (see docs/contracts.md, "Real logs"):
   ``user_id,item_id,category_id,behavior,timestamp`` (Unix seconds). ``pv``
   becomes ``click``, ``buy`` becomes ``purchase``, ``cart`` stays; ``fav`` is
   counted and skipped. Item content: category = ``category_id``.
+- ``recstream``: a recording of what was sent (:mod:`producers.recording`):
+  JSON lines, each the wire JSON of one event or catalog item. Its records
+  are replayed as they were recorded, in file order (the order they were
+  sent, not re-sorted), with their own ids and catalog items: no item is
+  announced by the replay. Each line is a row; a bad one is rejected with
+  the contract's reason (``not_json``, ``missing_field``, ...) and counted.
 
-Each line is one row (blank lines are ignored). A row becomes an
+Each line of a CSV log is one row (blank lines are ignored). A row becomes an
 :class:`~producers.contract.Event` checked by
 :func:`~producers.contract.validate_event`; its ``event_id`` is
 ``<id_prefix>-<line number>`` (the prefix defaults to ``<format>-<file stem>``),
@@ -32,7 +39,7 @@ contract's (:data:`producers.contract.REASONS`: ``unknown_type``,
 e.g. a line cut off at the end of the file) and ``out_of_order`` (a row
 earlier than what a bounded reorder window has already replayed).
 
-Ordering and memory:
+Ordering and memory (the CSV logs):
 
 - REES46 months are GBs and sorted by time: they are streamed line by line
   through a reorder window of :data:`DEFAULT_REORDER_ROWS` rows (a heap; stable
@@ -64,6 +71,19 @@ purchase i9 1511544090000
 catalog i5 1511544200000
 >>> print(run.stats.summary())
 5 rows: 3 events (click 2, purchase 1), 2 skipped (fav 2), 0 rejected; 3 catalog items
+
+A recording of that stream, with a line cut off at the end, replayed as it was sent:
+
+>>> from producers.recording import recorded
+>>> rec = log.with_name("stream.jsonl")
+>>> sent = list(recorded(run, rec))
+>>> with rec.open("a") as file:
+...     _ = file.write('{"event_id":"taobao-UserBehavior-9","ts":15115')
+>>> again = replay(rec)
+>>> again.format, list(again) == sent
+('recstream', True)
+>>> print(again.stats.summary())
+7 rows: 3 events (click 2, purchase 1), 0 skipped, 1 rejected (not_json 1); 3 catalog items
 """
 
 from __future__ import annotations
@@ -91,8 +111,10 @@ from producers.contract import (
     validate_catalog_item,
     validate_event,
 )
+from producers.recording import FORMAT as RECORDING
+from producers.recording import decode_record
 
-FORMATS: tuple[str, ...] = ("rees46", "taobao")
+FORMATS: tuple[str, ...] = ("rees46", "taobao", RECORDING)
 
 REPLAY_REASONS: tuple[str, ...] = ("malformed_row", "out_of_order")
 """Rejection reasons of the replay itself, beside the contract's ``REASONS``."""
@@ -132,9 +154,12 @@ class _Rejected(ValueError):
 class ReplayStats:
     """What a replay did with each row; filled while the replay is iterated.
 
-    Once the iteration is over, ``rows == events + skipped + rejected``.
-    ``rows_by_type`` counts the rows of each raw type the format knows (an
-    unknown type is counted under ``rejected_by_reason["unknown_type"]``).
+    Once the iteration is over, ``rows == events + skipped + rejected`` for
+    a CSV log; a recording's catalog items are rows of their own, so there
+    ``rows == events + catalog_items + rejected``. ``rows_by_type`` counts
+    the rows of each raw type the format knows (a recording's: the event
+    types and ``catalog``; an unknown type is counted under
+    ``rejected_by_reason["unknown_type"]``).
     ``first_rejections`` keeps, per reason, where it happened first and why.
     """
 
@@ -305,12 +330,25 @@ def _first_line(path: Path) -> list[str]:
     return _split(line.decode("utf-8", errors="replace"))
 
 
+def _first_nonblank_line(path: Path) -> bytes:
+    with path.open("rb") as file:
+        for raw in file:
+            line = raw.strip()
+            if line:
+                return line[:MAX_RECORD_BYTES]
+    return b""
+
+
 def guess_format(path: str | Path) -> str:
     """The format of a log, from its first line.
 
-    Raises ``ValueError`` if the first line is neither the REES46 header nor a
-    Taobao UserBehavior row.
+    A recording (``recstream``) is recognised by its first non-blank line
+    starting with ``{``; a CSV log by its first line. Raises ``ValueError``
+    if that line is neither a JSON object, the REES46 header nor a Taobao
+    UserBehavior row.
     """
+    if _first_nonblank_line(Path(path)).startswith(b"{"):
+        return RECORDING
     fields = _first_line(Path(path))
     if tuple(fields) == REES46_HEADER:
         return "rees46"
@@ -319,14 +357,16 @@ def guess_format(path: str | Path) -> str:
         taobao.event_types.keys() | taobao.skipped_types
     ):
         return "taobao"
-    raise ValueError(f"{path}: neither a REES46 nor a Taobao UserBehavior log (formats: {FORMATS})")
+    raise ValueError(
+        f"{path}: neither a recording nor a REES46 or Taobao UserBehavior log (formats: {FORMATS})"
+    )
 
 
 # ---------------------------------------------------------------- the replay
 
 
 class Replay:
-    """An iterable over the records of one log, in event-time order.
+    """An iterable over the records of one log, in event-time order (a recording: in file order).
 
     Each iteration reads the file again and starts a fresh :attr:`stats`.
     Build it with :func:`replay`.
@@ -346,10 +386,12 @@ class Replay:
         self.now_ms = now_ms
         self.id_prefix = id_prefix
         self.stats = ReplayStats()
-        self._spec = _FORMATS[fmt]
+        self._spec = _FORMATS.get(fmt)  # None for a recording
 
     def __iter__(self) -> Iterator[Record]:
         self.stats = stats = ReplayStats()
+        if self._spec is None:
+            return self._recorded(stats)
         if self.reorder_rows is None:
             records = (record for _, record in self._parsed(self._lines_by_time(), stats))
         else:
@@ -358,12 +400,29 @@ class Replay:
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         """The data lines with their line numbers, in file order (header and blanks left out)."""
-        first_data_line = 1 if self._spec.header is None else 2
+        first_data_line = 2 if self._spec is not None and self._spec.header else 1
         with self.path.open("rb") as file:
             for line_no, raw in enumerate(file, start=1):
                 line = raw.rstrip(b"\r\n")
                 if line and line_no >= first_data_line:
                     yield line_no, line
+
+    def _recorded(self, stats: ReplayStats) -> Iterator[Record]:
+        """A recording's records in file order; count every line, reject the bad ones."""
+        for line_no, line in self._lines():
+            stats.rows += 1
+            try:
+                record = decode_record(line, self.now_ms)
+            except InvalidRecord as bad:
+                stats.reject(bad.reason, line_no, bad.detail)
+                continue
+            if isinstance(record, Event):
+                stats.rows_by_type[record.type] += 1
+                stats.events_by_type[record.type] += 1
+            else:
+                stats.rows_by_type["catalog"] += 1
+                stats.catalog_items += 1
+            yield record
 
     def _lines_by_time(self) -> Iterator[tuple[int, bytes]]:
         """The data lines sorted by time (stable): all of them held in one buffer."""
@@ -434,34 +493,42 @@ def replay(
     now_ms: int | None = None,
     id_prefix: str | None = None,
 ) -> Replay:
-    """Replay a REES46 or Taobao UserBehavior CSV log as contract records.
+    """Replay a REES46 or Taobao UserBehavior CSV log, or a recording, as contract records.
 
     Parameters
     ----------
     path
-        The CSV file.
+        The CSV file or recording.
     fmt
         One of :data:`FORMATS`; ``None`` guesses it from the first line.
     reorder_rows
         How many rows to hold back to restore time order (rows that come later
         than that are rejected as ``out_of_order``); ``None`` sorts the whole
         file in memory; ``"auto"`` is the format's default
-        (:data:`DEFAULT_REORDER_ROWS` for REES46, whole-file for Taobao).
+        (:data:`DEFAULT_REORDER_ROWS` for REES46, whole-file for Taobao). A
+        recording is always replayed in file order: only ``"auto"``.
     now_ms
         The clock events are checked against (events more than a day ahead
         of it are rejected); ``None`` is the wall clock.
     id_prefix
         Event ids are ``<id_prefix>-<line number>``; defaults to
         ``<format>-<file stem>``, so two months of one log never share an id.
+        A recording's events keep their recorded ids.
 
     Raises
     ------
     ValueError
-        For an unknown format, a negative window, or a REES46 file without
-        its header.
+        For an unknown format, a negative window (any window for a
+        recording), or a REES46 file without its header.
     """
     path = Path(path)
     fmt = guess_format(path) if fmt is None else fmt
+    if fmt == RECORDING:
+        if reorder_rows != "auto":
+            raise ValueError(
+                f"a recording is replayed in file order: no reorder_rows, not {reorder_rows}"
+            )
+        return Replay(path, fmt, None, now_ms, id_prefix or f"{fmt}-{path.stem}")
     if fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {FORMATS}")
     spec = _FORMATS[fmt]

@@ -109,6 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     quality = benches.add_parser("quality", help="prequential replay comparing every model")
     add_source_arguments(quality)
+    windows = quality.add_argument_group(
+        "label windows (seconds of event time, as the worker's flags; default: the source's)"
+    )
+    windows.add_argument(
+        "--click-window",
+        dest="click_window_s",
+        type=float,
+        metavar="S",
+        help="a click is attributed to an impression shown at most S seconds before",
+    )
+    windows.add_argument(
+        "--click-wait",
+        dest="click_wait_s",
+        type=float,
+        metavar="S",
+        help="an impression without a click is learned as a negative after S seconds",
+    )
+    windows.add_argument(
+        "--conversion-window",
+        dest="conversion_window_s",
+        type=float,
+        metavar="S",
+        help="a cart/purchase is attributed to a click at most S seconds before",
+    )
     quality.add_argument(
         "--no-drift", dest="drift", action="store_false", help="simulator: no injected drift"
     )
@@ -326,14 +350,18 @@ def _positive_int(text: str) -> int:
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that choose an event source: the simulator or a real log."""
+    """Flags that choose an event source: the simulator, a real log or a recording."""
     parser.add_argument(
-        "--source", default="sim", help="'sim' for the simulated shop, or the path of a CSV log"
+        "--source",
+        default="sim",
+        help="'sim' for the simulated shop, or the path of a CSV log or of a recording "
+        "(JSON lines of wire records)",
     )
     parser.add_argument(
         "--format",
-        choices=["rees46", "taobao"],
-        help="format of a CSV log (guessed from the header if omitted)",
+        choices=["rees46", "taobao", "recstream"],  # producers.replay.FORMATS
+        help="format of the file: a CSV log or our recording (guessed from its first line "
+        "if omitted)",
     )
     parser.add_argument(
         "--events",
@@ -346,7 +374,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-impressions",
         dest="impressions",
         action="store_false",
-        help="simulator: do not put impression events on the wire",
+        help="simulator: do not put impression events on the wire; bench quality on a "
+        "recording: it has none, sample negatives (default: any impression in it says it has)",
     )
 
 
@@ -375,7 +404,11 @@ def run_broker(args: argparse.Namespace, settings: Settings) -> int:
 def open_source(
     args: argparse.Namespace,
 ) -> tuple[Iterable[Event | CatalogItem], int | None, object]:
-    """The records of the chosen source, how many events to expect, and its stats holder."""
+    """The records of the chosen source, how many events to expect, and its stats holder.
+
+    A log or a recording is replayed by :func:`producers.replay.replay`; a
+    recording as it was recorded (``--no-impressions`` does not filter it).
+    """
     if args.source == "sim":
         from producers.simulator import Shop, ShopConfig
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,15 +10,22 @@ import pytest
 
 from online_models.baselines import Popularity
 from online_models.drift import DETECTORS
+from online_models.labels import LabelConfig
+from producers.recording import recorded
+from producers.simulator import Shop, ShopConfig
 from streams.bench.quality import (
     MODEL_NAMES,
     QualityOptions,
     build_stream,
+    label_config,
     options_from_args,
+    recording_has_impressions,
     run,
     run_model,
+    stream_impressions,
 )
 from streams.cli import build_parser
+from streams.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 
@@ -84,6 +92,8 @@ def test_drift_is_injected_where_asked_and_detections_name_task_and_detector(sim
         assert detection["task"] in ("click", "cart", "purchase")
         assert detection["detector"] in DETECTORS
     assert set(drift["calibration"]) == {"click", "cart", "purchase"}
+    assert set(report["live"]) == {"click", "cart", "purchase"}
+    assert report["live"]["click"]["labels"] >= drift["calibration"]["click"]["labels"] > 0
     assert (out / "auc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -158,3 +168,88 @@ def test_command_line_flags_become_options():
     )
     with pytest.raises(ValueError, match="unknown models"):
         options_from_args(parser.parse_args(["bench", "quality", "--models", "mtl,nope"]))
+
+
+# ---------------------------------------------------------------- recordings and windows
+
+
+def record(path: Path, events: int, impressions: bool = True) -> Path:
+    shop = Shop(ShopConfig(events=events, delay_scale=1 / 60, impressions=impressions))
+    list(recorded(shop.records(), path))
+    return path
+
+
+def test_a_recording_replays_with_the_windows_given_and_reports_live_figures(tmp_path):
+    recording = record(tmp_path / "rec.jsonl", 6_000)
+    windows = ["--click-window", "10", "--click-wait", "2", "--conversion-window", "120"]
+    args = build_parser().parse_args(
+        ["bench", "quality", "--source", str(recording), "--models", "mtl", *windows]
+    )
+    report = run(dataclasses.replace(options_from_args(args), progress=False))
+    assert report["events"] == 6_000 and report["impressions"] is True  # detected
+    assert report["windows"] == {
+        "click_window_s": 10.0,
+        "conversion_window_s": 120.0,
+        "provisional_waits_s": [2.0, 60.0, 60.0],
+    }
+    live = report["live"]
+    assert set(live) == {"click", "cart", "purchase"}
+    for task in live.values():
+        assert set(task) == {"auc", "logloss", "labels", "positives"}
+        assert 0 <= task["positives"] <= task["labels"] <= 20_000
+    assert 0.5 < live["click"]["auc"] < 1 and live["click"]["labels"] > 1_000
+    calibration = report["drift"]["calibration"]["click"]
+    assert calibration["labels"] == min(live["click"]["labels"], 5_000)
+    assert json.loads(json.dumps(report, allow_nan=False)) == report
+
+
+def test_the_window_flags_make_the_label_stage_of_a_worker_with_those_flags():
+    flags = {"click_window_s": 30.0, "click_wait_s": 5.0, "conversion_window_s": 600.0}
+    for source, fmt in (("rec.jsonl", "recstream"), ("sim", None)):
+        options = QualityOptions(source=source, **flags)
+        assert label_config(options, fmt, True) == Settings(**flags).label_config()
+    assert label_config(QualityOptions(**flags), None, False) == (
+        Settings(impressions=False, **flags).label_config()
+    )
+    # a flag not given keeps the source's window: the simulator's 60 s click window
+    config = label_config(QualityOptions(conversion_window_s=600.0), None, True)
+    assert config == Settings(click_window_s=60, conversion_window_s=600).label_config()
+    # a recording without flags: the worker's defaults
+    recording = QualityOptions(source="rec.jsonl")
+    assert label_config(recording, "recstream", True) == Settings().label_config()
+    # no flags: the simulator and the logs keep their own windows
+    assert label_config(QualityOptions(), None, True) == LabelConfig(
+        click_window_ms=60_000, conversion_window_ms=3_600_000, seed=7
+    )
+    taobao = label_config(QualityOptions(source="log.csv"), "taobao")
+    assert not taobao.impressions and taobao.conversion_window_ms == 24 * 3_600_000
+    with pytest.raises(ValueError, match="--click-wait must be a positive"):
+        label_config(QualityOptions(click_wait_s=-1.0), None)
+
+
+def test_the_window_flags_are_read_from_the_command_line():
+    parser = build_parser()
+    options = options_from_args(
+        parser.parse_args(["bench", "quality", "--click-window", "30", "--conversion-window", "9"])
+    )
+    assert (options.click_window_s, options.click_wait_s, options.conversion_window_s) == (
+        30.0,
+        None,
+        9.0,
+    )
+    options = options_from_args(parser.parse_args(["bench", "quality"]))
+    assert options.click_window_s is options.click_wait_s is options.conversion_window_s is None
+
+
+def test_impressions_of_a_recording_are_detected_unless_it_is_said_to_have_none(tmp_path):
+    with_impressions = record(tmp_path / "with.jsonl", 200)
+    without = record(tmp_path / "without.jsonl", 200, impressions=False)
+    assert recording_has_impressions(with_impressions)
+    assert not recording_has_impressions(without)
+    for path, flagged, expected in (
+        (with_impressions, True, True),
+        (with_impressions, False, False),
+        (without, True, False),
+    ):
+        options = QualityOptions(source=str(path), impressions=flagged)
+        assert stream_impressions(options, "recstream") is expected

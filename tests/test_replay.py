@@ -1,4 +1,5 @@
-"""Replaying real e-commerce logs: the counts of tests/data/PROVENANCE.md, in time order.
+"""Replaying real e-commerce logs: the counts of tests/data/PROVENANCE.md, in time order;
+and recordings (producers.recording): written, read back, replayed in file order.
 
 Expectations about each row are recomputed here with the csv module, independently
 of producers.replay; the totals are the ones PROVENANCE.md states.
@@ -16,12 +17,14 @@ from producers.contract import (
     MAX_RECORD_BYTES,
     CatalogItem,
     Event,
+    InvalidRecord,
     ItemContent,
     decode_catalog_item,
     decode_event,
     encode_catalog_item,
     encode_event,
 )
+from producers.recording import encode_record, read_recording, recorded
 from producers.replay import FORMATS, REES46_HEADER, Replay, guess_format, replay
 
 DATA = Path(__file__).parent / "data"
@@ -384,7 +387,7 @@ def test_the_format_is_guessed_from_the_first_line() -> None:
     assert guess_format(REES46) == "rees46"
     assert guess_format(TAOBAO) == "taobao"
     assert replay(TAOBAO).format == "taobao"
-    assert set(FORMATS) == {"rees46", "taobao"}
+    assert set(FORMATS) == {"rees46", "taobao", "recstream"}
 
 
 @pytest.mark.parametrize(
@@ -417,3 +420,120 @@ def test_the_summary_line_reads_the_counts(rees46) -> None:
         "17,435 rows: 17,434 events (click 17,055, cart 165, purchase 214), 0 skipped, "
         "1 rejected (malformed_row 1); 6,493 catalog items"
     )
+
+
+# ---------------------------------------------------------------- recordings
+
+
+def simulated(events: int = 300) -> list[Event | CatalogItem]:
+    from producers.simulator import Shop, ShopConfig
+
+    return list(Shop(ShopConfig(events=events, delay_scale=1 / 60)).records())
+
+
+def test_a_recording_reads_back_the_records_it_was_given(tmp_path: Path) -> None:
+    records = simulated()
+    path = tmp_path / "rec.jsonl"
+    passed_on = list(recorded(records, path))
+    assert passed_on == records  # unchanged, in order
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == len(records)
+    assert lines[0] == encode_catalog_item(records[0])  # the wire JSON, byte for byte
+    assert lines[-1] == encode_event(records[-1])
+    assert list(read_recording(path, now_ms=NOW_MS)) == records
+    run = replay(path, now_ms=NOW_MS)
+    assert run.format == "recstream"
+    assert list(run) == records  # file order, recorded ids, catalog items as recorded
+    events = events_of(records)
+    assert run.stats.events == len(events) and run.stats.rejected == 0
+    assert (
+        run.stats.catalog_items == len(records) - len(events) == run.stats.rows_by_type["catalog"]
+    )
+    assert run.stats.rows == run.stats.events + run.stats.catalog_items
+
+
+def test_a_recording_is_replayed_in_file_order_not_by_time(tmp_path: Path) -> None:
+    item = CatalogItem("i1", NOW_MS - 2_000)
+    late = Event("e-1", NOW_MS - 2_000, "click", "u1", "i1")
+    early = Event("e-2", NOW_MS - 3_000, "cart", "u1", "i1")  # sent after, stamped before
+    path = tmp_path / "rec.jsonl"
+    list(recorded([item, late, early], path))
+    run = replay(path, now_ms=NOW_MS)
+    assert list(run) == [item, late, early] and run.stats.rejected == 0
+
+
+def test_a_closed_recording_holds_every_record_handed_on(tmp_path: Path) -> None:
+    records = simulated()
+    path = tmp_path / "rec.jsonl"
+    stream = recorded(records, path)
+    taken = [next(stream) for _ in range(25)]
+    stream.close()
+    assert list(read_recording(path, now_ms=NOW_MS)) == taken == records[:25]
+    list(recorded(records[25:30], path, append=True))
+    assert list(read_recording(path, now_ms=NOW_MS)) == records[:30]
+    list(recorded(records[:3], path))  # a new recording starts empty
+    assert list(read_recording(path, now_ms=NOW_MS)) == records[:3]
+
+
+def test_defective_recorded_lines_are_each_rejected_with_their_reason(tmp_path: Path) -> None:
+    good = [
+        CatalogItem("i1", NOW_MS - 5_000, "toys"),
+        Event("e-1", NOW_MS - 1_000, "click", "u", "i1"),
+    ]
+    lines = [
+        encode_record(good[0]),  # 1: fine
+        b"",  # 2: blank, not a row
+        b'{"event_id":"e-2","ts":1732239999000,"user_id":"u","item_id":"i1"}',  # 3: no type
+        b'{"event_id":"e-3","ts":1732239999000,"type":"like","user_id":"u","item_id":"i1"}',  # 4
+        b'{"item_id":"i2","ts":1732239999000,"price":-1}',  # 5: bad_price
+        b'{"item_id":"i3","ts":"soon"}',  # 6: wrong_type
+        b"[1, 2]",  # 7: not_object
+        b'{"event_id":"e-4","ts":9999999999999,"type":"click","user_id":"u","item_id":"i1"}',  # 8
+        b"\xff\xfe",  # 9: not_utf8
+        encode_record(good[1]),  # 10: fine
+        b'{"event_id":"e-5","ts":17322',  # 11: cut off at the end, no final newline
+    ]
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(b"\r\n".join(lines))
+    run = replay(path, "recstream", now_ms=NOW_MS)
+    assert list(run) == good
+    assert run.stats.rejected_by_reason == {
+        "missing_field": 1,
+        "unknown_type": 1,
+        "bad_price": 1,
+        "wrong_type": 1,
+        "not_object": 1,
+        "bad_timestamp": 1,
+        "not_utf8": 1,
+        "not_json": 1,
+    }
+    assert run.stats.first_rejections["missing_field"] == "line 3: type is required"
+    assert run.stats.first_rejections["not_json"].startswith("line 11: ")
+    assert run.stats.rows == 10 == run.stats.events + run.stats.catalog_items + run.stats.rejected
+    with pytest.raises(InvalidRecord, match="line 3: type is required"):
+        list(read_recording(path, now_ms=NOW_MS))
+    assert run.stats.summary().startswith("10 rows: 1 events (click 1), 0 skipped, 8 rejected")
+
+
+def test_a_recording_is_guessed_from_its_first_non_blank_line(tmp_path: Path) -> None:
+    path = tmp_path / "stream.txt"
+    path.write_bytes(b"\n  \n" + encode_record(CatalogItem("i1", NOW_MS)) + b"\n")
+    assert guess_format(path) == "recstream"
+    assert replay(path, now_ms=NOW_MS).format == "recstream"
+    with pytest.raises(ValueError, match="file order"):
+        replay(path, reorder_rows=10)
+
+
+def test_produce_and_bench_accept_a_recording_as_source(tmp_path: Path) -> None:
+    from streams.cli import build_parser, open_source
+
+    path = tmp_path / "rec.jsonl"
+    records = simulated(50)
+    list(recorded(records, path))
+    for command in (["produce"], ["bench", "quality"]):
+        args = build_parser().parse_args([*command, "--source", str(path)])
+        log, expected, source = open_source(args)
+        assert expected is None and source is log and log.format == "recstream"
+        assert list(log) == records
+    args = build_parser().parse_args(["produce", "--source", str(path), "--format", "recstream"])
+    assert args.format == "recstream"

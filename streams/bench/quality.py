@@ -1,6 +1,7 @@
 """``recstream bench quality``: prequential replay comparing every model on one stream.
 
-One pass over the source (the simulator or a real log) builds ONE sample
+One pass over the source (the simulator, a real log or a recording of a
+stream, :mod:`producers.recording`) builds ONE sample
 stream with the label stage (:class:`~online_models.label_stage.LabelStage`,
 as the worker's), cut into micro-batches of about ``batch_size`` samples
 (new plus labelled; 2,048 by default, about what the worker's default
@@ -26,26 +27,46 @@ probabilities at the time it appeared. ``comparisons`` gives, per task,
 DeLong standard error: a difference well within two standard errors is not
 one. ``mtl`` is watched as the worker watches it: its labels and
 predictions go through :class:`~online_models.live_quality.LiveQuality`
-into the drift detectors (loss streams, calibration per item category), and
-the report's ``drift.calibration`` is LiveQuality's over its last 5,000
-labels per task; ``injected_at`` lists the simulator's drift points (event
-indexes).
+into the drift detectors (loss streams, calibration per item category).
+The report's ``live`` is that LiveQuality's summary at the end of the
+stream, over the worker's window (the last 20,000 labels per task, in
+scoring order): per task ``auc``, ``logloss``, ``labels`` and
+``positives``, the figures a running worker shows (the demo report's
+``tasks.<task>``; ``auc`` and ``logloss`` are ``null`` until a task has 100
+labels of each class). ``drift.calibration`` is taken from the same window's
+last 5,000 labels per task; ``injected_at`` lists the simulator's drift
+points (event indexes).
 
 Windows per source (event time): the simulator clicks 2-30 s after an
 impression and converts within 30 + 30 minutes, so click window 60 s and
 conversion window 60 min; REES46 converts within 30 minutes (99% of carts
-in the sample), Taobao within days (24 h).
+in the sample), Taobao within days (24 h); a recording (``recstream``) gets
+the worker's defaults (:class:`~streams.settings.Settings`: click window
+10 min, click wait 60 s, conversion window 60 min). ``--click-window``,
+``--click-wait`` and ``--conversion-window`` (seconds, as the worker's
+flags) replace the source's value of each window given; with any of them,
+or for a recording, the label stage is exactly the one a worker with those
+settings runs (:meth:`Settings.label_config`, waits before provisional
+negatives included). Impressions: the simulator's follow
+``--no-impressions``; a CSV log has none; a recording is taken to carry
+impressions when any of its events is one (:func:`recording_has_impressions`),
+unless ``--no-impressions`` says it has none (the worker's flag: negatives
+are then sampled). The report's ``impressions`` and ``windows`` say what was
+used.
 
 The command line (:mod:`streams.cli`) declares the flags (``--source
---format --events --seed --no-impressions --no-drift --report --plot
---batch-size --models``); :func:`options_from_args` reads them and
-:func:`run` does the work.
+--format --events --seed --no-impressions --click-window --click-wait
+--conversion-window --no-drift --report --plot --batch-size --models``);
+:func:`options_from_args` reads them and :func:`run` does the work.
 
 Example
 -------
 >>> report = run(QualityOptions(events=1_500, models=("popularity",), progress=False))
 >>> sorted(report["models"]["popularity"]["tasks"]), report["drift"]["injected_at"]
 (['cart', 'click', 'purchase'], [900])
+>>> options = QualityOptions(click_window_s=30, conversion_window_s=600)
+>>> label_config(options, None).provisional_waits_ms  # as a worker's with these flags
+(30000, 300000, 300000)
 """
 
 from __future__ import annotations
@@ -77,7 +98,9 @@ from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
 from producers.contract import CatalogItem, Event
+from producers.recording import FORMAT as RECORDING
 from streams.progress import optional_progress
+from streams.settings import Settings
 
 MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "single_task", "id_only", "popularity")
 DRIFT_AT = 0.6
@@ -85,6 +108,14 @@ DRIFT_AT = 0.6
 MINUTE_MS = 60_000
 CALIBRATION_LABELS = 5_000
 """Labels per task over which the report's calibration (mtl's) is taken."""
+WINDOW_FLAGS: tuple[str, ...] = ("click_window_s", "click_wait_s", "conversion_window_s")
+"""The label windows settable per run, named as the worker's settings."""
+SOURCE_WINDOWS: dict[str, dict[str, float]] = {
+    "sim": {"click_window_s": 60.0, "click_wait_s": 60.0, "conversion_window_s": 3_600.0},
+    "rees46": {"click_window_s": 600.0, "click_wait_s": 60.0, "conversion_window_s": 1_800.0},
+    "taobao": {"click_window_s": 600.0, "click_wait_s": 60.0, "conversion_window_s": 86_400.0},
+}
+"""Each source's windows in seconds (see the module docstring); a recording: the worker's."""
 
 
 def _model_factories() -> dict[str, Callable[[], Learner]]:
@@ -108,6 +139,9 @@ class QualityOptions:
     events: int | None = 200_000
     seed: int = 7
     impressions: bool = True
+    click_window_s: float | None = None
+    click_wait_s: float | None = None
+    conversion_window_s: float | None = None
     drift: bool = True
     report: Path | None = None
     plot: Path | None = None
@@ -129,6 +163,9 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         events=events,
         seed=args.seed,
         impressions=args.impressions,
+        click_window_s=getattr(args, "click_window_s", None),
+        click_wait_s=getattr(args, "click_wait_s", None),
+        conversion_window_s=getattr(args, "conversion_window_s", None),
         drift=args.drift,
         report=args.report,
         plot=args.plot,
@@ -167,19 +204,92 @@ class SampleStream:
     label_counts: dict[str, int]
     oracle: np.ndarray | None
     injected_at: list[int]
+    label_config: LabelConfig = field(default_factory=LabelConfig)
 
 
-def label_config(options: QualityOptions, fmt: str | None) -> LabelConfig:
-    """Attribution windows for the source (see the module docstring)."""
-    if options.source == "sim":
+def label_config(
+    options: QualityOptions, fmt: str | None, impressions: bool | None = None
+) -> LabelConfig:
+    """The label stage's configuration for the source (see the module docstring).
+
+    ``fmt`` is the log's format, ``None`` for the simulator. ``impressions``
+    says whether the stream carries impressions; ``None`` takes
+    ``options.impressions`` for the simulator and a recording, False for a
+    CSV log. Without window flags the simulator and the CSV logs keep their
+    own configuration; with any, or for a recording, it is the worker's
+    (:func:`worker_settings`).
+    """
+    if impressions is None:
+        impressions = options.impressions if fmt in (None, RECORDING) else False
+    if fmt == RECORDING or any(getattr(options, name) is not None for name in WINDOW_FLAGS):
+        return worker_settings(options, fmt, impressions).label_config()
+    if fmt is None:
         return LabelConfig(
-            impressions=options.impressions,
+            impressions=impressions,
             click_window_ms=MINUTE_MS,
             conversion_window_ms=60 * MINUTE_MS,
             seed=options.seed,
         )
     conversion = 30 * MINUTE_MS if fmt == "rees46" else 24 * 60 * MINUTE_MS
-    return LabelConfig(impressions=False, conversion_window_ms=conversion, seed=options.seed)
+    return LabelConfig(impressions=impressions, conversion_window_ms=conversion, seed=options.seed)
+
+
+def worker_settings(options: QualityOptions, fmt: str | None, impressions: bool) -> Settings:
+    """The settings of a worker labelling this stream: the window flags given, the source's
+    windows (:data:`SOURCE_WINDOWS`, or the worker's defaults for a recording) for the others.
+
+    >>> options = QualityOptions(source="rec.jsonl", conversion_window_s=120)
+    >>> s = worker_settings(options, "recstream", True)
+    >>> s.click_window_s, s.click_wait_s, s.conversion_window_s
+    (600.0, 60.0, 120)
+    """
+    windows = dict(SOURCE_WINDOWS.get(fmt or "sim", {}))
+    for name in WINDOW_FLAGS:
+        value = getattr(options, name)
+        if value is not None:
+            if not (math.isfinite(value) and value > 0):
+                flag = "--" + name.removesuffix("_s").replace("_", "-")
+                raise ValueError(f"{flag} must be a positive number of seconds, not {value}")
+            windows[name] = value
+    return Settings(impressions=impressions, **windows)
+
+
+def stream_impressions(options: QualityOptions, fmt: str | None) -> bool:
+    """Whether the source's stream carries impressions (see the module docstring)."""
+    if fmt is None:
+        return options.impressions
+    if fmt == RECORDING:
+        return options.impressions and recording_has_impressions(Path(options.source))
+    return False
+
+
+def recording_has_impressions(path: Path) -> bool:
+    """True if any line of a recording is an impression event (lines that are not JSON, or
+    not an impression, are passed over; a stream with impressions has one within its first
+    lines, one without is read to the end).
+
+    >>> import tempfile
+    >>> rec = Path(tempfile.mkdtemp()) / "rec.jsonl"
+    >>> _ = rec.write_text('{"item_id":"impression","ts":1}\\n')
+    >>> recording_has_impressions(rec)
+    False
+    >>> _ = rec.write_text('{"item_id":"impression","ts":1}\\n{"type":"impression"}\\n')
+    >>> recording_has_impressions(rec)
+    True
+    """
+    import orjson
+
+    with path.open("rb") as file:
+        for line in file:
+            if b"impression" not in line:
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and obj.get("type") == "impression":
+                return True
+    return False
 
 
 def label_horizon_ms(config: LabelConfig) -> int:
@@ -198,7 +308,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
     cuts short at its end (:func:`_drain`).
     """
     fmt = None if options.source == "sim" else _log_format(options)
-    config = label_config(options, fmt)
+    config = label_config(options, fmt, stream_impressions(options, fmt))
     records, shop, breaks = _open_source(options, fmt, label_horizon_ms(config))
     stage = LabelStage(config)
     resolver = stage.resolver
@@ -249,6 +359,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
         label_counts={**resolver.counts, **{f"learned_{k}": v for k, v in stage.learned.items()}},
         oracle=oracle,
         injected_at=shop.drift_points if shop is not None else [],
+        label_config=config,
     )
 
 
@@ -365,6 +476,7 @@ def run_model(
     learned = 0
     per_task = np.zeros(len(TASKS), dtype=np.int64)
     for step in stream.steps:
+        scored_by = model.model_version
         start = time.process_time()
         predictions = score_then_learn(model, step.new, step.learn)
         seconds += time.process_time() - start
@@ -377,7 +489,7 @@ def run_model(
             features.observe(step.events)
         if quality is not None:
             if step.new:
-                quality.scored(step.new, predictions)
+                quality.scored(step.new, predictions, scored_by)
             if step.resolved and quality.labelled(step.resolved, step.position) and features:
                 features.rebase()
         if advance is not None:
@@ -392,12 +504,13 @@ def run(options: QualityOptions) -> dict[str, Any]:
     stream = build_stream(options)
     gc.freeze()  # the stream lives to the end: keep the collector from rescanning it per model
     from_position = stream.events // 2
-    quality = LiveQuality(window=CALIBRATION_LABELS, drift=ConceptDriftMonitor())
+    quality = LiveQuality(drift=ConceptDriftMonitor())  # the worker's window and warm-up
     features = FeatureDriftMonitor(history_windows=stream.events)  # every window, for the plot
     report: dict[str, Any] = {
         "source": options.source,
         "events": stream.events,
-        "impressions": bool(options.impressions and options.source == "sim"),
+        "impressions": stream.label_config.impressions,
+        "windows": _windows(stream.label_config),
         "samples": {"scored": len(stream.log), **stream.label_counts},
         "models": {},
     }
@@ -427,6 +540,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
         "psi": {"windows": list(features.history), "window_events": features.window_events},
         "calibration": _calibration(quality) if "mtl" in options.models else {},
     }
+    report["live"] = _live(quality) if "mtl" in options.models else {}
     report = _finite(report)
     if options.report is not None:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -435,16 +549,35 @@ def run(options: QualityOptions) -> dict[str, Any]:
     return report
 
 
-def _calibration(quality: LiveQuality) -> dict[str, dict[str, float]]:
-    """Per task, mtl's mean prediction and the observed rate over its last labels."""
+def _windows(config: LabelConfig) -> dict[str, Any]:
+    """The label windows of the stream, in seconds of event time."""
+    waits = config.provisional_waits_ms
     return {
-        task: {
-            "mean_prediction": values["mean_prediction"],
-            "observed_rate": values["label_rate"],
-            "labels": values["labels"],
-        }
-        for task, values in quality.summary().items()
+        "click_window_s": config.click_window_ms / 1000,
+        "conversion_window_s": config.conversion_window_ms / 1000,
+        "provisional_waits_s": None if waits is None else [wait / 1000 for wait in waits],
     }
+
+
+def _live(quality: LiveQuality) -> dict[str, dict[str, Any]]:
+    """Per task, mtl's live figures over the worker's window, as a running worker shows them."""
+    keys = ("auc", "logloss", "labels", "positives")
+    return {task: {key: values[key] for key in keys} for task, values in quality.summary().items()}
+
+
+def _calibration(quality: LiveQuality) -> dict[str, dict[str, float]]:
+    """Per task, mtl's mean prediction and the observed rate over its last
+    :data:`CALIBRATION_LABELS` labels (the end of the live window)."""
+    out = {}
+    for task, pairs in quality.state_dict()["pairs"].items():
+        last = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)[-CALIBRATION_LABELS:]
+        empty = len(last) == 0
+        out[task] = {
+            "mean_prediction": float("nan") if empty else float(last[:, 0].mean()),
+            "observed_rate": float("nan") if empty else float(last[:, 1].mean()),
+            "labels": len(last),
+        }
+    return out
 
 
 def _finite(value: Any) -> Any:

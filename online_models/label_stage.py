@@ -14,6 +14,15 @@ Label policy lives here and only here. Per micro-batch:
    such a negative (``corrected``); and the provisional negatives whose wait
    is over in event time (``provisional``, :mod:`online_models.feedback`).
 
+A balanced start: with impressions, a click resolves at once and the
+negative of the impression beside it only after the click wait. A fresh
+model that learned in that order would see nothing but positives for its
+first wait and predict clicks everywhere (measured on the demo's stream:
+mean click prediction 0.67 after its first second, against a click rate of
+0.07). So the stage holds every label back until the first wait has passed
+in event time, then lets the held ones go with the first provisional
+negatives; from then on both classes arrive at the same pace.
+
 Every model learns exactly this stream, the worker's and each one in
 ``recstream bench quality``, so differences between models are differences
 of models, not of label policy.
@@ -40,7 +49,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -89,6 +98,8 @@ class LabelStage:
         waits = self.config.provisional_waits_ms
         self.waits = None if waits is None else ProvisionalNegatives(waits)
         self.learned: Counter[str] = Counter()
+        self.learning_from: int | None = None  # event time the balanced start ends
+        self.held = LabelBatch()
 
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event (see :meth:`LabelResolver.observe`)."""
@@ -114,8 +125,25 @@ class LabelStage:
             rows = negatives.tolist()
             samples += [labelled(s, *_labels(row)) for s, row in zip(waited, rows, strict=True)]
             out = LabelBatch(samples, np.r_[codes, np.full(len(waited), _PROVISIONAL, np.int8)])
+            out = self._balanced(out, now)
         self.learned.update(out.counts())
         return out
+
+    def _balanced(self, batch: LabelBatch, now: int) -> LabelBatch:
+        """Hold labels back until the first click wait has passed (see the module docstring)."""
+        if not self.config.impressions or now < 0:  # no event yet
+            return batch
+        if self.learning_from is None:
+            self.learning_from = now + self.config.provisional_waits_ms[0]
+        if now < self.learning_from:
+            self.held.samples += batch.samples
+            self.held.reason_codes = np.r_[self.held.reason_codes, batch.reason_codes]
+            return LabelBatch()
+        if not self.held.samples:
+            return batch
+        held, self.held = self.held, LabelBatch()
+        codes = np.r_[held.reason_codes, batch.reason_codes]
+        return LabelBatch(held.samples + batch.samples, codes)
 
     def state_dict(self) -> dict[str, Any]:
         """The resolver's and the waits' state, and the labels learned per reason."""
@@ -123,6 +151,9 @@ class LabelStage:
             "resolver": self.resolver.state_dict(),
             "waits": None if self.waits is None else self.waits.state_dict(),
             "learned": dict(self.learned),
+            "learning_from": self.learning_from,
+            "held": [[getattr(s, f) for f in _SAMPLE_FIELDS] for s in self.held.samples],
+            "held_reasons": self.held.reason_codes.tolist(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -131,6 +162,14 @@ class LabelStage:
         if self.waits is not None and state.get("waits") is not None:
             self.waits.load_state_dict(state["waits"])
         self.learned = Counter(state.get("learned", {}))
+        self.learning_from = state.get("learning_from", self.resolver.watermark)
+        self.held = LabelBatch(
+            [TrackedSample(*row) for row in state.get("held", [])],
+            np.array(state.get("held_reasons", []), np.int8),
+        )
+
+
+_SAMPLE_FIELDS = tuple(f.name for f in fields(TrackedSample))
 
 
 def _labels(row: list[float]) -> tuple[float | None, ...]:

@@ -183,9 +183,10 @@ class Pipeline:
         self.applied.update(event.type for event in out.events)
         self.position += len(out.events)
         to_learn = self.labels.labels(new, learnable).samples
+        scored_by = self.learner.model_version
         predictions = score_then_learn(self.learner, new, to_learn)
         if new:
-            self.quality.scored(new, predictions)
+            self.quality.scored(new, predictions, scored_by)
         if to_learn:
             known = ~np.isnan(label_matrix(to_learn))
             out.learned = tuple(np.count_nonzero(known, axis=0).tolist())

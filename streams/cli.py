@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="simulator seed")
     demo.add_argument("--no-impressions", dest="impressions", action="store_false")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-run"),
+        help="directory for the worker's log and the recording of the stream (default demo-run)",
+    )
     add_model_arguments(demo)
     demo.set_defaults(run=run_demo)
 
@@ -492,6 +498,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         metrics_port=args.metrics_port,
         seed=args.seed,
         impressions=args.impressions,
+        out_dir=args.out,
     )
     try:
         report = run(settings, options)

@@ -14,6 +14,7 @@ Example
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from rich.table import Table
 from online_models.base import TASKS
 from producers.client import EventPublisher, PublishReport
 from producers.contract import CatalogItem, Event
+from producers.recording import recorded
 from producers.simulator import Shop, ShopConfig, on_wall_clock
 from streams.broker import free_port
 from streams.connection import connect, stop_on_signals
@@ -41,8 +43,14 @@ from streams.progress import stderr
 from streams.score_watch import ScoreWatcher
 from streams.settings import Settings
 
+RECORDING = "events.jsonl"  # in the demo's --out directory, beside worker.log
 EVENTS_PER_SESSION = 16  # simulator average with impressions on the wire
-DELAY_SCALE = 1 / 60  # conversions seconds (not minutes) after their click, for a short demo
+# The shop's delays, compressed so that a one-minute demo resolves its labels: clicks come
+# 4-62 ms after their impression, a cart 0.125-3.75 s after its click and a purchase as long
+# after its cart (2-30 s, 1-30 minutes and 1-30 minutes in the simulated shop). The live
+# metrics are measured on samples whose labels are final (online_models.live_quality), so
+# the cart figure lags by the conversion window: 8 s here, not the minutes of a real shop.
+DELAY_SCALE = 1 / 480
 
 
 @dataclass(frozen=True)
@@ -55,9 +63,10 @@ class DemoOptions:
     metrics_port: int | None = None
     seed: int = 7
     impressions: bool = True
-    click_window_s: float = 10.0
-    click_wait_s: float = 60 * DELAY_SCALE  # the shop's clicks come 2-30 s * DELAY_SCALE late
-    conversion_window_s: float = 60.0
+    click_window_s: float = 2.0
+    click_wait_s: float = 60 * DELAY_SCALE  # twice the shop's longest click delay
+    conversion_window_s: float = 8.0  # a purchase comes at most 7.5 s after its click
+    out_dir: Path = Path("demo-run")  # the worker's log and the recording of the stream
     drain_timeout_s: float = 60.0
 
     def worker_settings(self) -> Settings:
@@ -131,17 +140,41 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     with connect(settings) as bootstrap, tempfile.TemporaryDirectory(prefix="recstream-") as tmp:
         port = options.metrics_port or free_port()
         url = f"http://127.0.0.1:{port}/metrics"
+        options.out_dir.mkdir(parents=True, exist_ok=True)
         worker = _start_worker(bootstrap, settings, options, port, Path(tmp))
         try:
-            _wait_for_worker(url, worker, Path(tmp) / "worker.log")
+            _wait_for_worker(url, worker, options.out_dir / "worker.log")
             report = _run(bootstrap, settings, options, url, worker)
         finally:
             _stop(worker)
         report["metrics_url"] = url
+        report["worker_log"] = str(options.out_dir / "worker.log")
+        report["recording"] = str(options.out_dir / RECORDING)
+        report["replay"] = replay_command(options)
     if options.report:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
         stderr.print(f"report written to {options.report}")
     return report
+
+
+def replay_command(options: DemoOptions) -> str:
+    """The ``bench quality`` command that replays the demo's recording as its worker labelled it:
+    its live figures (the report's ``live``) are comparable with the demo report's ``tasks``.
+
+    >>> replay_command(DemoOptions(out_dir=Path("run")))  # doctest: +NORMALIZE_WHITESPACE
+    'recstream bench quality --source run/events.jsonl --models mtl --click-window 2.0
+     --click-wait 0.125 --conversion-window 8.0'
+    """
+    flags = [
+        f"--source {options.out_dir / RECORDING}",
+        "--models mtl",
+        f"--click-window {options.click_window_s}",
+        f"--click-wait {options.click_wait_s}",
+        f"--conversion-window {options.conversion_window_s}",
+    ]
+    if not options.impressions:
+        flags.append("--no-impressions")
+    return "recstream bench quality " + " ".join(flags)
 
 
 def _start_worker(
@@ -149,8 +182,8 @@ def _start_worker(
 ) -> subprocess.Popen[bytes]:
     command = worker_command(bootstrap, settings, options, port, tmp / "checkpoints")
     env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
-    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed with the temporary directory
-    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    with open(options.out_dir / "worker.log", "wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
 
 def worker_command(
@@ -246,8 +279,9 @@ def _run(
     )
     stop = threading.Event()
     produced: list[PublishReport] = []
+    records = recorded(shop.records(), options.out_dir / RECORDING)
     producer = threading.Thread(
-        target=lambda: produced.append(publisher.publish(shop.records(), stop=stop)),
+        target=lambda: produced.append(publisher.publish(records, stop=stop)),
         name="producer",
         daemon=True,
     )
@@ -263,6 +297,7 @@ def _run(
                 break
         stop.set()
         producer.join()
+        records.close()  # the recording's last lines reach the file
         duration = time.monotonic() - started
         sent = produced[0] if produced else PublishReport()
         deadline = time.monotonic() + options.drain_timeout_s
@@ -292,9 +327,7 @@ def _status(metrics: dict[str, float], watcher: ScoreWatcher, elapsed: float) ->
     table.add_row("invalid events", f"{_total(metrics, 'recstream_invalid_events_total'):,.0f}")
     table.add_row("model version", f"{metrics.get('recstream_model_version', 0):,.0f}")
     for task in TASKS:
-        auc = metrics.get(f"recstream_auc{{task={task}}}", float("nan"))
-        loss = metrics.get(f"recstream_logloss{{task={task}}}", float("nan"))
-        table.add_row(f"{task} AUC / log loss", f"{auc:.3f} / {loss:.4f}")
+        table.add_row(f"{task} AUC / log loss", _task_quality(metrics, task))
     table.add_row("drift alarms", f"{_total(metrics, 'recstream_drift_detections_total'):,.0f}")
     table.add_row(
         "scores published",
@@ -310,6 +343,25 @@ def _status(metrics: dict[str, float], watcher: ScoreWatcher, elapsed: float) ->
     busy = metrics.get("recstream_pipeline_cpu_seconds_total", 0.0) / max(elapsed, 1.0)
     table.add_row("model path busy", f"{busy:.0%} of a core (the rest is headroom)")
     return table
+
+
+def _task_quality(metrics: dict[str, float], task: str) -> str:
+    """A task's live AUC and log loss, or how far its warm-up has come.
+
+    >>> _task_quality({"recstream_auc{task=click}": 0.71, "recstream_logloss{task=click}": 0.2,
+    ...                "recstream_quality_warmup_needed": 200}, "click")
+    '0.710 / 0.2000'
+    >>> _task_quality({"recstream_quality_warmup_labels{task=cart}": 37,
+    ...                "recstream_quality_warmup_needed": 200}, "cart")
+    'warming up (37 of 200 labels)'
+    """
+    auc = metrics.get(f"recstream_auc{{task={task}}}", float("nan"))
+    loss = metrics.get(f"recstream_logloss{{task={task}}}", float("nan"))
+    if math.isnan(auc):
+        have = metrics.get(f"recstream_quality_warmup_labels{{task={task}}}", 0)
+        need = metrics.get("recstream_quality_warmup_needed", 0)
+        return f"warming up ({have:,.0f} of {need:,.0f} labels)"
+    return f"{auc:.3f} / {loss:.4f}"
 
 
 def _report(
@@ -335,8 +387,8 @@ def _report(
         "active_users_scored": len(shop.active_users & watcher.users),
         "tasks": {
             task: {
-                "auc": metrics.get(f"recstream_auc{{task={task}}}", float("nan")),
-                "logloss": metrics.get(f"recstream_logloss{{task={task}}}", float("nan")),
+                name: metrics.get(f"recstream_{name}{{task={task}}}", float("nan"))
+                for name in ("auc", "logloss", "label_rate", "mean_prediction")
             }
             for task in TASKS
         },

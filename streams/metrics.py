@@ -54,10 +54,29 @@ class Metrics:
             "recstream_samples_learned", "Labels learned, by task.", ["task"], registry=r
         )
         self.auc = Gauge(
-            "recstream_auc", "Rolling prequential ROC AUC, by task.", ["task"], registry=r
+            "recstream_auc",
+            "Rolling prequential ROC AUC, by task; NaN while the task warms up.",
+            ["task"],
+            registry=r,
         )
         self.logloss = Gauge(
-            "recstream_logloss", "Rolling prequential log loss, by task.", ["task"], registry=r
+            "recstream_logloss",
+            "Rolling prequential log loss, by task; NaN while the task warms up.",
+            ["task"],
+            registry=r,
+        )
+        self.warmup_labels = Gauge(
+            "recstream_quality_warmup_labels",
+            "Labels a task has towards recstream_quality_warmup_needed (counting at most half "
+            "of it per class); its AUC and log loss are shown once they meet.",
+            ["task"],
+            registry=r,
+        )
+        self.warmup_needed = Gauge(
+            "recstream_quality_warmup_needed",
+            "Labels a task needs, half positives and half negatives, before its AUC and log "
+            "loss are shown.",
+            registry=r,
         )
         self.label_rate = Gauge(
             "recstream_label_rate", "Rolling observed positive rate, by task.", ["task"], registry=r
@@ -171,12 +190,13 @@ class Metrics:
                 self.drift_detections.labels(task=task, detector=detector)
             for family in (
                 self.samples_learned,
-                self.auc,
-                self.logloss,
+                self.warmup_labels,
                 self.label_rate,
                 self.mean_prediction,
             ):
                 family.labels(task=task)
+            self.auc.labels(task=task).set(float("nan"))  # not 0: nothing is known yet
+            self.logloss.labels(task=task).set(float("nan"))
 
     def counter_values(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """Every counter's series and value, to carry across a restart in a checkpoint.

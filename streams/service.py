@@ -337,6 +337,9 @@ class WorkerService:
         """
         m, pipeline = self.metrics, self.pipeline
         for task, values in pipeline.quality.summary().items():
+            have, need = pipeline.quality.warm_up(task)
+            m.warmup_labels.labels(task=task).set(have)
+            m.warmup_needed.set(need)
             m.auc.labels(task=task).set(values["auc"])
             m.logloss.labels(task=task).set(values["logloss"])
             m.label_rate.labels(task=task).set(values["label_rate"])

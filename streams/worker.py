@@ -44,5 +44,6 @@ def run_worker(settings: Settings, loglevel: str = "WARNING") -> int:
     service = WorkerService(settings, metrics)
     app = build_app(service, settings.broker)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # its cursor codes (hide, backspace, show) would land in log files
     worker.execute_from_commandline()
     return 0

@@ -153,3 +153,4 @@ def test_sigterm_exits_within_10s_with_a_checkpoint_and_the_next_start_resumes(
     metrics = worker.metrics()
     assert sum(v for k, v in metrics.items() if k.startswith("recstream_events_total{")) == count
     assert "restored checkpoint-" in worker.tail()
+    assert "\x1b" not in worker.tail(10**7), "terminal escape codes in the log file"

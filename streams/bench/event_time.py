@@ -214,13 +214,15 @@ def _scored(
     run = ScoredRun({}, {}, [])
     scored, labelled = pipeline.quality.scored, pipeline.quality.labelled
 
-    def record_scores(samples: list[TrackedSample], predictions: np.ndarray) -> None:
+    def record_scores(
+        samples: list[TrackedSample], predictions: np.ndarray, model_version: int
+    ) -> None:
         for sample, row in zip(samples, np.asarray(predictions), strict=True):
             name = (sample.user_id, sample.item_id, sample.ts)
             if name not in run.predictions:
                 run.predictions[name] = row
                 run.order.append(name)
-        scored(samples, predictions)
+        scored(samples, predictions, model_version)
 
     def record_labels(samples: list[TrackedSample], position: int) -> list[dict[str, Any]]:
         for sample in samples:

@@ -46,8 +46,10 @@ class Sample:
     Labels are entire-space: ``cart`` is 1 only if the item was clicked *and*
     carted, ``purchase`` only if also bought. ``None`` means "not known yet"
     (a click whose conversions are still inside the attribution window); a
-    learner masks unknown labels out of its loss. ``weight`` carries the
-    importance correction of sampled negatives (see ``online_models.labels``).
+    learner masks unknown labels out of its loss. ``weight`` scales the
+    sample's loss; ``logit_offset`` is the sampling-probability correction
+    of a sampled pair, added to the click logit while learning and never
+    when serving (see ``online_models.labels``).
     """
 
     user_id: str
@@ -61,6 +63,7 @@ class Sample:
     cart: float | None = None
     purchase: float | None = None
     weight: float = 1.0
+    logit_offset: float = 0.0
 
     def labels(self) -> tuple[float | None, float | None, float | None]:
         """The (click, cart, purchase) labels, ``None`` where unresolved."""

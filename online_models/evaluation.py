@@ -161,12 +161,14 @@ class InteractionCounter:
 
 
 class SampleLog:
-    """Per sample key: stream position, cold flag, and each label as it resolves."""
+    """Per sample key: stream position, cold flag, whether its item was seen before, and each
+    label as it resolves."""
 
     def __init__(self) -> None:
         self._size = 0
         self.position = np.zeros(0, dtype=np.int64)
         self.cold = np.zeros(0, dtype=bool)
+        self.seen = np.zeros(0, dtype=bool)
         self.labels = np.zeros((0, 3))
         self.label_position = np.zeros((0, 3), dtype=np.int64)
 
@@ -184,8 +186,19 @@ class SampleLog:
         self.position[keys] = position
         self.cold[keys] = cold
 
+    def seen_before(self, samples: Sequence[TrackedSample], seen: Sequence[bool]) -> None:
+        """Whether each sample's item had appeared in the stream before the sample's batch."""
+        if samples:
+            keys = np.fromiter((s.key for s in samples), np.int64, len(samples))
+            self._grow(int(keys.max()) + 1)
+            self.seen[keys] = seen
+
     def labelled(self, samples: Sequence[TrackedSample], position: int) -> None:
-        """Record every label the samples carry as resolved at ``position``."""
+        """Record every label the samples carry as resolved at ``position`` (a label may come
+        before its sample's creation is logged: a cart in the batch of its click, without
+        impressions, whose positive is made when the batch closes)."""
+        if samples:
+            self._grow(max(s.key for s in samples) + 1)
         for s in samples:
             for task, value in enumerate(s.labels()):
                 if value is not None:
@@ -199,9 +212,35 @@ class SampleLog:
             capacity = max(size, 2 * len(self.position), 1024)
             self.position = _resized(self.position, capacity, 0)
             self.cold = _resized(self.cold, capacity, False)
+            self.seen = _resized(self.seen, capacity, False)
             self.labels = _resized(self.labels, capacity, np.nan)
             self.label_position = _resized(self.label_position, capacity, -1)
         self._size = size
+
+
+def leak_auc(log: SampleLog, from_position: int) -> float:
+    """How well "the item is new to the stream" alone tells clicks from non-clicks.
+
+    Over the samples from ``from_position`` on with a click label: the AUC of
+    the single feature "the item had not appeared before the sample's batch",
+    folded so that 0.5 is no information and 1.0 a perfect tell either way.
+    A sampler whose negatives are older items than its positives shows here
+    (:mod:`online_models.labels`).
+
+    >>> log = SampleLog()
+    >>> from online_models.labels import TrackedSample
+    >>> made = [TrackedSample("u", f"i{k}", 0, key=k, click=float(k < 2)) for k in range(4)]
+    >>> log.created(made, 0, [False] * 4)
+    >>> log.seen_before(made, [False, False, True, True])  # the clicked items are the new ones
+    >>> log.labelled(made, 0)
+    >>> leak_auc(log, 0)
+    1.0
+    """
+    n = len(log)
+    clicks = log.labels[:n, 0]
+    mask = (log.position[:n] >= from_position) & ~np.isnan(clicks)
+    value = auc((~log.seen[:n][mask]).astype(np.float64), clicks[mask])
+    return max(value, 1.0 - value) if value == value else float("nan")
 
 
 def label_rows(samples: Sequence[TrackedSample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

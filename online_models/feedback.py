@@ -71,7 +71,18 @@ import numpy as np
 from online_models.base import TASKS, Sample
 from online_models.labels import TrackedSample
 
-_FIELDS = ("user_id", "item_id", "ts", "category", "brand", "price", "device", "weight", "key")
+_FIELDS = (
+    "user_id",
+    "item_id",
+    "ts",
+    "category",
+    "brand",
+    "price",
+    "device",
+    "weight",
+    "key",
+    "logit_offset",
+)
 STAGES = 3
 """Click, cart, purchase: a stage is the index of the label it waits for."""
 NONE = -1
@@ -289,7 +300,7 @@ class ProvisionalNegatives:
         """Restore exactly what :meth:`state_dict` saved."""
         self._reset()
         for stage, due, *fields in state["waiting"]:
-            sample = TrackedSample(**dict(zip(_FIELDS, fields, strict=True)))
+            sample = TrackedSample(**dict(zip(_FIELDS, fields, strict=False)))  # older: no offset
             slot = np.array([sample.key % self.capacity])
             self._wait(slot, np.array([sample.key]), np.array([stage], np.int8), np.array([due]))
             self._sample[slot[0]] = sample

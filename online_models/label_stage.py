@@ -105,6 +105,12 @@ class LabelStage:
         """Apply one event (see :meth:`LabelResolver.observe`)."""
         return self.resolver.observe(event, partition)
 
+    def close_batch(self) -> list[TrackedSample]:
+        """Without impressions, the batch's clicks and their in-batch negatives, new samples
+        with their labels (:meth:`LabelResolver.close_batch`): score and learn them with the
+        batch's other samples. Call it after the batch's last event."""
+        return self.resolver.close_batch()
+
     def labels(self, new: Sequence[TrackedSample], resolved: Sequence[TrackedSample]) -> LabelBatch:
         """The labels to learn now, once ``new`` samples were scored and ``resolved`` came.
 

@@ -125,9 +125,10 @@ class MultiTaskLearner(Learner):
         if torch.isnan(labels).all():
             return
         weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)
+        offsets = torch.tensor([s.logit_offset for s in samples], dtype=torch.float32)
         batch = self.encoder.encode(samples, learning=True, labels=label_rows)
         self._reset_released(batch.released)
-        total, _ = self.net.loss(self.net(batch), labels, weights)
+        total, _ = self.net.loss(self.net(batch), labels, weights, offsets)
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()
         for table in self.net.tables:

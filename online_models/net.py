@@ -420,11 +420,17 @@ class MultiTaskNet(nn.Module):
         return summary
 
     def loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        offsets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted total loss and the per-task losses (detached).
 
-        ``labels`` is ``(B, 3)`` with NaN where unknown; ``weights`` ``(B,)``.
+        ``labels`` is ``(B, 3)`` with NaN where unknown; ``weights`` ``(B,)``;
+        ``offsets`` ``(B,)``, added to the click logit (the sampling
+        correction of sampled pairs, :mod:`online_models.labels`).
         Per-sample losses are summed and divided by :data:`LOSS_SAMPLES`, a
         constant, not by ``B``: a sample weighs the same in a batch of three
         as in a batch of two thousand. A mean over the batch gave a batch of
@@ -432,6 +438,8 @@ class MultiTaskNet(nn.Module):
         whose batches hold what arrived in the last few tens of ms, then
         over-predicted clicks 3.5 times over (measured on the demo's shop).
         """
+        if offsets is not None and bool(offsets.any()):
+            logits = torch.cat([logits[:, :1] + offsets.unsqueeze(1), logits[:, 1:]], dim=1)
         known = ~torch.isnan(labels)
         targets = torch.nan_to_num(labels)
         log_p = torch.cumsum(F.logsigmoid(logits), dim=1)  # entire-space log p_click/cart/purchase

@@ -182,6 +182,9 @@ class Pipeline:
                 triggers[event.user_id] = sent_ts
         self.applied.update(event.type for event in out.events)
         self.position += len(out.events)
+        sampled = self.labels.close_batch()  # without impressions: clicks and their negatives
+        new += sampled
+        learnable += sampled
         to_learn = self.labels.labels(new, learnable).samples
         scored_by = self.learner.model_version
         predictions = score_then_learn(self.learner, new, to_learn)

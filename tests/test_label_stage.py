@@ -20,7 +20,8 @@ def step(stage: LabelStage, *events: tuple[Event, int]):
         out = stage.observe(event, partition)
         new += out.new
         resolved += out.to_learn()
-    return stage.labels(new, resolved)
+    sampled = stage.close_batch()
+    return stage.labels(new + sampled, resolved + sampled)
 
 
 def test_an_event_stamped_far_ahead_does_not_make_every_wait_due():

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+
+import numpy as np
+import pytest
 
 from online_models.labels import LabelConfig, LabelResolver, Resolution
 from producers.contract import CatalogItem, Event, ItemContent
@@ -187,32 +191,61 @@ def test_content_comes_from_the_catalog_when_the_event_has_none():
     assert (sample.category, sample.brand, sample.price) == ("books", "pub", 9.5)
 
 
-def test_without_impressions_each_click_comes_with_sampled_negatives():
+def test_without_impressions_a_batchs_clicks_come_with_negatives_from_the_same_batch():
     r = resolver(impressions=False, negatives_per_click=3, seed=7)
-    for n in range(20):  # fill the pool with items seen in funnel events
-        r.observe(event(n, n, "click", user=f"v{n}", item_id=f"i{n}", content=PHONE))
-    clicked = r.observe(event(100, 100, "click", user="u1", item_id="i5"))
-    positive, *negatives = clicked.new
-    assert positive.labels() == (1.0, None, None) and positive.item_id == "i5"
-    assert len(negatives) == 3
-    for negative in negatives:
-        assert negative.labels() == (0.0, 0.0, 0.0) and negative.weight == 1.0
-        assert negative.item_id != "i5" and negative.user_id == "u1" and negative.ts == 100
-        assert negative.category == "electronics.phone"  # content of the sampled item
-    assert r.observe(event(101, 100, "impression", item_id="i9")).new == []
-    assert r.counts["ignored_impressions"] == 1
+    for n in range(20):
+        assert (
+            r.observe(event(n, n, "click", user=f"v{n}", item_id=f"i{n}", content=PHONE)).new == []
+        )
+    assert r.observe(event(100, 100, "impression", item_id="i9")).new == []
+    assert r.counts["ignored_impressions"] == 1 and r.clicks_in_batch == 20
+    made = r.close_batch()
+    assert len(made) == 20 * 4 and r.clicks_in_batch == 0
+    for n in range(20):
+        positive, *negatives = made[4 * n : 4 * n + 4]
+        assert positive.labels() == (1.0, None, None) and positive.item_id == f"i{n}"
+        for negative in negatives:
+            assert negative.labels() == (0.0, 0.0, 0.0) and negative.weight == 1.0
+            assert negative.item_id != f"i{n}" and negative.user_id == f"v{n}"
+            assert negative.ts == n and negative.category == "electronics.phone"
+    assert [s.logit_offset for s in made] == pytest.approx([-math.log(3 / 20)] * 80)  # k Q(j)
+    assert len({s.key for s in made}) == len(made)
 
 
-def test_negatives_are_spread_over_the_recent_items_not_weighted_by_popularity():
+def test_in_batch_negatives_follow_the_click_shares_and_carry_the_correction():
     r = resolver(impressions=False, negatives_per_click=1, seed=3)
-    hot_negatives = negatives = 0
+    made = []
     for n in range(4000):
         item = "hot" if n % 2 else f"i{n % 40}"  # 'hot' has half of all clicks
-        for s in r.observe(event(n, n, "click", user=f"v{n}", item_id=item)).new:
-            if s.click == 0.0:
-                negatives += 1
-                hot_negatives += s.item_id == "hot"
-    assert hot_negatives < 0.1 * negatives  # one of 21 items, drawn about 1/42 of the time
+        r.observe(event(n, n, "click", user=f"v{n}", item_id=item))
+        if n % 100 == 99:
+            made += r.close_batch()
+    negatives = [s for s in made if s.click == 0.0]
+    hot = [s for s in negatives if s.item_id == "hot"]
+    # drawn with its share of the clicks, 1/2, by the half of the clicks that are not its own
+    assert 0.2 < len(hot) / len(negatives) < 0.35
+    assert [s.logit_offset for s in hot] == pytest.approx([-math.log(0.5)] * len(hot))
+    rare = [s for s in negatives if s.item_id != "hot"]
+    assert all(s.logit_offset > 2.0 for s in rare)  # -log(1 * 1/100) for an item clicked once
+
+
+def test_items_new_to_the_stream_are_as_common_among_negatives_as_among_positives():
+    """Drawing from items seen *before* a click made 'never seen' mean 'positive'."""
+    r = resolver(impressions=False, negatives_per_click=4, seed=5)
+    seen: set[str] = set()
+    new_share = {0.0: [], 1.0: []}
+    for batch in range(50):
+        fresh = {f"new{batch}-{n}" for n in range(20)}
+        items = sorted(fresh) + [f"old{n}" for n in range(20)]
+        for n, item in enumerate(items):
+            r.observe(
+                event(1000 * batch + n, 1000 * batch + n, "click", user=f"u{n}", item_id=item)
+            )
+        for sample in r.close_batch():
+            new_share[sample.click].append(sample.item_id not in seen)
+        seen |= set(items)
+    positives, negatives = np.mean(new_share[1.0]), np.mean(new_share[0.0])
+    assert positives > 0.4 and abs(negatives - positives) < 0.05
 
 
 def test_open_samples_are_bounded_and_the_earliest_deadline_closes_first():
@@ -238,12 +271,17 @@ def random_stream(seed: int, n: int) -> list[Event]:
     return events
 
 
-def emissions(r: LabelResolver, events: list[Event]) -> list[tuple]:
+def emissions(r: LabelResolver, events: list[Event], batch: int = 50, done: int = 0) -> list[tuple]:
+    """What the resolver emits over ``events`` in batches of ``batch`` events of the stream,
+    whose first ``done`` events were applied before."""
     out = []
-    for e in events:
+    for n, e in enumerate(events, start=done + 1):
         res = r.observe(e)
         out += [("new", s.key, s.item_id, s.labels()) for s in res.new]
         out += [("upd", s.key, s.item_id, s.labels()) for s in res.resolved]
+        if n % batch == 0:
+            out += [("new", s.key, s.item_id, s.labels()) for s in r.close_batch()]
+    out += [("new", s.key, s.item_id, s.labels()) for s in r.close_batch()]
     return out + [("end", s.key, s.item_id, s.labels()) for s in r.flush()]
 
 
@@ -273,14 +311,16 @@ def test_a_restored_resolver_continues_exactly_where_the_saved_one_was():
     whole = emissions(resolver(**config), events)
     first = resolver(**config)
     head = []
-    for e in events[:1000]:
+    for n, e in enumerate(events[:990], start=1):  # a batch still open when it is saved
         res = first.observe(e)
         head += [("new", s.key, s.item_id, s.labels()) for s in res.new]
         head += [("upd", s.key, s.item_id, s.labels()) for s in res.resolved]
+        if n % 50 == 0:
+            head += [("new", s.key, s.item_id, s.labels()) for s in first.close_batch()]
     state = json.loads(json.dumps(first.state_dict()))  # plain values only
     second = resolver(**config)
     second.load_state_dict(state)
-    assert head + emissions(second, events[1000:]) == whole
+    assert head + emissions(second, events[990:], done=990) == whole
 
 
 def test_a_partition_running_far_behind_closes_its_windows_on_its_own_time():

@@ -89,6 +89,7 @@ from online_models.drift import ConceptDriftMonitor, FeatureDriftMonitor
 from online_models.evaluation import (
     InteractionCounter,
     SampleLog,
+    leak_auc,
     paired_comparison,
     prequential_metrics,
     rolling_auc,
@@ -313,12 +314,20 @@ def build_stream(options: QualityOptions) -> SampleStream:
     stage = LabelStage(config)
     resolver = stage.resolver
     counter = InteractionCounter()
+    seen: set[str] = set()  # items of the batches before: the leak check's one feature
     sample_log = SampleLog()
     steps: list[Step] = []
     step = Step(position=0)
     numbered = _numbered(records, resolver)
 
     def close(step: Step) -> None:
+        sampled = stage.close_batch()  # without impressions: the clicks and their negatives
+        sample_log.created(sampled, step.position, [counter.is_cold(s.item_id) for s in sampled])
+        step.new += sampled
+        step.resolved += sampled
+        sample_log.labelled(sampled, step.position)
+        sample_log.seen_before(step.new, [s.item_id in seen for s in step.new])
+        seen.update(event.item_id for event in step.events)
         step.learn = stage.labels(step.new, step.resolved).samples
         steps.append(step)
         if shop is not None:
@@ -337,7 +346,8 @@ def build_stream(options: QualityOptions) -> SampleStream:
             step.events.append(event)
             step.position = index
             last = options.events is not None and index + 1 >= options.events
-            size = len(step.new) + len(step.resolved)
+            pending = resolver.clicks_in_batch * (1 + config.negatives_per_click)
+            size = len(step.new) + len(step.resolved) + pending
             if size >= options.batch_size or index + 1 in breaks or last:
                 close(step)
                 advance(len(step.events))
@@ -541,6 +551,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
         "calibration": _calibration(quality) if "mtl" in options.models else {},
     }
     report["live"] = _live(quality) if "mtl" in options.models else {}
+    report["leak_auc"] = leak_auc(stream.log, from_position)
     report = _finite(report)
     if options.report is not None:
         options.report.write_text(json.dumps(report, indent=2) + "\n")

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
     quality.add_argument(
         "--models",
-        default="mtl,river_lr,single_task,id_only,popularity",
+        default="mtl,river_lr,vw,single_task,id_only,popularity",
         help="comma-separated subset of the models to compare",
     )
     quality.set_defaults(run=run_bench_quality)

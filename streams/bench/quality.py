@@ -84,7 +84,7 @@ from typing import Any
 import numpy as np
 
 from online_models.base import TASKS, Learner, score_then_learn
-from online_models.baselines import Popularity, RiverFunnelLR
+from online_models.baselines import Popularity, RiverFunnelLR, VWFunnel
 from online_models.drift import ConceptDriftMonitor, FeatureDriftMonitor
 from online_models.evaluation import (
     InteractionCounter,
@@ -103,7 +103,7 @@ from producers.recording import FORMAT as RECORDING
 from streams.progress import optional_progress
 from streams.settings import Settings
 
-MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "single_task", "id_only", "popularity")
+MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "vw", "single_task", "id_only", "popularity")
 DRIFT_AT = 0.6
 """The simulated taste shift happens after this share of the events."""
 MINUTE_MS = 60_000
@@ -125,6 +125,7 @@ def _model_factories() -> dict[str, Callable[[], Learner]]:
     return {
         "mtl": mtl,
         "river_lr": RiverFunnelLR,
+        "vw": VWFunnel,
         "single_task": single_task,
         "id_only": id_only,
         "popularity": Popularity,

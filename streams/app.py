@@ -45,6 +45,7 @@ BATCHES_IN_FLIGHT = 4
 RETRY_DEAD_LETTERS_S = 5.0
 """How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 EXIT_BATCH_FAILED = 70
+EXIT_CHECKPOINT_FAILED = 74  # EX_IOERR: the shutdown checkpoint could not be written
 """Exit status when applying a batch raised: the state may hold part of the batch."""
 
 log = logging.getLogger("recstream.worker")
@@ -162,8 +163,16 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:
         await deliver(service.dead_letters.retry())
         await app.producer.flush()
-        service.checkpoint(background=False)
-        await events.commit(service.take_saved_offsets())
+        try:
+            service.checkpoint(background=False)
+        except OSError as err:  # a full disk, say: the older checkpoints stand
+            log.error(
+                "the shutdown checkpoint failed (%s): the next start resumes from the last "
+                "checkpoint written and applies the events after it, once",
+                err,
+            )
+            service.exit_status = EXIT_CHECKPOINT_FAILED
+        await events.commit(service.take_saved_offsets())  # only offsets of checkpoints written
         for reader in (events, catalog):
             await reader.stop()
 

@@ -78,6 +78,7 @@ class WorkerService:
         self.dead_letters = DeadLetterOutbox()
         self.catalog_offsets: dict[int, int] = {}
         self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
+        self.exit_status = 0  # the process's, once it stops (streams.app sets a failure's)
         self.ledger = ApplyLedger() if settings.ledger else None
         self._marks: dict[int, tuple[int, int]] = {}  # partition -> last message (offset, crc)
         self._stale_from: dict[int, int] = {}  # partition -> offset read from before its reset

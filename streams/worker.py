@@ -45,5 +45,10 @@ def run_worker(settings: Settings, loglevel: str = "WARNING") -> int:
     app = build_app(service, settings.broker)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # its cursor codes (hide, backspace, show) would land in log files
-    worker.execute_from_commandline()
-    return 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stopped:  # Faust's way out, 0 even when the last checkpoint failed
+        if service.exit_status:
+            return service.exit_status
+        raise stopped
+    return service.exit_status

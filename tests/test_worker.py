@@ -154,3 +154,28 @@ def test_sigterm_exits_within_10s_with_a_checkpoint_and_the_next_start_resumes(
     assert sum(v for k, v in metrics.items() if k.startswith("recstream_events_total{")) == count
     assert "restored checkpoint-" in worker.tail()
     assert "\x1b" not in worker.tail(10**7), "terminal escape codes in the log file"
+
+
+def test_a_shutdown_checkpoint_that_fails_is_an_error_exit_not_a_silent_one(
+    tmp_path, cli_env, broker, topics
+):
+    """The only checkpoint is the shutdown one, and the disk is full: exit 74, said in the log."""
+    worker = WorkerProcess(
+        {**worker_env(cli_env), "RECSTREAM_FAULTS": "disk_full_checkpoint@1"},
+        tmp_path / "checkpoints",
+        checkpoint_interval_s=3600,
+    )
+    records = _sim_events(500, seed=3)
+    count = sum(isinstance(r, Event) for r in records)
+    worker.start()
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        publisher.publish(records)
+    worker.wait_for(
+        lambda m: sum(v for k, v in m.items() if k.startswith("recstream_events_total{")) >= count,
+        120,
+        "all applied",
+    )
+    worker.signal(signal.SIGTERM)
+    assert worker.process.returncode == 74, worker.tail()
+    assert "the shutdown checkpoint failed" in worker.tail(10**6)
+    assert not list(worker.checkpoint_dir.glob("checkpoint-*.pt"))

@@ -27,6 +27,12 @@ concept-drift monitor reads the same released pairs, in the same order, once
 the task is warm: a model's first minutes are no baseline. Memory is bounded
 by ``max_open`` open samples.
 
+Sampled pairs (streams without impressions) are measured on the task they
+were sampled for: their click logit gets its ``logit_offset``, as when the
+learner learned it. Their serving scores are ranking scores, whose log loss
+and calibration per category moved with the mix of items drawn (the drift
+monitor raised an alarm every 20,000 events or so on them).
+
 Example
 -------
 >>> import numpy as np
@@ -90,7 +96,7 @@ class LiveQuality:
         initial weights') are not the learner's quality: they are not kept."""
         if model_version == 0:
             return
-        rows = np.asarray(predictions, dtype=np.float64)
+        rows = _as_sampled(np.asarray(predictions, dtype=np.float64), samples)
         keys = [sample.key for sample in samples]
         self._open.update(zip(keys, rows, strict=True))
         for window in self._tasks.values():
@@ -231,6 +237,30 @@ class _TaskWindow:
                 state.get("resolved_keys", []), pairs, categories, strict=True
             )
         }
+
+
+def _as_sampled(rows: np.ndarray, samples: Sequence[TrackedSample]) -> np.ndarray:
+    """Predictions of sampled pairs as the probabilities of the task they were sampled for.
+
+    A sampled pair's click logit gets its ``logit_offset`` (the learner adds
+    it while learning, :mod:`online_models.labels`); cart and purchase, the
+    click times their conditional steps, move with it. Serving scores of a
+    no-impression stream are ranking scores: without this, their log loss
+    and calibration would drift with the mix of items drawn.
+
+    >>> from online_models.labels import TrackedSample
+    >>> drawn = [TrackedSample("u", "i", 0, logit_offset=-np.log(4.0))]
+    >>> _as_sampled(np.array([[0.5, 0.25, 0.1]]), drawn).round(3).tolist()
+    [[0.2, 0.1, 0.04]]
+    """
+    offsets = np.fromiter((s.logit_offset for s in samples), np.float64, len(samples))
+    if not offsets.any():
+        return rows
+    click = np.clip(rows[:, 0], 1e-12, 1 - 1e-12)
+    shifted = 1.0 / (1.0 + np.exp(-(np.log(click / (1 - click)) + offsets)))
+    out = rows * (shifted / click)[:, None]
+    out[:, 0] = shifted
+    return out
 
 
 def _stacked(rows: Iterable[Iterable[float]], count: int, width: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from online_models.labels import TrackedSample
 from online_models.live_quality import LiveQuality
@@ -84,3 +85,13 @@ def test_a_checkpoint_from_before_the_horizons_still_loads():
     restored.load_state_dict(state)
     restored.labelled(clicks([0], 1.0) + clicks([1], 0.0), position=1)
     assert restored.summary()["click"]["auc"] == 1.0
+
+
+def test_sampled_pairs_are_measured_on_the_task_they_were_sampled_for():
+    """A ranking score of 0.5 for a pair drawn with k Q = 4 is a 0.2 chance of being the click."""
+    quality = LiveQuality(min_class_labels=1)
+    drawn = [TrackedSample("u", f"i{k}", 0, key=k, logit_offset=-np.log(4.0)) for k in range(5)]
+    quality.scored(drawn, np.tile([0.5, 0.25, 0.1], (5, 1)), model_version=1)
+    quality.labelled(clicks([0], 1.0) + clicks(range(1, 5), 0.0), position=1)
+    click = quality.summary()["click"]
+    assert click["mean_prediction"] == pytest.approx(0.2) and click["label_rate"] == 0.2

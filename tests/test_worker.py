@@ -85,6 +85,19 @@ def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker
     assert worker.process.poll() is None
 
 
+def _publish_and_apply(worker, broker, topics, records: list[Event | CatalogItem]) -> int:
+    """Publish ``records`` and wait until the worker applied every event; return how many."""
+    count = sum(isinstance(r, Event) for r in records)
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        publisher.publish(records)
+    worker.wait_for(
+        lambda m: sum(v for k, v in m.items() if k.startswith("recstream_events_total{")) >= count,
+        120,
+        "all applied",
+    )
+    return count
+
+
 def _sim_events(n: int, seed: int = 3) -> list[Event | CatalogItem]:
     from producers.simulator import Shop, ShopConfig
 
@@ -134,16 +147,8 @@ def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, 
 def test_sigterm_exits_within_10s_with_a_checkpoint_and_the_next_start_resumes(
     worker, broker, topics
 ):
-    records = _sim_events(3_000, seed=5)
-    count = sum(isinstance(r, Event) for r in records)
     worker.start()
-    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
-        publisher.publish(records)
-    worker.wait_for(
-        lambda m: sum(v for k, v in m.items() if k.startswith("recstream_events_total{")) >= count,
-        120,
-        "all applied",
-    )
+    count = _publish_and_apply(worker, broker, topics, _sim_events(3_000, seed=5))
     before = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
     assert worker.signal(signal.SIGTERM) < 10.0
     after = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
@@ -165,16 +170,8 @@ def test_a_shutdown_checkpoint_that_fails_is_an_error_exit_not_a_silent_one(
         tmp_path / "checkpoints",
         checkpoint_interval_s=3600,
     )
-    records = _sim_events(500, seed=3)
-    count = sum(isinstance(r, Event) for r in records)
     worker.start()
-    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
-        publisher.publish(records)
-    worker.wait_for(
-        lambda m: sum(v for k, v in m.items() if k.startswith("recstream_events_total{")) >= count,
-        120,
-        "all applied",
-    )
+    _publish_and_apply(worker, broker, topics, _sim_events(500, seed=3))
     worker.signal(signal.SIGTERM)
     assert worker.process.returncode == 74, worker.tail()
     assert "the shutdown checkpoint failed" in worker.tail(10**6)

@@ -100,6 +100,7 @@ from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
 from producers.contract import CatalogItem, Event
 from producers.recording import FORMAT as RECORDING
+from streams.bench.topk import DEFAULT_HALF_LIFE_S, HALF_LIFE_S, TopKEvaluation, print_summary
 from streams.progress import optional_progress
 from streams.settings import Settings
 
@@ -150,6 +151,7 @@ class QualityOptions:
     batch_size: int = 2048
     models: tuple[str, ...] = MODEL_NAMES
     progress: bool = True
+    topk: bool = True
 
 
 def options_from_args(args: argparse.Namespace) -> QualityOptions:
@@ -207,6 +209,7 @@ class SampleStream:
     oracle: np.ndarray | None
     injected_at: list[int]
     label_config: LabelConfig = field(default_factory=LabelConfig)
+    topk: TopKEvaluation | None = None
 
 
 def label_config(
@@ -312,6 +315,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
     fmt = None if options.source == "sim" else _log_format(options)
     config = label_config(options, fmt, stream_impressions(options, fmt))
     records, shop, breaks = _open_source(options, fmt, label_horizon_ms(config))
+    topk = _topk_evaluation(options, fmt, shop, config) if options.topk else None
     stage = LabelStage(config)
     resolver = stage.resolver
     counter = InteractionCounter()
@@ -319,7 +323,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
     sample_log = SampleLog()
     steps: list[Step] = []
     step = Step(position=0)
-    numbered = _numbered(records, resolver)
+    numbered = _numbered(records, resolver, topk.announce if topk is not None else None)
 
     def close(step: Step) -> None:
         sampled = stage.close_batch()  # without impressions: the clicks and their negatives
@@ -333,6 +337,8 @@ def build_stream(options: QualityOptions) -> SampleStream:
         steps.append(step)
         if shop is not None:
             step.truth = _truth(shop, step.new)
+        if topk is not None:
+            topk.close_step(step.position, step.events)
 
     with optional_progress(options.progress, "prepare stream", options.events) as advance:
         for index, event in numbered:
@@ -357,6 +363,8 @@ def build_stream(options: QualityOptions) -> SampleStream:
                 break
         if step.events:
             close(step)
+    if topk is not None:
+        topk.finish()
     _drain(numbered, resolver, sample_log, resolver.watermark + label_horizon_ms(config))
     oracle = None
     if shop is not None:
@@ -371,7 +379,36 @@ def build_stream(options: QualityOptions) -> SampleStream:
         oracle=oracle,
         injected_at=shop.drift_points if shop is not None else [],
         label_config=config,
+        topk=topk,
     )
+
+
+def _topk_evaluation(
+    options: QualityOptions, fmt: str | None, shop: Any, config: LabelConfig
+) -> TopKEvaluation:
+    """The top-K evaluation of the stream (:mod:`streams.bench.topk`): it judges events from
+    the middle of the stream on, so a log's events are counted first (up to ``options.events``)."""
+    start = time.perf_counter()
+    if shop is not None:
+        events = options.events if options.events is not None else shop.config.events
+    else:
+        from producers.replay import replay
+
+        events = 0
+        for record in replay(options.source, fmt):
+            if isinstance(record, Event):
+                events += 1
+                if events == options.events:
+                    break
+    evaluation = TopKEvaluation(
+        from_event=events // 2,
+        half_life_s=HALF_LIFE_S.get(fmt or "sim", DEFAULT_HALF_LIFE_S),
+        shop=shop,
+        seed=options.seed,
+        catalog_items=config.max_catalog_items,
+    )
+    evaluation.seconds += time.perf_counter() - start
+    return evaluation
 
 
 def _log_format(options: QualityOptions) -> str:
@@ -434,13 +471,18 @@ def _drain(
 
 
 def _numbered(
-    records: Iterable[Event | CatalogItem], resolver: LabelResolver
+    records: Iterable[Event | CatalogItem],
+    resolver: LabelResolver,
+    on_catalog: Callable[[CatalogItem], None] | None = None,
 ) -> Iterator[tuple[int, Event]]:
-    """Events with their stream index; catalog records go to the resolver on the way."""
+    """Events with their stream index; catalog records go to the resolver (and
+    ``on_catalog``) on the way."""
     index = 0
     for record in records:
         if isinstance(record, CatalogItem):
             resolver.observe_catalog(record)
+            if on_catalog is not None:
+                on_catalog(record)
             continue
         yield index, record
         index += 1
@@ -479,14 +521,18 @@ def run_model(
     quality: LiveQuality | None = None,
     features: FeatureDriftMonitor | None = None,
     advance: Callable[[float], None] | None = None,
+    before_step: Callable[[Learner, Step], None] | None = None,
 ) -> ModelRun:
     """Test-then-train over the stream; feed the live quality (and its drift detectors) and the
-    feature drift monitor as the worker does, if given."""
+    feature drift monitor as the worker does, if given; ``before_step(model, step)`` is called
+    before each step is scored and learned (outside the model's timed work)."""
     scores = np.full((len(stream.log), 3), np.nan)
     seconds = 0.0
     learned = 0
     per_task = np.zeros(len(TASKS), dtype=np.int64)
     for step in stream.steps:
+        if before_step is not None:
+            before_step(model, step)
         scored_by = model.model_version
         start = time.process_time()
         predictions = score_then_learn(model, step.new, step.learn)
@@ -529,8 +575,9 @@ def run(options: QualityOptions) -> dict[str, Any]:
     for name in options.models:
         model = factories[name]()
         monitors = (quality, features) if name == "mtl" else (None, None)
+        serve = stream.topk.serve if stream.topk is not None and name == "mtl" else None
         with optional_progress(options.progress, name, stream.events) as advance:
-            result = run_model(model, stream, *monitors, advance)
+            result = run_model(model, stream, *monitors, advance, serve)
         metrics = prequential_metrics(result.scores, stream.log, from_position)
         metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
         metrics["labels_learned"] = result.labels_learned
@@ -553,11 +600,20 @@ def run(options: QualityOptions) -> dict[str, Any]:
     }
     report["live"] = _live(quality) if "mtl" in options.models else {}
     report["leak_auc"] = leak_auc(stream.log, from_position)
+    if stream.topk is not None:
+        report["topk"] = stream.topk.report()
     report = _finite(report)
     if options.report is not None:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
     if options.plot is not None:
         plot_rolling_auc(runs, stream, report["drift"], options.plot)
+    if options.progress and "topk" in report:
+        from streams.progress import stderr
+
+        print_summary(
+            report["topk"],
+            lambda text: stderr.print(text, markup=False, highlight=False, soft_wrap=True),
+        )
     return report
 
 

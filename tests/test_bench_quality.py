@@ -53,6 +53,19 @@ def test_the_report_has_every_model_task_and_group(sim_report):
     assert set(report["oracle"]["tasks"]) == {"click", "cart", "purchase"}
 
 
+def test_the_report_judges_the_top_k_lists_of_mtl_the_oracle_and_the_simple_lists(sim_report):
+    report, _ = sim_report
+    topk = report["topk"]
+    assert topk["k"] == 10 and topk["from_event"] == 4_000
+    for name in ("mtl", "oracle", "popular_now", "recently_interacted", "category_popular"):
+        for task in ("click", "cart", "purchase"):
+            entry = topk[name][task]
+            assert entry["events"] == topk["events"][task]
+            for metric in ("hit_rate_at_10", "ndcg_at_10", "expected_at_10"):
+                assert f"{metric}_se" in entry and metric in entry, (name, task, metric)
+    assert topk["events"]["click"] > 200
+
+
 def test_every_model_learns_the_same_label_stream_provisional_negatives_included(sim_report):
     report, _ = sim_report
     learned = {name: metrics["labels_learned"] for name, metrics in report["models"].items()}
@@ -140,6 +153,10 @@ def test_a_real_log_runs_without_an_oracle_or_injected_drift_and_closes_its_wind
     # windows the log cuts short are closed at its end: every sample has every label
     assert tasks["cart"]["samples"] == tasks["purchase"]["samples"] == tasks["click"]["samples"]
     assert tasks["cart"]["positives"] > 0
+    topk = report["topk"]  # no mtl among the models: the simple lists only, judged by hits
+    assert set(topk) & {"mtl", "oracle", "popular_now"} == {"popular_now"}
+    assert "expected_at_10" not in topk["popular_now"]["click"]
+    assert topk["events"]["click"] > 100 and topk["half_life_s"] == 86_400
 
 
 def test_command_line_flags_become_options():

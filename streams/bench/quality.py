@@ -54,6 +54,23 @@ unless ``--no-impressions`` says it has none (the worker's flag: negatives
 are then sampled). The report's ``impressions`` and ``windows`` say what was
 used.
 
+Top-K lists (:mod:`streams.bench.topk`, the report's ``topk``): the
+product judged by what it serves. For each click, cart and purchase of the
+second half (about 5,000 per task at most, sampled over the whole half), the
+list the user would have been served just before its micro-batch: ``mtl``'s
+(the worker's candidate pool and ranker, the model as it was before the
+micro-batch; its run calls :meth:`~streams.bench.topk.TopKEvaluation.serve`
+through ``run_model``'s ``before_step`` hook), the simulator's ``oracle``
+(per task, the catalog's best 10 under the shop's truth) and three lists a
+shop would try first: ``popular_now``, ``recently_interacted`` and
+``category_popular`` (recency-decayed, half-life 1 h for the simulator,
+30 min REES46, 1 day Taobao). Per list and task: ``hit_rate_at_10``,
+``ndcg_at_10``, on the simulator ``expected_at_10`` (the expected clicks,
+carts or purchases of the list under the truth), each with its bootstrap
+standard error over users (``*_se``), and ``events``; ``comparisons`` gives
+``mtl`` minus each list with paired errors. With ``progress`` (the command
+line) a table of them ends the output on stderr.
+
 The command line (:mod:`streams.cli`) declares the flags (``--source
 --format --events --seed --no-impressions --click-window --click-wait
 --conversion-window --no-drift --report --plot --batch-size --models``);

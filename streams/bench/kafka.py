@@ -157,8 +157,10 @@ def _watch_worker(
     """(time, applied, process CPU s, pipeline CPU s) at every scrape from the first applied event.
 
     The last one is the first scrape that saw all ``events`` applied; the
-    others fall inside the worker's busy time.
+    others fall inside the worker's busy time. A stream applied whole between
+    two scrapes is timed from the scrape before it (a rate of 0 before).
     """
+    idle: tuple[float, float, float, float] | None = None
     samples: list[tuple[float, float, float, float]] = []
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -167,8 +169,13 @@ def _watch_worker(
         metrics = scrape(url)
         now, cpu = time.monotonic(), _process_cpu_s(worker.pid)
         applied = _applied(metrics)
-        if applied > 0:
-            samples.append((now, applied, cpu, metrics["recstream_pipeline_cpu_seconds_total"]))
+        sample = (now, applied, cpu, metrics.get("recstream_pipeline_cpu_seconds_total", 0.0))
+        if applied == 0 and metrics:
+            idle = sample  # the last scrape before the first applied event
+        elif applied > 0:
+            if not samples and idle is not None and applied >= events:
+                samples.append(idle)  # all of it between two scrapes: time it from the one before
+            samples.append(sample)
         if applied >= events and len(samples) >= 2:
             return samples
         time.sleep(SCRAPE_EVERY_S)

@@ -49,14 +49,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from online_models.catalog import Catalog
 from online_models.feedback import ProvisionalNegatives
-from online_models.labels import LabelConfig, LabelResolver, Resolution, TrackedSample, labelled
+from online_models.labels import (
+    LabelConfig,
+    LabelResolver,
+    Resolution,
+    TrackedSample,
+    labelled,
+    sample_from_row,
+    sample_to_row,
+)
 from online_models.layout import label_matrix
 from producers.contract import Event
 
@@ -158,7 +166,7 @@ class LabelStage:
             "waits": None if self.waits is None else self.waits.state_dict(),
             "learned": dict(self.learned),
             "learning_from": self.learning_from,
-            "held": [[getattr(s, f) for f in _SAMPLE_FIELDS] for s in self.held.samples],
+            "held": [sample_to_row(s) for s in self.held.samples],
             "held_reasons": self.held.reason_codes.tolist(),
         }
 
@@ -170,12 +178,9 @@ class LabelStage:
         self.learned = Counter(state.get("learned", {}))
         self.learning_from = state.get("learning_from", self.resolver.watermark)
         self.held = LabelBatch(
-            [TrackedSample(*row) for row in state.get("held", [])],
+            [sample_from_row(row) for row in state.get("held", [])],
             np.array(state.get("held_reasons", []), np.int8),
         )
-
-
-_SAMPLE_FIELDS = tuple(f.name for f in fields(TrackedSample))
 
 
 def _labels(row: list[float]) -> tuple[float | None, ...]:

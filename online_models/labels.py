@@ -173,6 +173,9 @@ class TrackedSample(Sample):
     key: int = -1
 
 
+_SAMPLE_FIELDS = tuple(f.name for f in fields(TrackedSample))
+
+
 @dataclass(slots=True)
 class Resolution:
     """What one observed event (or a clock advance) produced.
@@ -485,7 +488,7 @@ class LabelResolver:
             "open": [_open_to_row(o) for o in self._open.values()],
             "seen_ids": list(self._seen_order),
             "recent_clicks": list(self._recent_clicks),
-            "batch_clicks": [_sample_to_row(s) for s in self._batch_clicks],
+            "batch_clicks": [sample_to_row(s) for s in self._batch_clicks],
             "rng": _rng_state_to_plain(self._rng.getstate()),
             "counts": dict(self.counts),
         }
@@ -512,7 +515,7 @@ class LabelResolver:
             self.catalog.remember(item_id, ItemContent(*content))
         self._recent_clicks.clear()
         self._recent_clicks.extend(state.get("recent_clicks", state.get("pool", [])))
-        self._batch_clicks = [_sample_from_row(row) for row in state.get("batch_clicks", [])]
+        self._batch_clicks = [sample_from_row(row) for row in state.get("batch_clicks", [])]
         self._rng.setstate(_rng_state_from_plain(state["rng"]))
         self.counts.update({k: int(v) for k, v in state["counts"].items()})
 
@@ -718,11 +721,18 @@ def _open_to_row(entry: _Open) -> list[Any]:
     ]
 
 
-def _sample_to_row(sample: TrackedSample) -> list[Any]:
-    return [getattr(sample, f.name) for f in fields(TrackedSample)]
+def sample_to_row(sample: TrackedSample) -> list[Any]:
+    """A sample as plain values, for checkpoints (:func:`sample_from_row` reads it back).
+
+    >>> sample_from_row(sample_to_row(TrackedSample("u", "i", 5, click=1.0, key=3)))
+    TrackedSample(user_id='u', item_id='i', ts=5, category=None, brand=None, price=None, \
+device=None, click=1.0, cart=None, purchase=None, weight=1.0, logit_offset=0.0, key=3)
+    """
+    return [getattr(sample, name) for name in _SAMPLE_FIELDS]
 
 
-def _sample_from_row(row: list[Any]) -> TrackedSample:
+def sample_from_row(row: list[Any]) -> TrackedSample:
+    """The sample :func:`sample_to_row` wrote."""
     return TrackedSample(*row)
 
 

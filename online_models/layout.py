@@ -54,11 +54,15 @@ HISTORY_CONTENT = slice(HISTORY_ITEM + 1, len(HISTORY_FIELDS))
 """The history fields after the item: its content, in :data:`HISTORY_FIELDS` order."""
 MATCHED_FIELDS = ("item", "category", "top", "brand")
 """History fields a candidate is matched against (the ``history_same_*`` features)."""
+RECENCY_FIELDS = ("item", "category")
+"""History fields whose last match is a feature (``history_last_*``: 1 if the newest
+entry matches the candidate, 1/2 if the one before, ..., 0 if none does)."""
 LOG_PRICE_SCALE = 10.0
 """The ``log_price`` dense column holds ``log1p(price) / LOG_PRICE_SCALE``."""
 HISTORY_DENSE_FEATURES = (
     "log_price",
     *(f"history_same_{field}" for field in MATCHED_FIELDS),
+    *(f"history_last_{field}" for field in RECENCY_FIELDS),
     "history_price_gap",
     "history_fill",
     "log_item_count",
@@ -80,6 +84,7 @@ CONTENT_DENSE_FEATURES = (
     "log_price",
     "category_relative_price",
     "history_same_category",
+    "history_last_category",
     "history_same_top",
     "history_same_brand",
     "history_price_gap",

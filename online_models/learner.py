@@ -6,7 +6,8 @@ micro-batch in one optimiser step per at most ``max_batch_size`` samples
 (:meth:`~MultiTaskLearner.learn`), and saves and restores its whole state as
 plain tensors, numbers, strings, lists and dicts. Embedding tables learn
 with Adagrad on the rows a batch touches only
-(:class:`~online_models.net.EmbeddingTable`); the dense layers use Adam.
+(:class:`~online_models.net.EmbeddingTable`); the dense layers use Adam,
+the dense features' wide weights at the tables' (larger) learning rate.
 
 Baselines on the same net and protocol: :func:`single_task` (one net per task,
 no sharing) and :func:`id_only` (no content towers).
@@ -75,7 +76,10 @@ class MultiTaskLearner(Learner):
             config.capacities, config.history_length, stats_half_life=config.stats_half_life
         )
         self.model_version = 0
-        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=config.dense_lr, fused=True)
+        wide = list(self.net.dense_wide.parameters())
+        deep = [p for p in self.net.parameters() if all(p is not w for w in wide)]
+        groups = [{"params": deep}, {"params": wide, "lr": config.sparse_lr}]
+        self.optimiser = torch.optim.Adam(groups, lr=config.dense_lr, fused=True)
 
     # -- the protocol -------------------------------------------------------------
 

@@ -257,7 +257,7 @@ class UserHistory:
     -------
     >>> history = UserHistory(capacity=3, length=2, fields=2)
     >>> history.append(np.array([1, 1, 1]), np.array([[5, 6], [7, 8], [9, 10]]), now_ms=50)
-    >>> history.gather(np.array([1, 2]), before_ms=np.array([60, 60]))[:, 0].tolist()
+    >>> history.gather(np.array([1, 2]), np.array([60, 60]))[:, 0].tolist()  # newest first
     [[9, 7], [0, 0]]
     >>> history.gather(np.array([1]), before_ms=np.array([50]))[:, 0].tolist()  # not yet
     [[0, 0]]
@@ -269,6 +269,8 @@ class UserHistory:
         self.entries = np.zeros((capacity, fields, length), dtype=np.int32)
         self.added_ms = np.zeros((capacity, length), dtype=np.int64)
         self.appended = np.zeros(capacity, dtype=np.int64)
+        self._back = np.arange(length)  # slots back from the newest
+        self._fields = np.arange(fields)[None, :, None]
 
     @property
     def length(self) -> int:
@@ -278,11 +280,13 @@ class UserHistory:
     def gather(self, user_rows: np.ndarray, before_ms: np.ndarray) -> np.ndarray:
         """``(len(user_rows), fields, length)`` entries added strictly before ``before_ms``.
 
-        Field-major (each field's slots side by side). Empty slots and entries
-        added at or after a row's ``before_ms`` are 0.
+        Field-major (each field's slots side by side), newest first. Empty
+        slots and entries added at or after a row's ``before_ms`` are 0.
         """
-        visible = self.added_ms[user_rows] < before_ms[:, None]
-        entries = self.entries.take(user_rows, axis=0)
+        newest_first = (self.appended[user_rows, None] - 1 - self._back) % self.length
+        rows = user_rows[:, None]
+        visible = self.added_ms[rows, newest_first] < before_ms[:, None]
+        entries = self.entries[rows[:, :, None], self._fields, newest_first[:, None, :]]
         if not visible.all():  # usually every entry is older than the sample
             entries *= visible[:, None, :]
         return entries

@@ -104,6 +104,7 @@ def head_rows_changed_by_one_step(settings: Settings) -> set[int]:
     """Rows (tasks) of the logit heads that one learning step of the worker's model moved."""
     learner = learner_of(settings)
     samples, _ = ToyShop(seed=3).stream(512)
+    samples = samples[: learner.config.max_batch_size]  # one step
     assert any(s.purchase for s in samples)  # every task has positives
     heads = learner.net.heads
     weight, bias = heads.weight.detach().clone(), heads.bias.detach().clone()

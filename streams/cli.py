@@ -22,11 +22,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from producers.contract import CatalogItem, Event
+from streams.ranking import OBJECTIVES
 from streams.settings import (
     TASK_WEIGHTINGS,
     TOWERS,
     Settings,
     add_connection_arguments,
+    parse_ranking_weights,
     parse_task_weights,
 )
 
@@ -151,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of the models to compare",
     )
     quality.set_defaults(run=run_bench_quality)
+    pareto = benches.add_parser(
+        "pareto", help="what each setting of the ranking weights earns, and the best of them"
+    )
+    pareto.add_argument("--seed", type=int, default=7, help="simulator seed")
+    pareto.add_argument("--events", type=int, default=200_000, help="events to replay")
+    pareto.add_argument(
+        "--no-impressions",
+        dest="impressions",
+        action="store_false",
+        help="a stream without impressions (negatives sampled)",
+    )
+    pareto.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
+    pareto.add_argument("--report", type=Path, help="write the JSON report here")
+    pareto.add_argument("--plot", type=Path, help="write a PNG of the front here")
+    pareto.set_defaults(run=run_bench_pareto)
     throughput = benches.add_parser(
         "throughput", help="the worker's pipeline on the demo stream: events/s, batch times"
     )
@@ -330,12 +347,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "weights (default fixed; env RECSTREAM_TASK_WEIGHTING)",
     )
     group.add_argument(
+        "--ranking-objective",
+        dest="ranking_objective",
+        choices=OBJECTIVES,
+        help="'weighted' ranks by the ranking weights, 'revenue' by p_purchase x price "
+        "(default weighted; env RECSTREAM_RANKING_OBJECTIVE)",
+    )
+    group.add_argument(
+        "--ranking-weights",
+        dest="ranking_weights",
+        type=_ranking_weights,
+        metavar="CLICK,CART,PURCHASE,VALUE",
+        help="weights of the score: p_click, p_cart, p_purchase and p_purchase x price "
+        "(default 1,4,16,0; compare settings with 'bench pareto'; env RECSTREAM_RANKING_WEIGHTS)",
+    )
+    group.add_argument(
         "--torch-threads",
         dest="torch_threads",
         type=_positive_int,
         metavar="N",
         help="PyTorch intra-op threads of the model (default 1; env RECSTREAM_TORCH_THREADS)",
     )
+
+
+def _ranking_weights(text: str) -> tuple[float, float, float, float]:
+    try:
+        return parse_ranking_weights(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _task_weights(text: str) -> tuple[float, float, float]:
@@ -541,6 +580,27 @@ def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, ValueError) as err:
         raise RecstreamError(str(err)) from err
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_bench_pareto(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import pareto as bench_pareto
+    from streams.progress import stderr
+
+    report = bench_pareto.run(
+        bench_pareto.ParetoOptions(
+            seed=args.seed,
+            events=args.events,
+            impressions=args.impressions,
+            batch_size=args.batch_size,
+            report=args.report,
+            plot=args.plot,
+        )
+    )
+    print(json.dumps(report, indent=2))
+    bench_pareto.print_front(
+        report, lambda text: stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+    )
     return 0
 
 

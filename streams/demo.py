@@ -229,6 +229,10 @@ def model_flags(settings: Settings) -> list[str]:
         ",".join(repr(w) for w in settings.task_weights),
         "--task-weighting",
         settings.task_weighting,
+        "--ranking-objective",
+        settings.ranking_objective,
+        "--ranking-weights",
+        ",".join(repr(w) for w in settings.ranking_weights),
         "--torch-threads",
         str(settings.torch_threads),
     ]

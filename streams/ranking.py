@@ -1,10 +1,14 @@
 """Rank candidates with the learner and shape each user's top-K as the score contract says.
 
-The joint objective is a weighted sum of the funnel probabilities
-(``weights``), or expected revenue ``p_purchase * price`` (``objective =
-"revenue"``). ``cold_slots`` of the K places are kept for the best-rated cold
-items, so new items reach users before anyone has clicked them (exploration);
-a cold item that ranks high on its own merits takes a normal place.
+The joint objective is a weighted mean of the funnel probabilities and the
+expected order value, ``(w_click p_click + w_cart p_cart + w_purchase p_purchase
++ w_value p_purchase price) / (w_click + w_cart + w_purchase + w_value)``
+(``weights`` and ``value_weight``; ``recstream bench pareto`` measures what
+each setting earns), or expected revenue ``p_purchase * price`` alone
+(``objective = "revenue"``). ``cold_slots`` of the K places are kept for the
+best-rated cold items, so new items reach users before anyone has clicked
+them (exploration); a cold item that ranks high on its own merits takes a
+normal place.
 
 Example
 -------
@@ -24,6 +28,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -44,6 +49,7 @@ class RankingConfig:
     top_k: int = 20
     objective: str = "weighted"
     weights: tuple[float, float, float] = (1.0, 4.0, 16.0)
+    value_weight: float = 0.0
     cold_slots: int = 2
 
     def __post_init__(self) -> None:
@@ -51,6 +57,12 @@ class RankingConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}")
         if not 0 <= self.cold_slots <= self.top_k:
             raise ValueError("cold_slots must be between 0 and top_k")
+        every = (*self.weights, self.value_weight)
+        if len(self.weights) != 3 or not all(0 <= w < math.inf for w in every) or not any(every):
+            raise ValueError(
+                "ranking weights are 3 task weights and a value weight, finite, "
+                f"non-negative and not all 0, not {every}"
+            )
 
 
 class Ranker:
@@ -89,10 +101,9 @@ class Ranker:
         if len(block) == 0:
             return []
         probabilities = learner.predict_block(block)
-        joint = self._joint(probabilities, block)
         cold_items = np.fromiter(map(learner.is_cold, block.item_ids), bool, len(block.item_ids))
         cold = cold_items[block.pair_item]
-        chosen = self._top_k(joint, cold, block.pair_user)
+        chosen, joint = self.choose(block, probabilities, cold)
         item_ids = [block.item_ids[i] for i in block.pair_item[chosen].tolist()]
         entries = _entries(item_ids, probabilities[chosen], joint[chosen], cold[chosen])
         counts = np.bincount(block.pair_user[chosen], minlength=len(block.user_ids)).tolist()
@@ -110,12 +121,23 @@ class Ranker:
             )
         ]
 
-    def _joint(self, probabilities: np.ndarray, block: CandidateBlock) -> np.ndarray:
+    def choose(
+        self, block: CandidateBlock, probabilities: np.ndarray, cold: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs kept (by user, each user's best first) and every pair's joint score,
+        from the pairs' predictions and whether their items are cold."""
+        joint = self.joint(probabilities, block)
+        return self._top_k(joint, cold, block.pair_user), joint
+
+    def joint(self, probabilities: np.ndarray, block: CandidateBlock) -> np.ndarray:
         """The joint score of every pair (the ranking objective)."""
-        if self.config.objective == "revenue":
-            prices = np.array([price or 0.0 for price in block.prices])
-            return probabilities[:, 2] * prices[block.pair_item]
-        return probabilities @ np.asarray(self.config.weights) / sum(self.config.weights)
+        config = self.config
+        if config.objective == "revenue":
+            return probabilities[:, 2] * _pair_prices(block)
+        joint = probabilities @ np.asarray(config.weights)
+        if config.value_weight:
+            joint += config.value_weight * probabilities[:, 2] * _pair_prices(block)
+        return joint / (sum(config.weights) + config.value_weight)
 
     def _top_k(self, joint: np.ndarray, cold: np.ndarray, pair_user: np.ndarray) -> np.ndarray:
         """The pairs kept, by user, each user's best first.
@@ -161,6 +183,12 @@ def candidate_block(
         pair_user=np.repeat(np.arange(len(users)), sizes),
         pair_item=np.fromiter(pairs, np.int64, sum(sizes)),
     )
+
+
+def _pair_prices(block: CandidateBlock) -> np.ndarray:
+    """The price of every pair's item (0 if unknown)."""
+    prices = np.array([price or 0.0 for price in block.prices])
+    return prices[block.pair_item]
 
 
 def _rank_within(mask: np.ndarray, starts: np.ndarray, run: np.ndarray) -> np.ndarray:

@@ -47,7 +47,6 @@ from streams.ledger import ApplyLedger
 from streams.metrics import Metrics
 from streams.outbox import DeadLetterOutbox, Letter
 from streams.pipeline import BatchResult, Pipeline, RawMessage
-from streams.ranking import RankingConfig
 from streams.settings import Settings
 
 log = logging.getLogger("recstream.worker")
@@ -101,7 +100,7 @@ class WorkerService:
         return Pipeline(
             mtl(settings.model_config()),  # towers, task weights, threads: the settings'
             labels=settings.label_config(),
-            ranking=RankingConfig(top_k=settings.top_k),
+            ranking=settings.ranking_config(),
             events_topic=settings.topics.events,
         )
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from online_models.base import TASKS
 from online_models.labels import LabelConfig
+from streams.ranking import OBJECTIVES, RankingConfig
 
 if TYPE_CHECKING:
     from online_models.config import MultiTaskConfig
@@ -102,6 +103,8 @@ _ENV = {
     "towers": "RECSTREAM_TOWERS",
     "task_weights": "RECSTREAM_TASK_WEIGHTS",
     "task_weighting": "RECSTREAM_TASK_WEIGHTING",
+    "ranking_objective": "RECSTREAM_RANKING_OBJECTIVE",
+    "ranking_weights": "RECSTREAM_RANKING_WEIGHTS",
     "torch_threads": "RECSTREAM_TORCH_THREADS",
     "faults": "RECSTREAM_FAULTS",
     "ledger": "RECSTREAM_LEDGER",
@@ -127,8 +130,10 @@ class Settings:
     (shared-bottom, MMoE or PLE); ``task_weights`` weight the click, cart and
     purchase losses in training, and ``task_weighting="uncertainty"`` learns
     adaptive weights on top of them (Kendall et al. 2018). These *task weights*
-    are not the ranking weights of a score record's ``score``
-    (:mod:`streams.ranking`), which have no setting.
+    are not the *ranking weights* of a score record's ``score``:
+    ``ranking_objective`` ("weighted" or "revenue") and ``ranking_weights``
+    (click, cart, purchase, value; :mod:`streams.ranking`, chosen with
+    ``recstream bench pareto``).
     """
 
     broker: str | None = None
@@ -158,6 +163,8 @@ class Settings:
     towers: str = "shared_bottom"
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     task_weighting: str = "fixed"
+    ranking_objective: str = "weighted"
+    ranking_weights: tuple[float, float, float, float] = (1.0, 4.0, 16.0, 0.0)
     # One intra-op thread: the worker shares two cores with Faust's consumer thread and
     # often a producer; two OpenMP threads then spin against each other (measured:
     # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
@@ -166,7 +173,8 @@ class Settings:
     ledger: bool = False  # record applied offsets in checkpoints (streams.ledger); tests only
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
+        for name in ("task_weights", "ranking_weights"):
+            object.__setattr__(self, name, tuple(float(w) for w in getattr(self, name)))
         for name, check in _CHECKS.items():
             check(getattr(self, name))
 
@@ -220,6 +228,21 @@ class Settings:
             task_weights=self.task_weights,
             task_weighting=self.task_weighting,
             num_threads=self.torch_threads,
+        )
+
+    def ranking_config(self) -> RankingConfig:
+        """The worker's ranking: K, objective and ranking weights from these settings.
+
+        >>> config = Settings(ranking_weights=(1, 0, 4, 2)).ranking_config()
+        >>> config.weights, config.value_weight, config.top_k
+        ((1.0, 0.0, 4.0), 2.0, 20)
+        """
+        click, cart, purchase, value = self.ranking_weights
+        return RankingConfig(
+            top_k=self.top_k,
+            objective=self.ranking_objective,
+            weights=(click, cart, purchase),
+            value_weight=value,
         )
 
     @property
@@ -357,12 +380,43 @@ def _check_skew(value: float) -> None:
         raise ValueError(f"max skew must be 0 or more seconds, not {value}")
 
 
-_PARSERS = {"task_weights": parse_task_weights}
+def parse_ranking_weights(text: str) -> tuple[float, float, float, float]:
+    """``"CLICK,CART,PURCHASE,VALUE"`` as four ranking weights.
+
+    >>> parse_ranking_weights("1,4,16,0")
+    (1.0, 4.0, 16.0, 0.0)
+    >>> parse_ranking_weights("1,4,x,0")
+    Traceback (most recent call last):
+    ...
+    ValueError: ranking weights are four numbers CLICK,CART,PURCHASE,VALUE, not '1,4,x,0'
+    """
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+        if len(weights) != 4:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"ranking weights are four numbers CLICK,CART,PURCHASE,VALUE, not {text!r}"
+        ) from None
+    check_ranking_weights(weights)
+    return weights  # type: ignore[return-value]
+
+
+def check_ranking_weights(weights: tuple[float, ...]) -> None:
+    """Four finite non-negative numbers, not all zero; else a ValueError."""
+    if len(weights) != 4:
+        raise ValueError(f"ranking weights are CLICK,CART,PURCHASE,VALUE, got {weights}")
+    RankingConfig(weights=tuple(weights[:3]), value_weight=weights[3])
+
+
+_PARSERS = {"task_weights": parse_task_weights, "ranking_weights": parse_ranking_weights}
 """Settings read from the environment by their own parser rather than :func:`_convert`."""
 _CHECKS = {
     "towers": _check_choice("towers", TOWERS),
     "task_weights": check_task_weights,
     "task_weighting": _check_choice("task weighting", TASK_WEIGHTINGS),
+    "ranking_objective": _check_choice("ranking objective", OBJECTIVES),
+    "ranking_weights": check_ranking_weights,
     "torch_threads": _check_threads,
     "dedupe_events": _check_dedupe,
     "max_skew_s": _check_skew,

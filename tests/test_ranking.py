@@ -115,6 +115,32 @@ def test_every_user_gets_the_top_k_with_cold_places_and_ties_in_candidate_order(
         assert record["model_version"] == 4 and record["event_ts"] == 9
 
 
+def test_the_value_weight_ranks_by_expected_order_value_beside_the_funnel():
+    cheap, dear = ItemContent("home.lamp", None, 10.0), ItemContent("home.lamp", None, 100.0)
+    candidates = {"u1": [("cheap", cheap), ("dear", dear)]}
+
+    class Fixed(Learner):
+        model_version = 1
+
+        def predict(self, samples, remembered=None):  # cheap: likelier bought, less earned
+            return np.array(
+                [[0.5, 0.2, 0.1] if s.item_id == "cheap" else [0.4, 0.1, 0.03] for s in samples]
+            )
+
+    def ranked(**config):
+        ranker = Ranker(RankingConfig(top_k=2, cold_slots=0, **config))
+        record = ranker.rank(Fixed(), candidates, {"u1": 1}, 2)[0]
+        return [(entry["item_id"], entry["score"]) for entry in record["items"]]
+
+    assert [item for item, _ in ranked()] == ["cheap", "dear"]
+    funnel_and_value = ranked(weights=(1.0, 0.0, 0.0), value_weight=1.0)
+    assert [item for item, _ in funnel_and_value] == ["dear", "cheap"]
+    assert funnel_and_value[0][1] == pytest.approx((0.4 + 0.03 * 100.0) / 2.0)
+    assert ranked(weights=(0.0, 0.0, 0.0), value_weight=1.0) == ranked(objective="revenue")
+    with pytest.raises(ValueError, match="not all 0"):
+        RankingConfig(weights=(0.0, 0.0, 0.0))
+
+
 def test_users_without_candidates_get_no_record():
     class Fixed(Learner):
         model_version = 0

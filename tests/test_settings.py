@@ -100,6 +100,23 @@ def test_the_demo_takes_the_model_flags_and_hands_them_to_its_worker():
     assert settings_of(["worker", *model_flags(odd)]).task_weights == odd.task_weights
 
 
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_ranking_weights_from_flag_or_env_rank_the_workers_lists(source, tmp_path):
+    from streams.service import WorkerService
+
+    if source == "flag":
+        settings = settings_of(["worker", "--ranking-weights", "0,0,1,2"])
+    else:
+        settings = settings_of(["worker"], {"RECSTREAM_RANKING_WEIGHTS": "0,0,1,2"})
+    settings = replace(settings, checkpoint_dir=tmp_path, top_k=7)
+    ranking = WorkerService(settings).pipeline.ranker.config
+    assert (ranking.weights, ranking.value_weight, ranking.top_k) == ((0.0, 0.0, 1.0), 2.0, 7)
+    demo = settings_of(["demo", "--ranking-objective", "revenue", "--ranking-weights", "1,0,0,3"])
+    worker = settings_of(["worker", *model_flags(demo)])  # as the demo starts its worker
+    assert worker.ranking_config() == demo.ranking_config()
+    assert worker.ranking_config().objective == "revenue"
+
+
 def head_rows_changed_by_one_step(settings: Settings) -> set[int]:
     """Rows (tasks) of the logit heads that one learning step of the worker's model moved."""
     learner = learner_of(settings)
@@ -181,6 +198,10 @@ def test_torch_threads_from_flag_or_env():
         ("--task-weighting", "adaptive", "invalid choice: 'adaptive'"),
         ("--torch-threads", "0", "at least 1"),
         ("--torch-threads", "two", "at least 1"),
+        ("--ranking-weights", "1,4,16", "four numbers CLICK,CART,PURCHASE,VALUE"),
+        ("--ranking-weights", "1,-4,16,0", "non-negative"),
+        ("--ranking-weights", "0,0,0,0", "not all 0"),
+        ("--ranking-objective", "clicks", "invalid choice: 'clicks'"),
     ],
 )
 def test_a_bad_flag_is_a_usage_error(flag, value, message, capsys):
@@ -202,6 +223,8 @@ def test_a_bad_flag_is_a_usage_error(flag, value, message, capsys):
         ("RECSTREAM_TASK_WEIGHTING", "adaptive", "must be one of fixed, uncertainty"),
         ("RECSTREAM_TORCH_THREADS", "0", "at least 1"),
         ("RECSTREAM_TORCH_THREADS", "two", "invalid literal"),
+        ("RECSTREAM_RANKING_WEIGHTS", "1,4,16,inf", "finite"),
+        ("RECSTREAM_RANKING_OBJECTIVE", "clicks", "must be one of weighted, revenue"),
     ],
 )
 def test_a_bad_environment_variable_is_an_error_naming_it(variable, value, message):

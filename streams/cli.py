@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = benches.add_parser(
         "pareto", help="what each setting of the ranking weights earns, and the best of them"
     )
+    pareto.add_argument(
+        "--source",
+        choices=["sim"],
+        default="sim",
+        help="the simulator: lists are measured by its true probabilities",
+    )
     pareto.add_argument("--seed", type=int, default=7, help="simulator seed")
     pareto.add_argument("--events", type=int, default=200_000, help="events to replay")
     pareto.add_argument(

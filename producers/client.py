@@ -228,8 +228,9 @@ def encoded_chunks(
 
     >>> from producers.contract import Event
     >>> chunk = next(encoded_chunks([Event("e1", 1_732_240_000_000, "click", "u1", "i1")]))
-    >>> chunk.events
-    [(b'u1', b'{"event_id":"e1","ts":1732240000000,"type":"click","user_id":"u1","item_id":"i1"}')]
+    >>> key, value = chunk.events[0]
+    >>> key, value[:53]
+    (b'u1', b'{"schema":2,"event_id":"e1","ts":1732240000000,"type"')
     """
     chunk, events = EncodedChunk(), 0
     for record in records:

@@ -9,13 +9,13 @@ from collections import Counter
 import pytest
 
 from producers.client import EventPublisher
-from producers.contract import CatalogItem, Event
+from producers.contract import SCHEMA_VERSION, CatalogItem, Event
 from tests.kafka_readers import read_all
 from tests.worker_harness import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.slow
 
-FIELDS = {"user_id", "ts", "event_ts", "model_version", "items"}
+FIELDS = {"schema", "user_id", "ts", "event_ts", "model_version", "items"}
 ITEM_FIELDS = {"item_id", "p_click", "p_cart", "p_purchase", "score", "cold"}
 
 
@@ -52,7 +52,7 @@ def test_librdkafka_reads_scores_that_match_the_contract(broker, topics, worker)
     keys = {key.decode() for key, _ in read_all(broker.bootstrap, topics.scores)}
     assert keys == {r["user_id"] for r in records} and keys <= scored_users
     for record in records:
-        assert set(record) == FIELDS
+        assert set(record) == FIELDS and record["schema"] == SCHEMA_VERSION
         assert isinstance(record["model_version"], int) and record["ts"] >= record["event_ts"]
         items = record["items"]
         assert 0 < len(items) <= 20 and len({i["item_id"] for i in items}) == len(items)

@@ -100,6 +100,9 @@ class Popularity:
         if slot is not None:
             self._codes[slot] = self._code_of(category)
 
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._slot
+
     def drop(self, item_id: str) -> None:
         """Forget the item's score."""
         slot = self._slot.pop(item_id, None)
@@ -208,17 +211,31 @@ class CandidatePool:
         return self.catalog.get(item_id)
 
     def observe_catalog(self, item: CatalogItem) -> None:
-        """A catalog record: remember its content and availability; a first sighting is new."""
-        was_offered = self.catalog.offered(item.item_id)
-        if self.catalog.describe(item):
-            self._newest.append(item.item_id)
-        if self.catalog.offered(item.item_id) != was_offered:
+        """A catalog record: remember its content and availability.
+
+        An item it makes offered that nobody interacted with lately (a new
+        item, one back after its removal, one announced withdrawn and now
+        launched) is among the newest; a popular one withdrawn or back has
+        the popular lists rebuilt.
+        """
+        item_id = item.item_id
+        was_offered = self.catalog.offered(item_id)
+        self.catalog.describe(item)
+        offered = self.catalog.offered(item_id)
+        if offered == was_offered:
+            return
+        if item_id in self._popularity:
             self._refresh_due()
+        elif offered:
+            self._newest.append(item_id)
+        elif item_id in self._newest:
+            self._newest.remove(item_id)
 
     def remove(self, item_id: str) -> None:
         """A tombstone: the item is no candidate any more, until a catalog record brings it back."""
+        if item_id in self._popularity:
+            self._refresh_due()
         self.catalog.remove(item_id)  # the catalog tells _content_changed
-        self._refresh_due()
 
     def observe(self, events: Sequence[Event]) -> None:
         """Funnel events raise popularity and the user's recency; content is remembered.

@@ -104,6 +104,8 @@ def test_a_removed_item_is_nobodys_candidate_at_once_and_after_more_events():
         "i0" not in best for best in pool._top_by_category.values()
     )
     assert len(pool._top) == 5  # rebuilt with the next events: another item took its place
+    pool.observe_catalog(CatalogItem("i0", 0, category="c0"))  # listed again: as a new item
+    assert "i0" in pool._newest and "i0" in _offered(pool)
 
 
 def test_a_withdrawn_item_leaves_the_popular_lists_and_comes_back_with_its_next_record():
@@ -116,6 +118,15 @@ def test_a_withdrawn_item_leaves_the_popular_lists_and_comes_back_with_its_next_
     pool.observe_catalog(CatalogItem("i0", 0, category="c0", available=True))
     pool.observe([Event("g2", 0, "click", "u2", "i3")])
     assert pool._top[0] == "i0" and "i0" in _offered(pool)
+    assert "i0" not in pool._newest  # back in stock, not new
+
+
+def test_an_item_announced_withdrawn_reaches_users_as_a_new_one_once_available():
+    pool = _pool()
+    pool.observe_catalog(CatalogItem("launch", 0, category="c0", available=False))
+    assert "launch" not in pool._newest and "launch" not in _offered(pool)
+    pool.observe_catalog(CatalogItem("launch", 0, category="c0"))
+    assert "launch" in pool._newest and "launch" in _offered(pool)
 
 
 def test_a_removed_new_item_leaves_the_newest():

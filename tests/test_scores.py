@@ -8,10 +8,9 @@ import time
 from collections import Counter
 
 import pytest
-from kafka import KafkaProducer
 
 from producers.client import EventPublisher
-from producers.contract import SCHEMA_VERSION, CatalogItem, Event
+from producers.contract import SCHEMA_VERSION, CatalogItem, CatalogRemoval, Event
 from tests.kafka_readers import read_all
 from tests.worker_harness import WorkerProcess, worker_env
 
@@ -148,9 +147,8 @@ def test_a_removed_or_withdrawn_item_is_in_no_list_ranked_after_it_and_available
         return [Event(f"{item}-{ts}-{u}", ts, "click", u, item, content[item]) for u in users]
 
     now = int(time.time() * 1000)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
-    producer.send(topics.items, key=gone.encode(), value=None).get(timeout=30)
-    producer.close()
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        assert publisher.publish([CatalogRemoval(gone)]).items_sent == 1  # a tombstone
     worker.wait_for(
         lambda m: m.get("recstream_catalog_items_removed_total") == 1, 30, "tombstone applied"
     )

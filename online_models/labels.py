@@ -393,7 +393,7 @@ class LabelResolver:
 
     def observe_catalog(self, item: CatalogItem) -> None:
         """Remember an item's content for samples of it that come without one."""
-        self.catalog.remember(item.item_id, item.content)
+        self.catalog.describe(item)
 
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event read from ``partition``: windows it closes first, then the event."""

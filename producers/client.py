@@ -1,5 +1,8 @@
 """Publish contract records to Kafka: events keyed by user, catalog items keyed by item.
 
+A :class:`~producers.contract.CatalogRemoval` among the records is sent as a
+tombstone: its item id as the key, no value.
+
 :class:`EventPublisher` wraps kafka-python with the settings a shop's event
 feed needs: ``acks=all``, retries, a bounded number of requests in flight,
 an optional rate limit, validation before sending (an event that breaks the
@@ -33,6 +36,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from producers.contract import (
     CatalogItem,
+    CatalogRemoval,
     Event,
     InvalidRecord,
     catalog_to_dict,
@@ -47,7 +51,8 @@ class BrokerUnavailable(RuntimeError):
 
 @dataclass
 class PublishReport:
-    """What a publish run did; ``events_sent`` counts broker-acknowledged events."""
+    """What a publish run did; ``events_sent`` counts broker-acknowledged events, ``items_sent``
+    catalog records (tombstones included)."""
 
     events_sent: int = 0
     events_failed: int = 0
@@ -125,7 +130,7 @@ class EventPublisher:
 
     def publish(
         self,
-        records: Iterable[Event | CatalogItem],
+        records: Iterable[Event | CatalogItem | CatalogRemoval],
         *,
         max_events: int | None = None,
         stop: threading.Event | None = None,
@@ -183,7 +188,7 @@ class EventPublisher:
             return CHUNK_EVENTS
         return max(1, min(CHUNK_EVENTS, int(self.rate * MAX_HOLD_S)))
 
-    def _send(self, topic: str, key: bytes, value: bytes, kind: str) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes | None, kind: str) -> None:
         try:
             future = self._producer.send(topic, key=key, value=value)
         except KafkaError:
@@ -211,13 +216,13 @@ class EventPublisher:
 class EncodedChunk:
     """Records ready for the wire, in order: catalog items first, then events."""
 
-    items: list[tuple[bytes, bytes]] = field(default_factory=list)
+    items: list[tuple[bytes, bytes | None]] = field(default_factory=list)  # None: a tombstone
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
 
 
 def encoded_chunks(
-    records: Iterable[Event | CatalogItem],
+    records: Iterable[Event | CatalogItem | CatalogRemoval],
     max_events: int | None = None,
     chunk_events: int = CHUNK_EVENTS,
 ) -> Iterator[EncodedChunk]:
@@ -228,18 +233,20 @@ def encoded_chunks(
 
     >>> from producers.contract import Event
     >>> chunk = next(encoded_chunks([Event("e1", 1_732_240_000_000, "click", "u1", "i1")]))
-    >>> chunk.events
-    [(b'u1', b'{"event_id":"e1","ts":1732240000000,"type":"click","user_id":"u1","item_id":"i1"}')]
+    >>> key, value = chunk.events[0]
+    >>> key, value[:53]
+    (b'u1', b'{"schema":2,"event_id":"e1","ts":1732240000000,"type"')
     """
     chunk, events = EncodedChunk(), 0
     for record in records:
         if max_events is not None and events >= max_events:
             break
-        if isinstance(record, CatalogItem):
+        if isinstance(record, CatalogItem | CatalogRemoval):
             if chunk.events:
                 yield chunk
                 chunk = EncodedChunk()
-            chunk.items.append((record.item_id.encode(), _json(catalog_to_dict(record))))
+            value = _json(catalog_to_dict(record)) if isinstance(record, CatalogItem) else None
+            chunk.items.append((record.item_id.encode(), value))
             continue
         try:
             payload = event_to_dict(record)

@@ -5,6 +5,14 @@ same validation on what it reads and dead-letters what fails. Every failure is
 an :class:`InvalidRecord` carrying one reason from :data:`REASONS` (a small,
 fixed set: it is a Prometheus label) and a human-readable detail.
 
+Every record written carries ``schema``, the contract version it follows
+(:data:`SCHEMA_VERSION`); a reader accepts the versions in
+:data:`SCHEMA_VERSIONS` (a record without the field is version 1, as every
+record was before the field existed) and refuses any other as
+``unknown_schema``, before reading any other field. A null value on the
+compacted ``items`` topic (Kafka's tombstone) removes the item named by its
+key (:class:`CatalogRemoval`).
+
 Example
 -------
 >>> raw = (b'{"event_id": "e-1", "ts": 1732240000123, "type": "click", '
@@ -15,6 +23,8 @@ Example
 ('click', 199.0)
 >>> decode_event(encode_event(event), now_ms=1732240000500) == event
 True
+>>> decode_catalog_record(b"i9", None)
+CatalogRemoval(item_id='i9')
 >>> try:
 ...     decode_event(b'{"event_id": "e-2", "ts": 1732240000000, "type": "click"}',
 ...                  now_ms=1732240000500)
@@ -44,12 +54,18 @@ MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 1024
 MAX_CONTEXT_KEYS = 32
 
+SCHEMA_VERSION = 2
+"""The contract version our producers and the worker write (``schema`` in every record)."""
+SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+"""The versions a reader accepts: 1 is a record without ``schema``, read as version 2."""
+
 REASONS: tuple[str, ...] = (
     "empty",
     "oversized",
     "not_utf8",
     "not_json",
     "not_object",
+    "unknown_schema",
     "missing_field",
     "wrong_type",
     "unknown_type",
@@ -96,17 +112,29 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class CatalogItem:
-    """An item as published on the compacted ``items`` topic."""
+    """An item as published on the compacted ``items`` topic.
+
+    ``available=False`` withdraws it from serving (out of stock); the next
+    record without it (or with ``True``) brings it back.
+    """
 
     item_id: str
     ts: int
     category: str | None = None
     brand: str | None = None
     price: float | None = None
+    available: bool = True
 
     @property
     def content(self) -> ItemContent:
         return ItemContent(self.category, self.brand, self.price)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogRemoval:
+    """A tombstone on ``items`` (a null value): the item its key names is gone from the shop."""
+
+    item_id: str
 
 
 # ---------------------------------------------------------------- encoding
@@ -115,6 +143,7 @@ class CatalogItem:
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The JSON-ready dict of an event, leaving out absent optional fields."""
     out: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
         "event_id": event.event_id,
         "ts": event.ts,
         "type": event.type,
@@ -136,8 +165,12 @@ def encode_event(event: Event) -> bytes:
 
 
 def catalog_to_dict(item: CatalogItem) -> dict[str, Any]:
-    """The JSON-ready dict of a catalog item."""
-    return {"item_id": item.item_id, "ts": item.ts, **_content_dict(item.content)}
+    """The JSON-ready dict of a catalog item (``available`` only when it is false)."""
+    out = {"schema": SCHEMA_VERSION, "item_id": item.item_id, "ts": item.ts}
+    out.update(_content_dict(item.content))
+    if not item.available:
+        out["available"] = False
+    return out
 
 
 def encode_catalog_item(item: CatalogItem) -> bytes:
@@ -173,8 +206,29 @@ def decode_catalog_item(raw: bytes | str | None, now_ms: int | None = None) -> C
     return validate_catalog_item(_parse_object(raw), now_ms)
 
 
+def decode_catalog_record(
+    key: bytes | None, value: bytes | None, now_ms: int | None = None
+) -> CatalogItem | CatalogRemoval:
+    """One ``items`` message: a catalog record, or a tombstone (no value) removing its key.
+
+    An empty value is no tombstone (``empty``); a tombstone needs the item id as its key.
+    """
+    if value is not None:
+        return decode_catalog_item(value, now_ms)
+    if not key:
+        raise InvalidRecord("missing_field", "a tombstone needs the item id as its key")
+    try:
+        item_id = key.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidRecord(
+            "not_utf8", f"the tombstone's key is not UTF-8 ({err.reason})"
+        ) from None
+    return CatalogRemoval(_required_str({"item_id": item_id}, "item_id"))
+
+
 def validate_event(obj: dict[str, Any], now_ms: int | None = None) -> Event:
     """Check a decoded JSON object against the event contract."""
+    _check_schema(obj)
     event_type = _required_str(obj, "type")
     if event_type not in EVENT_TYPES:
         raise InvalidRecord("unknown_type", f"type {event_type[:40]!r} is not one of {EVENT_TYPES}")
@@ -195,14 +249,30 @@ def validate_event(obj: dict[str, Any], now_ms: int | None = None) -> Event:
 
 def validate_catalog_item(obj: dict[str, Any], now_ms: int | None = None) -> CatalogItem:
     """Check a decoded JSON object against the catalog contract."""
+    _check_schema(obj)
     content = _content(obj, "")
+    available = obj.get("available")
+    if available is not None and not isinstance(available, bool):
+        raise InvalidRecord("wrong_type", f"available must be true or false, not {available!r:.40}")
     return CatalogItem(
         item_id=_required_str(obj, "item_id"),
         ts=_timestamp(obj, now_ms),
         category=content.category,
         brand=content.brand,
         price=content.price,
+        available=available is not False,
     )
+
+
+def _check_schema(obj: dict[str, Any]) -> None:
+    """Refuse a record of a contract version this reader does not know (absent: version 1)."""
+    version = obj.get("schema")
+    if version is None:
+        return
+    if isinstance(version, bool) or not isinstance(version, int) or version not in SCHEMA_VERSIONS:
+        raise InvalidRecord(
+            "unknown_schema", f"schema {version!r:.40} is not one of {SCHEMA_VERSIONS}"
+        )
 
 
 def _parse_object(raw: bytes | str | None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ A *recording* (format ``recstream``) is a text file of JSON lines: each line
 is exactly the compact JSON the product publishes for one record
 (:func:`~producers.contract.encode_event` for an event,
 :func:`~producers.contract.encode_catalog_item` for a catalog item), in the
-order the records were sent, each followed by ``\\n``. An event object
+order the records were sent, each followed by ``\\n`` (recordings made
+before the contract's ``schema`` field are version 1 and read as well). An event object
 always has ``event_id`` and ``type``; a catalog object has neither, so a line
 whose object has either key is read as an event (one with ``event_id`` but
 no ``type`` is then rejected as ``missing_field``), any other as a catalog
@@ -30,8 +31,8 @@ Example
 >>> sent == stream
 True
 >>> print(path.read_text(), end="")
-{"item_id":"i9","ts":1732240000000,"category":"electronics.phone","brand":"acme","price":199.0}
-{"event_id":"e-1","ts":1732240000123,"type":"click","user_id":"u1","item_id":"i9"}
+{"schema":2,"item_id":"i9","ts":1732240000000,"category":"electronics.phone","brand":"acme","price":199.0}
+{"schema":2,"event_id":"e-1","ts":1732240000123,"type":"click","user_id":"u1","item_id":"i9"}
 >>> list(read_recording(path, now_ms=1732240000500)) == stream
 True
 """
@@ -63,7 +64,7 @@ def encode_record(record: Record) -> bytes:
     """The wire JSON of one record, without the newline.
 
     >>> encode_record(CatalogItem("i1", 1732240000000))
-    b'{"item_id":"i1","ts":1732240000000}'
+    b'{"schema":2,"item_id":"i1","ts":1732240000000}'
     """
     if isinstance(record, Event):
         return encode_event(record)
@@ -76,8 +77,9 @@ def decode_record(line: bytes | str, now_ms: int | None = None) -> Record:
     ``now_ms`` is the clock timestamps are checked against, as for
     :func:`~producers.contract.decode_event` (``None``: the wall clock).
 
-    >>> decode_record(b'{"item_id":"i1","ts":1732240000000,"price":2.5}', now_ms=1732240000000)
-    CatalogItem(item_id='i1', ts=1732240000000, category=None, brand=None, price=2.5)
+    >>> item = decode_record(b'{"item_id":"i1","ts":1732240000000,"price":2.5}', 1732240000000)
+    >>> type(item).__name__, item.item_id, item.price
+    ('CatalogItem', 'i1', 2.5)
     >>> try:
     ...     decode_record(b'{"event_id":"e-1","ts":1732240000000,"user_id":"u1"}')
     ... except InvalidRecord as bad:

@@ -6,6 +6,11 @@ newest catalog items (so cold items get exposure before anyone clicks them).
 Popularity is a count that decays by half every ``half_life_events`` funnel
 events. Every structure is capped, so memory stays bounded.
 
+Only items the catalog offers are candidates (:meth:`Catalog.offered
+<online_models.catalog.Catalog.offered>`): a withdrawn or removed item is
+left out of every user's block at once, and the popular lists are rebuilt
+without it before the next block after the next events.
+
 Example
 -------
 >>> from producers.contract import CatalogItem, Event
@@ -15,13 +20,16 @@ Example
 >>> pool.observe([Event("e1", 0, "click", "u1", "i0"), Event("e2", 0, "click", "u2", "i1")])
 >>> sorted(item for item, content in pool.candidates("u1"))
 ['i0', 'i1', 'i2']
+>>> pool.remove("i1")
+>>> sorted(item for item, content in pool.candidates("u1"))
+['i0', 'i2']
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +74,8 @@ class Popularity:
     {'b': 1.5, 'c': 1.0}
     >>> popularity.best(overall=1, per_category=1, limit=10)
     (['b'], {'x': ['c'], 'y': ['b']})
+    >>> popularity.best(overall=1, per_category=1, limit=10, hidden={"b"})
+    (['c'], {'x': ['c']})
     """
 
     def __init__(self) -> None:
@@ -90,6 +100,9 @@ class Popularity:
         if slot is not None:
             self._codes[slot] = self._code_of(category)
 
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._slot
+
     def drop(self, item_id: str) -> None:
         """Forget the item's score."""
         slot = self._slot.pop(item_id, None)
@@ -107,13 +120,15 @@ class Popularity:
             self._compact()
 
     def best(
-        self, overall: int, per_category: int, limit: int
+        self, overall: int, per_category: int, limit: int, hidden: Iterable[str] = ()
     ) -> tuple[list[str], dict[str, list[str]]]:
         """The ``overall`` best items and each category's ``per_category`` best.
 
-        Among the ``limit`` best items, best first; ties in the order items came.
+        Among the ``limit`` best items not ``hidden``, best first; ties in the order items came.
         """
-        live = np.flatnonzero(self._live[: len(self._items)])
+        shown = self._live[: len(self._items)].copy()
+        shown[[self._slot[item] for item in hidden if item in self._slot]] = False
+        live = np.flatnonzero(shown)
         ranked = live[np.argsort(-self._scores[live], kind="stable")][:limit]
         codes = self._codes[ranked]
         by_code = np.argsort(codes, kind="stable")  # by category, each best first
@@ -191,26 +206,47 @@ class CandidatePool:
         self._top_by_category: dict[str, list[str]] = {}
         self._since_refresh = 0
 
-    @property
-    def catalog_size(self) -> int:
-        return len(self.catalog)
-
     def content(self, item_id: str) -> ItemContent | None:
         """What the catalog (or the events) said about an item, if anything."""
         return self.catalog.get(item_id)
 
     def observe_catalog(self, item: CatalogItem) -> None:
-        """A catalog record: remember its content; a first sighting counts as new."""
-        if self.catalog.remember(item.item_id, item.content):
-            self._newest.append(item.item_id)
+        """A catalog record: remember its content and availability.
+
+        An item it makes offered that nobody interacted with lately (a new
+        item, one back after its removal, one announced withdrawn and now
+        launched) is among the newest; a popular one withdrawn or back has
+        the popular lists rebuilt.
+        """
+        item_id = item.item_id
+        was_offered = self.catalog.offered(item_id)
+        self.catalog.describe(item)
+        offered = self.catalog.offered(item_id)
+        if offered == was_offered:
+            return
+        if item_id in self._popularity:
+            self._refresh_due()
+        elif offered:
+            self._newest.append(item_id)
+        elif item_id in self._newest:
+            self._newest.remove(item_id)
+
+    def remove(self, item_id: str) -> None:
+        """A tombstone: the item is no candidate any more, until a catalog record brings it back."""
+        if item_id in self._popularity:
+            self._refresh_due()
+        self.catalog.remove(item_id)  # the catalog tells _content_changed
 
     def observe(self, events: Sequence[Event]) -> None:
-        """Funnel events raise popularity and the user's recency; content is remembered."""
+        """Funnel events raise popularity and the user's recency; content is remembered.
+
+        Events about an item the catalog removed change nothing here.
+        """
         growth = math.log(2.0) / self.config.half_life_events
         for event in events:
             if event.item is not None and event.item_id not in self.catalog:
                 self.catalog.remember(event.item_id, event.item)
-            if event.type == "impression":
+            if event.type == "impression" or self.catalog.was_removed(event.item_id):
                 continue
             self._clock += 1
             boost = _WEIGHT[event.type] * math.exp(self._clock * growth)
@@ -241,8 +277,8 @@ class CandidatePool:
         """The users' candidates as one block, each user scored at its ``event_ts``.
 
         Per user, in order and without repeats: its recent items, its recent
-        categories' best, the overall best, the newest (items without known
-        content left out); users left without candidates are left out. The
+        categories' best, the overall best, the newest (items the catalog does
+        not offer left out); users left without candidates are left out. The
         overall best and the newest, most of every user's list, are looked
         up once for all users.
 
@@ -256,13 +292,21 @@ class CandidatePool:
         >>> [(block.user_ids[u], block.item_ids[i]) for u, i in pairs]
         [('u1', 'i0'), ('u1', 'i1'), ('u1', 'i2'), ('u2', 'i1'), ('u2', 'i0'), ('u2', 'i2')]
         """
-        content = self.catalog
-        shared = [item for item in dict.fromkeys([*self._top, *self._newest]) if item in content]
+        content, withdrawn = self.catalog, self.catalog.withdrawn
+        shared = [
+            item
+            for item in dict.fromkeys([*self._top, *self._newest])
+            if item in content and item not in withdrawn
+        ]
         row = dict(zip(shared, range(len(shared)), strict=True))  # item -> its place in the block
         shared_rows = list(range(len(shared)))
         users, times, sizes, pairs = [], [], [], []
         for user, ts in event_ts.items():
-            own = [item for item in self._own_candidates(user) if item in content]
+            own = [
+                item
+                for item in self._own_candidates(user)
+                if item in content and item not in withdrawn
+            ]
             rows = [row.setdefault(item, len(row)) for item in own]
             if any(item in row and row[item] < len(shared) for item in own):
                 taken = set(rows)
@@ -308,8 +352,14 @@ class CandidatePool:
         """The catalog changed an item's content, or dropped the item (``None``)."""
         if content is None:
             self._popularity.drop(item_id)
+            if item_id in self._newest:
+                self._newest.remove(item_id)
         else:
             self._popularity.set_category(item_id, content.category)
+
+    def _refresh_due(self) -> None:
+        """Rebuild the popular lists with the next events (:meth:`observe`)."""
+        self._since_refresh = self.config.refresh_every
 
     def _refresh(self) -> None:
         """Recompute the popular lists; renormalise scores so the exponent never overflows."""
@@ -319,7 +369,7 @@ class CandidatePool:
         self._clock = 0
         config = self.config
         self._top, self._top_by_category = self._popularity.best(
-            config.popular, config.per_category, limit=len(self.catalog)
+            config.popular, config.per_category, len(self.catalog), self.catalog.withdrawn
         )
 
     def state_dict(self) -> dict[str, Any]:

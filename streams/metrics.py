@@ -130,6 +130,16 @@ class Metrics:
             "Items whose content the worker knows (catalog, or events for undescribed items).",
             registry=r,
         )
+        self.catalog_items_withdrawn = Gauge(
+            "recstream_catalog_items_withdrawn",
+            "Known items the catalog withdrew from serving (available: false).",
+            registry=r,
+        )
+        self.catalog_items_removed = Counter(
+            "recstream_catalog_items_removed",
+            "Tombstones applied from the items topic (each removes its item).",
+            registry=r,
+        )
         self.pending_labels = Gauge(
             "recstream_pending_labels",
             "Samples with a label still open (waiting for a click, cart or purchase).",

@@ -49,9 +49,10 @@ from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
 from producers.contract import (
+    CatalogRemoval,
     Event,
     InvalidRecord,
-    decode_catalog_item,
+    decode_catalog_record,
     decode_event,
 )
 from streams.candidates import CandidateConfig, CandidatePool
@@ -106,6 +107,14 @@ class BatchResult:
     update_seconds: float = 0.0
 
 
+@dataclass
+class CatalogResult:
+    """What one batch of catalog messages produced: dead letters, and tombstones applied."""
+
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    removed: int = 0
+
+
 class Pipeline:
     """Decode -> label -> score-then-learn -> rank, for one worker's input."""
 
@@ -135,17 +144,22 @@ class Pipeline:
 
     def process_catalog(
         self, messages: Sequence[RawMessage], topic: str, now_ms: int | None = None
-    ) -> list[DeadLetter]:
-        """Catalog records update item content; bad ones become dead letters."""
-        dead = []
+    ) -> CatalogResult:
+        """Catalog records update item content and availability, tombstones remove items;
+        bad ones become dead letters."""
+        out = CatalogResult()
         for message in messages:
             try:
-                item = decode_catalog_item(message.value, now_ms)
+                record = decode_catalog_record(message.key, message.value, now_ms)
             except InvalidRecord as bad:
-                dead.append(self._dead(message, bad, topic))
+                out.dead_letters.append(self._dead(message, bad, topic))
                 continue
-            self.pool.observe_catalog(item)
-        return dead
+            if isinstance(record, CatalogRemoval):
+                self.pool.remove(record.item_id)
+                out.removed += 1
+            else:
+                self.pool.observe_catalog(record)
+        return out
 
     # ---------------------------------------------------------------- events
 

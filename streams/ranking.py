@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from online_models.base import CandidateBlock, Learner
-from producers.contract import ItemContent
+from producers.contract import SCHEMA_VERSION, ItemContent
 
 OBJECTIVES = ("weighted", "revenue")
 
@@ -110,6 +110,7 @@ class Ranker:
         version = learner.model_version
         return [
             {
+                "schema": SCHEMA_VERSION,
                 "user_id": user,
                 "ts": now_ms,
                 "event_ts": ts,

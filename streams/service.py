@@ -279,11 +279,12 @@ class WorkerService:
         fresh = [m for m in messages if m.offset >= self.catalog_offsets.get(m.partition, 0)]
         for message in fresh:
             self.catalog_offsets[message.partition] = message.offset + 1
-        dead = self.pipeline.process_catalog(fresh, self.settings.topics.items)
-        self.metrics.catalog_items.set(self.pipeline.pool.catalog_size)
-        for letter in dead:
+        result = self.pipeline.process_catalog(fresh, self.settings.topics.items)
+        self.metrics.catalog_items_removed.inc(result.removed)
+        self._observe_catalog()
+        for letter in result.dead_letters:
             self.metrics.invalid_events.labels(reason=letter.reason).inc()
-        return self._outgoing(dead, [])
+        return self._outgoing(result.dead_letters, [])
 
     def published(self, outgoing: Outgoing) -> None:
         """The batch's scores are with the producer: count them and their latency."""
@@ -329,6 +330,11 @@ class WorkerService:
             m.samples_learned.labels(task=task).inc(count)
         m.pending_labels.set(pipeline.resolver.open_samples)
 
+    def _observe_catalog(self) -> None:
+        catalog = self.pipeline.catalog
+        self.metrics.catalog_items.set(len(catalog))
+        self.metrics.catalog_items_withdrawn.set(len(catalog.withdrawn))
+
     def refresh_slow_metrics(self) -> None:
         """Metrics that cost more than a counter bump: the worker's timer calls this every second.
 
@@ -351,6 +357,7 @@ class WorkerService:
             m.embedding_rows.labels(table=table).set(rows)
         if health.cold_items is not None:
             m.cold_items.set(health.cold_items)
+        self._observe_catalog()
 
     # ------------------------------------------------------------ checkpoints
 

@@ -19,11 +19,14 @@ from producers.contract import (
     MAX_TEXT_CHARS,
     MIN_TS_MS,
     REASONS,
+    SCHEMA_VERSION,
     CatalogItem,
+    CatalogRemoval,
     Event,
     InvalidRecord,
     ItemContent,
     decode_catalog_item,
+    decode_catalog_record,
     decode_event,
     encode_catalog_item,
     encode_event,
@@ -70,6 +73,13 @@ INVALID_EVENTS = [
     ("JSON array", b"[1, 2, 3]", "not_object"),
     ("JSON string", b'"click"', "not_object"),
     ("JSON null", b"null", "not_object"),
+    # the contract version, checked before any field
+    ("a later schema version", wire(valid_event(schema=SCHEMA_VERSION + 1)), "unknown_schema"),
+    ("schema 0", wire(valid_event(schema=0)), "unknown_schema"),
+    ("schema as a string", wire(valid_event(schema="2")), "unknown_schema"),
+    ("schema as a float", wire(valid_event(schema=2.0)), "unknown_schema"),
+    ("schema as a bool", wire(valid_event(schema=True)), "unknown_schema"),
+    ("unknown schema and no user_id", wire(valid_event(schema=9, user_id=None)), "unknown_schema"),
     ("1 MB value", wire(valid_event(user_id="u" * 1_000_000)), "oversized"),
     ("1 MB string, not bytes", json.dumps(valid_event(item__brand="b" * 1_000_000)), "oversized"),
     # required fields
@@ -205,7 +215,29 @@ def test_optional_fields_absent_are_fine_and_read_as_none() -> None:
 
 def test_absent_optional_fields_are_left_out_on_the_wire() -> None:
     encoded = json.loads(encode_event(Event("e-2", 1_732_240_000_123, "click", "u1", "i9")))
-    assert set(encoded) == {"event_id", "ts", "type", "user_id", "item_id"}
+    assert set(encoded) == {"schema", "event_id", "ts", "type", "user_id", "item_id"}
+
+
+def test_what_our_producers_write_carries_the_current_schema_version() -> None:
+    event = json.loads(encode_event(Event("e-2", 1_732_240_000_123, "click", "u1", "i9")))
+    item = json.loads(encode_catalog_item(CatalogItem("i9", 1_732_240_000_123)))
+    assert event["schema"] == item["schema"] == SCHEMA_VERSION == 2
+
+
+@pytest.mark.parametrize("version", [None, 1, 2], ids=["no field (version 1)", "1", "2"])
+def test_records_of_every_known_version_read_the_same(version: int | None) -> None:
+    """Version 1 is the contract before ``schema`` existed: the worker still reads it."""
+    obj = valid_event() if version is None else valid_event(schema=version)
+    assert "schema" not in valid_event()
+    assert decode_event(wire(obj), now_ms=NOW_MS) == decode_event(
+        wire(valid_event()), now_ms=NOW_MS
+    )
+    catalog = {"item_id": "i9", "ts": 1_732_240_000_123, "category": "c"}
+    if version is not None:
+        catalog["schema"] = version
+    assert decode_catalog_item(wire(catalog), now_ms=NOW_MS) == CatalogItem(
+        "i9", 1_732_240_000_123, "c"
+    )
 
 
 def test_an_empty_context_reads_as_no_context_so_it_round_trips() -> None:
@@ -227,8 +259,9 @@ def test_an_integer_price_reads_as_a_float() -> None:
         CatalogItem("i9", 1_732_240_000_123, "electronics.phone", "acme", 12.5),
         CatalogItem("i10", 1_732_240_000_123, category="2053013555631882655"),
         CatalogItem("i11", MIN_TS_MS),
+        CatalogItem("i12", MIN_TS_MS, "home.lamp", available=False),
     ],
-    ids=["full content", "category only", "no content"],
+    ids=["full content", "category only", "no content", "withdrawn"],
 )
 def test_a_catalog_item_round_trips(item: CatalogItem) -> None:
     assert decode_catalog_item(encode_catalog_item(item), now_ms=NOW_MS) == item
@@ -242,12 +275,57 @@ def test_a_catalog_item_round_trips(item: CatalogItem) -> None:
         (b'{"item_id": "i9", "ts": 99, "price": 5}', "bad_timestamp"),
         (b'{"item_id": "i9", "ts": 1732240000123, "brand": 3}', "wrong_type"),
         (b"[]", "not_object"),
+        (b'{"item_id": "i9", "ts": 1732240000123, "available": "no"}', "wrong_type"),
+        (b'{"item_id": "i9", "ts": 1732240000123, "available": 0}', "wrong_type"),
+        (b'{"schema": 3, "item_id": "i9", "ts": 1732240000123}', "unknown_schema"),
     ],
-    ids=["no item_id", "negative price", "timestamp in 1970", "brand as a number", "an array"],
+    ids=[
+        "no item_id",
+        "negative price",
+        "timestamp in 1970",
+        "brand as a number",
+        "an array",
+        "available as a string",
+        "available as a number",
+        "a later schema version",
+    ],
 )
 def test_an_invalid_catalog_item_is_refused_with_its_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(InvalidRecord) as refused:
         decode_catalog_item(raw, now_ms=NOW_MS)
+    assert refused.value.reason == reason
+
+
+def test_available_true_or_absent_or_null_is_available_and_false_withdraws() -> None:
+    read = [
+        decode_catalog_item(wire({"item_id": "i9", "ts": MIN_TS_MS, **extra}), now_ms=NOW_MS)
+        for extra in ({}, {"available": True}, {"available": None}, {"available": False})
+    ]
+    assert [item.available for item in read] == [True, True, True, False]
+    assert "available" not in json.loads(encode_catalog_item(read[0]))
+
+
+def test_a_tombstone_on_items_removes_the_item_its_key_names() -> None:
+    assert decode_catalog_record(b"i9", None) == CatalogRemoval("i9")
+    assert decode_catalog_record("ユーザー".encode(), None) == CatalogRemoval("ユーザー")
+    item = encode_catalog_item(CatalogItem("i9", MIN_TS_MS))
+    assert decode_catalog_record(b"i9", item, now_ms=NOW_MS) == CatalogItem("i9", MIN_TS_MS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (None, None, "missing_field"),
+        (b"", None, "missing_field"),
+        (b"\xff\xfe", None, "not_utf8"),
+        (b"i" * (MAX_ID_CHARS + 1), None, "too_long"),
+        (b"i9", b"", "empty"),
+    ],
+    ids=["tombstone without a key", "empty key", "key not UTF-8", "key too long", "empty value"],
+)
+def test_a_tombstone_needs_an_item_id_as_key_and_an_empty_value_is_none(key, value, reason):
+    with pytest.raises(InvalidRecord) as refused:
+        decode_catalog_record(key, value, now_ms=NOW_MS)
     assert refused.value.reason == reason
 
 

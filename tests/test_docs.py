@@ -182,7 +182,7 @@ def test_every_event_and_catalog_field_is_documented():
         {"device": "mobile"},
     )
     event_fields = {*contract.event_to_dict(full), *contract.event_to_dict(full)["item"]}
-    catalog_fields = set(contract.catalog_to_dict(CatalogItem("i1", 0, "a.b", "acme", 1.0)))
+    catalog_fields = set(contract.catalog_to_dict(CatalogItem("i1", 0, "a.b", "acme", 1.0, False)))
     docs = read("contracts.md")
     event_doc, catalog_doc = section(docs, "Event"), section(docs, "Catalog")
     assert [f for f in sorted(event_fields) if not in_code(event_doc, f)] == []

@@ -121,7 +121,7 @@ def test_a_checkpoint_from_before_the_label_stage_restores_its_resolver_and_wait
     catalog(pipe)
     pipe.process_events(messages(clicks(60)), now_ms=NOW)
     state = from_loadable(to_loadable(pipe.state_dict()))
-    labels, rows = state.pop("labels"), state.pop("catalog")
+    labels, rows = state.pop("labels"), state.pop("catalog")["items"]
     # the layout before: resolver at the top, waits in the learner, a catalog in each of
     # the resolver and the candidate pool
     items = {item: content for item, *content in rows}
@@ -133,7 +133,7 @@ def test_a_checkpoint_from_before_the_label_stage_restores_its_resolver_and_wait
     again = from_loadable(to_loadable(restored.state_dict()))
     assert again["labels"]["resolver"] == labels["resolver"]
     assert again["labels"]["waits"] == labels["waits"] and labels["waits"]["waiting"]
-    assert sorted(again["catalog"]) == sorted(rows) and len(rows) > 1
+    assert sorted(again["catalog"]["items"]) == sorted(rows) and len(rows) > 1
     assert (
         restored.refresh_scores({"u1": NOW})[0]["items"]
         == pipe.refresh_scores({"u1": NOW})[0]["items"]

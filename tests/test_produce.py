@@ -10,7 +10,14 @@ from collections import Counter
 
 import pytest
 
-from producers.contract import decode_catalog_item, decode_event
+from producers.client import encoded_chunks
+from producers.contract import (
+    SCHEMA_VERSION,
+    CatalogItem,
+    CatalogRemoval,
+    decode_catalog_item,
+    decode_event,
+)
 from tests.conftest import DATA, RECSTREAM
 from tests.kafka_readers import read_all
 
@@ -43,7 +50,10 @@ def test_simulated_events_are_read_back_by_librdkafka_exactly_and_all_valid(
     kinds = Counter(event.type for event in decoded)
     assert kinds["click"] > 0 and kinds["cart"] > 0 and kinds["purchase"] > 0
 
-    items = [decode_catalog_item(value) for _, value in read_all(broker.bootstrap, topics.items)]
+    assert {json.loads(value)["schema"] for _, value in events} == {SCHEMA_VERSION}
+    on_items = read_all(broker.bootstrap, topics.items)
+    assert {json.loads(value)["schema"] for _, value in on_items} == {SCHEMA_VERSION}
+    items = [decode_catalog_item(value) for _, value in on_items]
     assert len(items) >= 5_000
     known = {item.item_id for item in items}
     assert {event.item_id for event in decoded} <= known
@@ -111,3 +121,9 @@ def test_a_producer_refuses_an_invalid_event_and_counts_it(broker, topics):
     assert report.events_sent == 1 and report.refused == {"unknown_type": 1}
     values = [json.loads(v) for _, v in read_all(broker.bootstrap, topics.events, expected=1)]
     assert [v["event_id"] for v in values] == ["e-1"]
+
+
+def test_a_catalog_removal_goes_out_as_a_tombstone_keyed_by_its_item_in_order():
+    records = [CatalogItem("i9", 1_732_240_000_000), CatalogRemoval("i9")]
+    (chunk,) = encoded_chunks(records)
+    assert [(key, value is None) for key, value in chunk.items] == [(b"i9", False), (b"i9", True)]

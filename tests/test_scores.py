@@ -1,4 +1,5 @@
-"""What a score consumer sees: records that match the contract, and new items before any click."""
+"""What a score consumer sees: records that match the contract, new items before any click,
+and no item removed or withdrawn from the catalog."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from collections import Counter
 import pytest
 
 from producers.client import EventPublisher
-from producers.contract import CatalogItem, Event
+from producers.contract import SCHEMA_VERSION, CatalogItem, CatalogRemoval, Event
 from tests.kafka_readers import read_all
 from tests.worker_harness import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.slow
 
-FIELDS = {"user_id", "ts", "event_ts", "model_version", "items"}
+FIELDS = {"schema", "user_id", "ts", "event_ts", "model_version", "items"}
 ITEM_FIELDS = {"item_id", "p_click", "p_cart", "p_purchase", "score", "cold"}
 
 
@@ -52,7 +53,7 @@ def test_librdkafka_reads_scores_that_match_the_contract(broker, topics, worker)
     keys = {key.decode() for key, _ in read_all(broker.bootstrap, topics.scores)}
     assert keys == {r["user_id"] for r in records} and keys <= scored_users
     for record in records:
-        assert set(record) == FIELDS
+        assert set(record) == FIELDS and record["schema"] == SCHEMA_VERSION
         assert isinstance(record["model_version"], int) and record["ts"] >= record["event_ts"]
         items = record["items"]
         assert 0 < len(items) <= 20 and len({i["item_id"] for i in items}) == len(items)
@@ -97,3 +98,81 @@ def test_a_new_catalog_item_is_scored_cold_before_anyone_interacts_with_it(broke
     entries = {i["item_id"]: i for i in latest[-1]["items"]}
     assert "brand-new-item" in entries, f"top-K of {user}: {sorted(entries)}"
     assert entries["brand-new-item"]["cold"] is True
+
+
+def _latest_lists(broker, topics) -> dict[str, list[str]]:
+    """Each user's latest top-K on the score topic, as item ids."""
+    latest = {}
+    for _, value in read_all(broker.bootstrap, topics.scores, idle_s=1.0):
+        record = json.loads(value)
+        latest[record["user_id"]] = [entry["item_id"] for entry in record["items"]]
+    return latest
+
+
+def _lists_ranked_after(broker, topics, clicks: list[Event]) -> list[list[str]]:
+    """Publish ``clicks`` (one per user, all at one ``ts`` no other event has) and return the
+    lists they triggered: ranked after everything the worker had applied before them."""
+    (ts,) = {click.ts for click in clicks}
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        publisher.publish(clicks)
+    deadline = time.monotonic() + 60
+    while True:
+        records = [json.loads(v) for _, v in read_all(broker.bootstrap, topics.scores, idle_s=0.5)]
+        triggered = [r for r in records if r["event_ts"] == ts]
+        if len(triggered) >= len(clicks) or time.monotonic() > deadline:
+            assert len(triggered) == len(clicks), f"{len(triggered)} of {len(clicks)} lists"
+            return [[entry["item_id"] for entry in r["items"]] for r in triggered]
+
+
+def test_a_removed_or_withdrawn_item_is_in_no_list_ranked_after_it_and_available_brings_it_back(
+    broker, topics, worker
+):
+    """Acceptance 1 of issue 16, on the real broker and worker.
+
+    The two items in most users' lists: one gets a tombstone, the other
+    ``available: false`` and then ``available: true``. After each catalog
+    message has been applied (seen on /metrics), the users who had the item
+    click it (its content in the event): none of the lists this triggers
+    lists a removed or withdrawn item; once it is available again, it is back.
+    """
+    events = _warm_up(broker, topics, worker, events=3_000)
+    latest = _latest_lists(broker, topics)
+    listed = Counter(item for items in latest.values() for item in items)
+    (gone, gone_in), (paused, paused_in) = listed.most_common(2)
+    assert gone_in >= 20 and paused_in >= 20, f"{len(latest)} lists: {listed.most_common(5)}"
+    content = {e.item_id: e.item for e in events}
+
+    def clicks(item: str, ts: int) -> list[Event]:
+        users = sorted(user for user, items in latest.items() if item in items)
+        return [Event(f"{item}-{ts}-{u}", ts, "click", u, item, content[item]) for u in users]
+
+    now = int(time.time() * 1000)
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        assert publisher.publish([CatalogRemoval(gone)]).items_sent == 1  # a tombstone
+    worker.wait_for(
+        lambda m: m.get("recstream_catalog_items_removed_total") == 1, 30, "tombstone applied"
+    )
+    after_tombstone = _lists_ranked_after(broker, topics, clicks(gone, now))
+    assert [items for items in after_tombstone if gone in items] == []
+
+    def availability(available: bool) -> CatalogItem:
+        c = content[paused]
+        return CatalogItem(paused, now, c.category, c.brand, c.price, available=available)
+
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        publisher.publish([availability(False)])
+    worker.wait_for(
+        lambda m: m.get("recstream_catalog_items_withdrawn") == 1, 30, "withdrawal applied"
+    )
+    withdrawn = _lists_ranked_after(broker, topics, clicks(paused, now + 1))
+    assert [items for items in withdrawn if paused in items] == []
+
+    with EventPublisher(broker.bootstrap, topics.events, topics.items) as publisher:
+        publisher.publish([availability(True)])
+    worker.wait_for(lambda m: m.get("recstream_catalog_items_withdrawn") == 0, 30, "back")
+    back = _lists_ranked_after(broker, topics, clicks(paused, now + 2))
+    print(
+        f"lists: {len(latest)}; {gone} in {gone_in}, {paused} in {paused_in}; "
+        f"{paused} back in {sum(paused in items for items in back)} of {len(back)}"
+    )
+    assert sum(paused in items for items in back) >= len(back) // 2

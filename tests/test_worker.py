@@ -45,6 +45,7 @@ MALFORMED = {
     "oversized": event_json(event_id="big", session_id="x" * 1_000_000),
     "bad_timestamp": event_json(event_id="y3000", ts=32_503_680_000_000),
     "wrong_type": event_json(event_id="w", user_id=12345),
+    "unknown_schema": event_json(event_id="v3", schema=3),
     "duplicate": valid(0),
 }
 
@@ -57,6 +58,9 @@ def worker(tmp_path, cli_env):
 
 
 def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker, broker, topics):
+    """Also acceptance 3 of issue 16: a record of an unknown schema version (an event and a
+    catalog record) is dead-lettered as ``unknown_schema``; one of the previous version
+    (no ``schema`` field) is applied."""
     worker.start()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=4_000_000)
     producer.send(topics.events, key=b"u1", value=valid(0))
@@ -66,19 +70,28 @@ def test_every_kind_of_malformed_message_lands_in_the_dlq_with_its_reason(worker
         topics.events, key=b"u1", value=event_json(event_id="nan", item={"price": math.nan})
     )
     producer.send(topics.events, key=b"u1", value=valid(1))  # the worker keeps going
+    producer.send(topics.events, key=b"u1", value=event_json(event_id="version-1"))
+    future = json.dumps({"schema": 3, "item_id": "i2", "ts": NOW}).encode()
+    producer.send(topics.items, key=b"i2", value=future)
     producer.flush()
 
-    expected = Counter(dict.fromkeys(MALFORMED, 1)) + Counter({"bad_price": 1})
+    expected = Counter(dict.fromkeys(MALFORMED, 1)) + Counter(["bad_price", "unknown_schema"])
     letters = read_all(broker.bootstrap, topics.dlq, expected=sum(expected.values()), timeout_s=90)
     reasons = Counter(json.loads(value)["reason"] for _, value in letters)
     assert reasons == expected
+    from_items = []
     for _, value in letters:
         letter = json.loads(value)
-        assert letter["topic"] == topics.events and letter["offset"] >= 0
+        assert letter["topic"] in (topics.events, topics.items) and letter["offset"] >= 0
         assert letter["error"].startswith(letter["reason"] + ":")
+        if letter["topic"] == topics.items:
+            from_items.append((letter["reason"], json.loads(letter["raw"])["item_id"]))
+    assert from_items == [("unknown_schema", "i2")]
 
     metrics = worker.wait_for(
-        lambda m: m.get("recstream_events_total{type=click}") == 2, 60, "both valid events applied"
+        lambda m: m.get("recstream_events_total{type=click}") == 3,
+        60,
+        "the three valid events applied, one of them of schema version 1",
     )
     for reason, count in expected.items():
         assert metrics[f"recstream_invalid_events_total{{reason={reason}}}"] == count

@@ -61,6 +61,7 @@ MALFORMED: dict[str, Callable[[int], bytes]] = {
     "bad_price": lambda n: _event_json(event_id=f"p{n}", item={"price": -5.0}),
     "bad_timestamp": lambda n: _event_json(event_id=f"y{n}", ts=32_503_680_000_000),
     "wrong_type": lambda n: _event_json(event_id=f"w{n}", user_id=12345),
+    "unknown_schema": lambda n: _event_json(event_id=f"s{n}", schema=99),
 }
 """Malformed ``events`` values by the reason the worker must give (numbered: all distinct)."""
 

@@ -53,6 +53,8 @@ MAX_RECORD_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 1024
 MAX_CONTEXT_KEYS = 32
+MAX_QUANTITY = 10_000
+"""The largest ``quantity`` an event may carry (units of the item in one order)."""
 
 SCHEMA_VERSION = 2
 """The contract version our producers and the worker write (``schema`` in every record)."""
@@ -70,6 +72,7 @@ REASONS: tuple[str, ...] = (
     "wrong_type",
     "unknown_type",
     "bad_price",
+    "bad_quantity",
     "bad_timestamp",
     "too_long",
     "duplicate",
@@ -108,6 +111,7 @@ class Event:
     item: ItemContent | None = None
     session_id: str | None = None
     context: dict[str, str] | None = field(default=None, hash=False)
+    quantity: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,8 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         out["session_id"] = event.session_id
     if event.context:
         out["context"] = dict(event.context)
+    if event.quantity != 1:
+        out["quantity"] = event.quantity
     return out
 
 
@@ -244,7 +250,28 @@ def validate_event(obj: dict[str, Any], now_ms: int | None = None) -> Event:
         item=_content(item_obj, "item.") if item_obj is not None else None,
         session_id=_optional_str(obj.get("session_id"), "session_id", MAX_ID_CHARS),
         context=_context(obj.get("context")),
+        quantity=_quantity(obj.get("quantity")),
     )
+
+
+def _quantity(value: Any) -> int:
+    """An event's ``quantity``: an integer from 1 to :data:`MAX_QUANTITY`, 1 when absent.
+
+    >>> _quantity(None), _quantity(3)
+    (1, 3)
+    >>> _quantity(0)
+    Traceback (most recent call last):
+    ...
+    producers.contract.InvalidRecord: bad_quantity: quantity must be an integer in [1, 10000], not 0
+    """
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUANTITY:
+        raise InvalidRecord(
+            "bad_quantity",
+            f"quantity must be an integer in [1, {MAX_QUANTITY}], not {value!r:.40}",
+        )
+    return value
 
 
 def validate_catalog_item(obj: dict[str, Any], now_ms: int | None = None) -> CatalogItem:

@@ -169,6 +169,10 @@ class TruthModel:
       and individual parts.
     - Base rates over random (user, item) pairs, which fix the biases:
       ``click_rate``, ``cart_rate`` (per click), ``purchase_rate`` (per cart).
+    - Quantity bought: ``1 + Poisson(a_user * b_department)``, ``a_user``
+      log-normal(0, ``quantity_user_sd``) per user, ``b_department`` uniform
+      in ``quantity_department_range`` per top-level category; an order's
+      value is price times quantity.
     - Task weights over ``(affinity, brand, quality, price)``; device
       offsets ``(click, cart, purchase)`` per device in :data:`DEVICES`
       order, ``device_mix`` their shares.
@@ -201,6 +205,8 @@ class TruthModel:
     click_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.5)
     cart_weights: tuple[float, float, float, float] = (0.5, 0.5, 0.3, 1.5)
     purchase_weights: tuple[float, float, float, float] = (0.3, 1.0, 1.0, 0.5)
+    quantity_user_sd: float = 0.5
+    quantity_department_range: tuple[float, float] = (0.1, 3.0)
     device_mix: tuple[float, ...] = (0.6, 0.3, 0.1)
     device_offsets: tuple[tuple[float, float, float], ...] = (
         (0.1, -0.2, -0.1),
@@ -335,6 +341,7 @@ class Shop:
         self._catalog: dict[str, CatalogItem] = {}
         self._available = cfg.initial_items
         self._calibrate(rng)
+        self._build_quantities(np.random.default_rng([cfg.seed, 4]))  # apart: the rest unchanged
         self._drift_points: list[int] = []
         self._stale = True
         self._started = False
@@ -397,6 +404,7 @@ class Shop:
                     contents[item],
                     session,
                     {"device": device},
+                    self._quantity(user, item) if kind == "purchase" else 1,
                 )
                 emitted += 1
                 if emitted == limit:
@@ -447,6 +455,17 @@ class Shop:
         """
         row = self.truth_many([user_id], [item_id], None if device is None else [device])[0]
         return (float(row[0]), float(row[1]), float(row[2]))
+
+    def expected_quantity(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """The mean quantity of a purchase of each item by its user, ``1 + a_user * b_department``.
+
+        An order's expected value is the item's price times this.
+        """
+        users = np.fromiter((self._user_index(u) for u in user_ids), np.int64, len(user_ids))
+        items = np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
+        return (
+            1.0 + self._user_volume[users] * self._department_volume[self._item_department[items]]
+        )
 
     def truth_many(
         self,
@@ -700,6 +719,19 @@ class Shop:
         price = -self._user_beta[users] * self._item_z[items]
         parts = np.stack([affinity, brand, quality, price], axis=-1)
         return parts @ self._task_weights + self._task_offsets[devices]
+
+    def _build_quantities(self, rng: np.random.Generator) -> None:
+        """Each user's and each department's buying volume, and the draws of quantities."""
+        model = self._model
+        self._user_volume = rng.lognormal(0.0, model.quantity_user_sd, self.config.users)
+        low, high = model.quantity_department_range
+        self._department_volume = rng.uniform(low, high, self._departments)
+        self._quantity_rng = rng
+
+    def _quantity(self, user: int, item: int) -> int:
+        """A purchase's quantity: ``1 + Poisson(a_user * b_department)``, at most 10,000."""
+        mean = self._user_volume[user] * self._department_volume[self._item_department[item]]
+        return min(1 + int(self._quantity_rng.poisson(mean)), 10_000)
 
     def _user_index(self, user_id: str) -> int:
         index = _parse_id(user_id, "u")

@@ -7,6 +7,7 @@ valid events and catalog items survive an encode/decode round trip.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -101,6 +102,11 @@ INVALID_EVENTS = [
         "bad_price",
     ),
     ("price too large an integer for a float", wire(valid_event(item__price=10**400)), "bad_price"),
+    ("quantity 0", wire(valid_event(type="purchase", quantity=0)), "bad_quantity"),
+    ("quantity above 10,000", wire(valid_event(type="purchase", quantity=10_001)), "bad_quantity"),
+    ("fractional quantity", wire(valid_event(type="purchase", quantity=1.5)), "bad_quantity"),
+    ("quantity as a string", wire(valid_event(type="purchase", quantity="2")), "bad_quantity"),
+    ("bool as quantity", wire(valid_event(type="purchase", quantity=True)), "bad_quantity"),
     # wrong types
     ("ts as a string", wire(valid_event(ts="1732240000123")), "wrong_type"),
     ("ts as a float", wire(valid_event(ts=1_732_240_000_123.5)), "wrong_type"),
@@ -144,6 +150,14 @@ def test_an_invalid_event_is_refused_with_its_reason(raw: bytes | str | None, re
         decode_event(raw, now_ms=NOW_MS)
     assert refused.value.reason == reason, refused.value.detail
     assert refused.value.detail
+
+
+def test_a_purchase_carries_its_quantity_and_an_event_without_one_has_one() -> None:
+    bought = decode_event(wire(valid_event(type="purchase", quantity=3)), now_ms=NOW_MS)
+    assert bought.quantity == 3
+    assert decode_event(encode_event(bought), now_ms=NOW_MS) == bought
+    assert decode_event(wire(valid_event(type="purchase")), now_ms=NOW_MS).quantity == 1
+    assert b"quantity" not in encode_event(replace(bought, quantity=1))
 
 
 def test_every_reason_a_record_can_have_is_shown_above() -> None:

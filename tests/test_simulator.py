@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -361,3 +362,28 @@ def test_a_simulated_stream_is_valid_for_any_reader_clock_from_2021_on():
     shop = Shop(ShopConfig(events=500, users=50, initial_items=40, new_items=5, drifts=()))
     events = [r for r in shop.records() if isinstance(r, Event)]
     assert all(decode_event(encode_event(e), now_ms=jan_2021_ms) == e for e in events)
+
+
+def test_purchases_carry_quantities_drawn_around_the_expected_quantity() -> None:
+    shop = Shop(ShopConfig(events=120_000, impressions=False, drifts=()))
+    records = list(shop.records())
+    events = [r for r in records if isinstance(r, Event)]
+    bought = [e for e in events if e.type == "purchase"]
+    assert len(bought) > 300
+    assert all(e.quantity == 1 for e in events if e.type != "purchase")
+    quantity = np.array([e.quantity for e in bought], dtype=float)
+    expected = shop.expected_quantity([e.user_id for e in bought], [e.item_id for e in bought])
+    assert quantity.min() >= 1 and expected.min() > 1
+    assert abs(quantity.mean() - expected.mean()) < 4 * quantity.std() / math.sqrt(len(bought))
+    # a user's volume and a department's matter: the expectation explains much of the spread
+    assert np.corrcoef(quantity, expected)[0, 1] > 0.4
+
+
+def test_quantities_leave_the_rest_of_the_stream_as_it_was() -> None:
+    config = ShopConfig(events=20_000)
+    without = [
+        replace(r, quantity=1) if isinstance(r, Event) else r for r in Shop(config).records()
+    ]
+    drawn = Shop(config)
+    drawn._quantity = lambda user, item: 1  # no draws at all
+    assert without == list(drawn.records())

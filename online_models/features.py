@@ -510,6 +510,17 @@ class FeatureEncoder:
         self.category_prices.clear(released["token"])
         return released
 
+    def forget_user(self, user_id: str) -> dict[str, np.ndarray]:
+        """Erase ``user_id``: its row, history, label statistics and the features its samples
+        were scored with; return :meth:`take_released` (the caller resets the rows)."""
+        row = self.tables["user"].row(user_id)
+        if row:
+            kept = self.snapshots.forget("users", row)
+            if "state" in kept:
+                self.user_snapshots.forget_keys(kept["state"])
+            self.tables["user"].forget(user_id)
+        return self.take_released()
+
     def expire(self, max_idle_ms: int) -> dict[str, np.ndarray]:
         """Expire ids idle for ``max_idle_ms`` of event time; return :meth:`take_released`."""
         for table in self.tables.values():

@@ -131,8 +131,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.agent(catalog_batches, name="catalog")
     async def apply_catalog(stream: faust.StreamT) -> None:
         async for batch in stream:
-            async with publishing:
-                await publish(_or_stop(service.catalog_batch, batch))
+            await publish(_or_stop(service.catalog_batch, batch))
 
     async def checkpoint_if_due() -> None:
         if service.checkpoint_due():
@@ -143,8 +142,12 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     async def apply_control(stream: faust.StreamT) -> None:
         async for batch in stream:
             async with publishing:
-                await publish(_or_stop(service.control_batch, batch))
-            await checkpoint_if_due()  # an erasure makes one due at once
+                outgoing = _or_stop(service.control_batch, batch)
+                await publish(outgoing)
+            if outgoing.tombstones:  # users erased: the next checkpoint is written without them
+                await app.producer.flush()
+                await asyncio.to_thread(service.wait_for_checkpoint)  # one forked before
+                service.checkpoint(background=True)
 
     @app.agent(event_batches, name="learn")
     async def learn(stream: faust.StreamT) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from producers.contract import CatalogItem, Event
+from streams.control import Command
 from streams.settings import (
     TASK_WEIGHTINGS,
     TOWERS,
@@ -576,8 +577,6 @@ def run_scores(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_erase(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.control import Command
-
     send_control(settings, [Command("erase_user", user_id=user) for user in args.users])
     print(f"erasure of {len(args.users)} user(s) sent to {settings.topics.control}", flush=True)
     return 0
@@ -600,8 +599,6 @@ def run_model_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.control import Command
-
     version = getattr(args, "version", None)
     if version is not None and args.checkpoint_dir is not None:
         from streams.checkpoint import CheckpointStore
@@ -615,7 +612,7 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def send_control(settings: Settings, commands: list) -> None:
+def send_control(settings: Settings, commands: list[Command]) -> None:
     """Write operator commands to the control topic of ``--broker``."""
     from kafka.errors import KafkaError
 

@@ -61,7 +61,8 @@ from streams.ranking import Ranker, RankingConfig
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
-    """One Kafka message as the pipeline sees it (``timestamp``: its record time, ms)."""
+    """One Kafka message as the pipeline sees it (``timestamp``: its record time, ms; -1 if
+    unknown, which counts as sent before any erasure)."""
 
     partition: int
     offset: int
@@ -130,7 +131,6 @@ class Pipeline:
         self.pool = CandidatePool(candidates, self.catalog)
         self.ranker = Ranker(ranking)
         self.offsets: dict[int, int] = {}
-        self.record_ms: dict[int, int] = {}  # partition -> record time of its last message
         self.erasures = Erasures()
         self.frozen = False  # scoring and labels go on, nothing is learned
         self.applied: Counter[str] = Counter()
@@ -169,7 +169,6 @@ class Pipeline:
             if message.offset < self.offsets.get(message.partition, 0):
                 continue  # applied before the checkpoint this run restored
             self.offsets[message.partition] = message.offset + 1
-            self.record_ms[message.partition] = message.timestamp
             try:
                 event = decode_event(message.value, now_ms)
             except InvalidRecord as bad:
@@ -274,7 +273,6 @@ class Pipeline:
             "applied": dict(self.applied),
             "rejected": dict(self.rejected),
             "position": self.position,
-            "record_ms": dict(self.record_ms),
             "erasures": self.erasures.state_dict(),
             "frozen": self.frozen,
         }
@@ -291,7 +289,6 @@ class Pipeline:
         self.rejected = Counter(state["rejected"])
         self.position = int(state["position"])
         self.offsets = dict(offsets)
-        self.record_ms = {int(p): int(t) for p, t in state.get("record_ms", {}).items()}
         self.erasures.load_state_dict(state.get("erasures", []))
         self.frozen = bool(state.get("frozen", False))
 

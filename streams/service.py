@@ -326,8 +326,6 @@ class WorkerService:
             applied = self._apply(command, message.timestamp, out)
             result = "applied" if applied else "refused"
             self.metrics.control_commands.labels(command=command.name, result=result).inc()
-        if out.tombstones:
-            self._last_checkpoint = -float("inf")  # the next checkpoint is the erased state's
         return out
 
     def _apply(self, command: Command, record_ms: int, out: Outgoing) -> bool:
@@ -437,6 +435,11 @@ class WorkerService:
             m.cold_items.set(health.cold_items)
 
     # ------------------------------------------------------------ checkpoints
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background checkpoint being written, if any, is on disk."""
+        if self._saving is not None:
+            self._saving.join()
 
     def checkpoint_due(self) -> bool:
         return time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s

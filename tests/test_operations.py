@@ -108,7 +108,6 @@ def test_an_erased_user_is_in_no_part_of_the_state_and_not_in_the_next_checkpoin
     table, offset, _ = learner.net.sections["user"]
     assert not learner.net.get_submodule(table).weight[offset + row].any()
     assert not pending_of(pipeline, user)
-    assert service.checkpoint_due()  # the erased state goes to disk next
     service.checkpoint(background=False)
     found, _ = service.store.load_latest()
     assert user not in set(strings(found.state))

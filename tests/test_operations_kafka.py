@@ -113,29 +113,30 @@ def test_rollback_serves_the_chosen_version_and_frozen_nothing_is_learned_or_app
 ):
     env = {**worker_env(cli_env), "RECSTREAM_LEDGER": "1"}
     events = sim_events(4_000)
-    first, second = events[:3_000], events[3_000:]
+    first, second, third = events[:1_500], events[1_500:3_000], events[3_000:]
     worker = WorkerProcess(
         env,
         tmp_path / "checkpoints",
         "--keep-checkpoints",
         "50",
         *FAST_WINDOWS,
-        checkpoint_interval_s=0.5,
+        checkpoint_interval_s=3600,
     )
     directory = str(worker.checkpoint_dir)
     try:
         worker.start()
-        publish(broker, topics, first, rate=1_500)  # two seconds: several checkpoints
+        publish(broker, topics, first)
+        worker.wait_for(lambda m: applied(m) >= len(first), 60, "the first part applied")
+        worker.signal(signal.SIGTERM)  # a checkpoint: the model to go back to
+        worker.start()
+        publish(broker, topics, second)
         metrics = worker.wait_for(
-            lambda m: applied(m) >= len(first) and m.get("recstream_checkpoints_total", 0) >= 2,
-            60,
-            "the first part applied and checkpoints written",
+            lambda m: applied(m) >= len(first) + len(second), 60, "the second part applied"
         )
         listed = recstream(env, "model", "list", "--json", "--checkpoint-dir", directory)
-        versions = {json.loads(line)["model_version"] for line in listed.splitlines()}
-        earlier = [v for v in versions if 0 < v < metrics["recstream_model_version"]]
-        assert earlier, (versions, metrics["recstream_model_version"])
-        target = min(earlier)
+        versions = [json.loads(line)["model_version"] for line in listed.splitlines()]
+        assert len(versions) == 1 and 0 < versions[0] < metrics["recstream_model_version"]
+        target = versions[0]
 
         recstream(env, "model", "freeze")
         worker.wait_for(lambda m: m.get("recstream_model_frozen") == 1, 30, "frozen")
@@ -147,7 +148,7 @@ def test_rollback_serves_the_chosen_version_and_frozen_nothing_is_learned_or_app
         updates = metrics["recstream_model_updates_total"]
         published = metrics["recstream_scores_published_total"]
 
-        publish(broker, topics, second)
+        publish(broker, topics, third)
         metrics = worker.wait_for(lambda m: applied(m) >= len(events), 60, "everything applied")
         worker.signal(signal.SIGTERM)
     finally:
@@ -160,7 +161,7 @@ def test_rollback_serves_the_chosen_version_and_frozen_nothing_is_learned_or_app
     }
     assert types == Counter(e.type for e in events)
 
-    last_before = max(e.ts for e in first)
+    last_before = max(e.ts for e in first + second)
     records = [json.loads(v) for _, v in read_all(broker.bootstrap, topics.scores) if v]
     after = [r for r in records if r["event_ts"] > last_before]
     assert after and {r["model_version"] for r in after} == {target}

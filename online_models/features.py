@@ -286,7 +286,9 @@ class FeatureEncoder:
         first, user_state = states
         serials = self._user_states_kept + np.arange(len(first))
         self._user_states_kept += len(first)
-        self.user_snapshots.keep(serials, history=features["history"][first])
+        self.user_snapshots.keep(
+            serials, history=features["history"][first], users=rows.users[first]
+        )
         per_sample = {name: features[name] for name in _FEATURES if name != "history"}
         generation = np.full(len(keys), self._generation())
         state = serials[user_state]
@@ -515,9 +517,8 @@ class FeatureEncoder:
         were scored with; return :meth:`take_released` (the caller resets the rows)."""
         row = self.tables["user"].row(user_id)
         if row:
-            kept = self.snapshots.forget("users", row)
-            if "state" in kept:
-                self.user_snapshots.forget_keys(kept["state"])
+            self.snapshots.forget("users", row)
+            self.user_snapshots.forget("users", row)
             self.tables["user"].forget(user_id)
         return self.take_released()
 

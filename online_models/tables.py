@@ -422,20 +422,10 @@ class ScoringSnapshots:
         if column is None:
             return {}
         hit = np.flatnonzero((self.keys >= 0) & (column == value))
-        return self._drop(hit)
-
-    def forget_keys(self, keys: np.ndarray) -> None:
-        """Forget (and zero) the snapshots of ``keys``."""
-        if self.capacity == 0 or len(keys) == 0:
-            return
-        slots = keys % self.capacity
-        self._drop(slots[self.keys[slots] == keys])
-
-    def _drop(self, slots: np.ndarray) -> dict[str, np.ndarray]:
-        dropped = {name: column[slots] for name, column in self.columns.items()}
-        self.keys[slots] = -1
+        dropped = {name: column[hit] for name, column in self.columns.items()}
+        self.keys[hit] = -1
         for column in self.columns.values():
-            column[slots] = 0
+            column[hit] = 0
         return dropped
 
     def take(self, keys: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:

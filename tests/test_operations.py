@@ -97,6 +97,7 @@ def test_an_erased_user_is_in_no_part_of_the_state_and_not_in_the_next_checkpoin
     row = learner.encoder.tables["user"].row(user)
     assert row and learner.encoder.history.entries[row].any()
     assert any(s == user for s in strings(pipeline.state_dict()))
+    assert (learner.encoder.user_snapshots.columns["users"] == row).any()
     assert pending_of(pipeline, user)
 
     out = control(service, Command("erase_user", user_id=user), timestamp=len(events) + 1)
@@ -108,6 +109,8 @@ def test_an_erased_user_is_in_no_part_of_the_state_and_not_in_the_next_checkpoin
     table, offset, _ = learner.net.sections["user"]
     assert not learner.net.get_submodule(table).weight[offset + row].any()
     assert not pending_of(pipeline, user)
+    for snapshots in (learner.encoder.snapshots, learner.encoder.user_snapshots):
+        assert not ((snapshots.keys >= 0) & (snapshots.columns["users"] == row)).any()
     service.checkpoint(background=False)
     found, _ = service.store.load_latest()
     assert user not in set(strings(found.state))

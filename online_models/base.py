@@ -29,7 +29,7 @@ and each item once; the protocol's default scores the block's samples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -114,6 +114,15 @@ class Learner(Protocol):
         return self.predict(block.samples())
 
     def learn(self, samples: Sequence[Sample]) -> None: ...
+
+    def users(self) -> Iterable[str]:
+        """The users the learner holds state of (what an erasure must reach)."""
+        raise NotImplementedError(f"{self.name} does not list its users")
+
+    def forget_user(self, user_id: str) -> None:
+        """Erase everything held about ``user_id`` (an erasure request); the default refuses
+        rather than pretend (the worker's learner implements it)."""
+        raise NotImplementedError(f"{self.name} cannot erase a user")
 
     def is_cold(self, item_id: str) -> bool:
         """Whether the item's predictions still rest on its content rather than its own data."""

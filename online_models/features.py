@@ -291,7 +291,9 @@ class FeatureEncoder:
         first, user_state = states
         serials = self._user_states_kept + np.arange(len(first))
         self._user_states_kept += len(first)
-        self.user_snapshots.keep(serials, history=features["history"][first])
+        self.user_snapshots.keep(
+            serials, history=features["history"][first], users=rows.users[first]
+        )
         per_sample = {name: features[name] for name in _FEATURES if name != "history"}
         generation = np.full(len(keys), self._generation())
         state = serials[user_state]
@@ -514,6 +516,16 @@ class FeatureEncoder:
             self.stats[name].clear(released[table])
         self.category_prices.clear(released["token"])
         return released
+
+    def forget_user(self, user_id: str) -> dict[str, np.ndarray]:
+        """Erase ``user_id``: its row, history, label statistics and the features its samples
+        were scored with; return :meth:`take_released` (the caller resets the rows)."""
+        row = self.tables["user"].row(user_id)
+        if row:
+            self.snapshots.forget("users", row)
+            self.user_snapshots.forget("users", row)
+            self.tables["user"].forget(user_id)
+        return self.take_released()
 
     def expire(self, max_idle_ms: int) -> dict[str, np.ndarray]:
         """Expire ids idle for ``max_idle_ms`` of event time; return :meth:`take_released`."""

@@ -265,6 +265,27 @@ class ProvisionalNegatives:
         self._waiting[waits.slots] = NONE
         return self._sample[waits.slots].tolist(), _NEGATIVES[waits.stages]
 
+    def forget_user(self, user_id: str) -> list[int]:
+        """Drop every sample of ``user_id`` waiting or assumed negative; return their keys.
+
+        >>> from online_models.labels import TrackedSample
+        >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
+        >>> waits.scored([TrackedSample("u1", "i1", 0, key=1), TrackedSample("u2", "i1", 0, key=2)])
+        >>> waits.forget_user("u1"), len(waits)
+        ([1], 1)
+        """
+        held = np.flatnonzero(self._sample != None)  # noqa: E711 (elementwise)
+        slots = np.array(
+            [slot for slot in held.tolist() if self._sample[slot].user_id == user_id], np.int64
+        )
+        keys = self._key[slots]
+        tracked = keys[(self._waiting[slots] != NONE) | (self._assumed[slots] != NONE)]
+        self._key[slots] = NONE  # their queued waits no longer match: skipped when due
+        self._waiting[slots] = NONE
+        self._assumed[slots] = NONE
+        self._sample[slots] = None
+        return tracked.tolist()
+
     def _wait(
         self, slots: np.ndarray, keys: np.ndarray, stages: np.ndarray, due: np.ndarray
     ) -> None:

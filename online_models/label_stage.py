@@ -143,6 +143,19 @@ class LabelStage:
         self.learned.update(out.counts())
         return out
 
+    def forget_user(self, user_id: str) -> list[int]:
+        """Drop the user's pending labels (open, waiting, held back); return their keys."""
+        keys = set(self.resolver.forget_user(user_id))
+        if self.waits is not None:
+            keys.update(self.waits.forget_user(user_id))
+        kept = [s.user_id != user_id for s in self.held.samples]
+        keys.update(s.key for s, keep in zip(self.held.samples, kept, strict=True) if not keep)
+        self.held = LabelBatch(
+            [s for s, keep in zip(self.held.samples, kept, strict=True) if keep],
+            self.held.reason_codes[np.array(kept, dtype=bool)],
+        )
+        return sorted(keys)
+
     def _balanced(self, batch: LabelBatch, now: int) -> LabelBatch:
         """Hold labels back until the first click wait has passed (see the module docstring)."""
         if not self.config.impressions or now < 0:  # no event yet

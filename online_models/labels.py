@@ -472,6 +472,21 @@ class LabelResolver:
         self._close_passed(closed)
         return closed
 
+    def forget_user(self, user_id: str) -> list[int]:
+        """Drop the user's open samples (their labels will never be learned); return their keys.
+
+        >>> resolver = LabelResolver(LabelConfig())
+        >>> _ = resolver.observe(Event("e1", 1_000, "impression", "u1", "i1"))
+        >>> _ = resolver.observe(Event("e2", 1_000, "impression", "u2", "i1"))
+        >>> resolver.forget_user("u1"), resolver.open_samples
+        ([0], 1)
+        """
+        keys = [key for key, entry in self._open.items() if entry.sample.user_id == user_id]
+        for key in keys:
+            self._forget(key)  # its deadline stays queued, and is skipped when due
+        self._batch_clicks = [s for s in self._batch_clicks if s.user_id != user_id]
+        return keys
+
     def flush(self) -> list[TrackedSample]:
         """Close every open sample now (end of a finite stream)."""
         closed: list[TrackedSample] = []

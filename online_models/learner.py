@@ -31,7 +31,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -143,6 +143,15 @@ class MultiTaskLearner(Learner):
         if self.config.id_ttl_ms is not None and self.model_version % self.config.expiry_every == 0:
             self._reset_released(self.encoder.expire(self.config.id_ttl_ms))
 
+    def users(self) -> Iterable[str]:
+        """The users holding a row of the user table."""
+        return self.encoder.tables["user"].ids()
+
+    def forget_user(self, user_id: str) -> None:
+        """Erase ``user_id``: its embedding row and Adagrad sums, history, statistics and
+        scoring snapshots (what the shared layers learned from it stays, spread over all)."""
+        self._reset_released(self.encoder.forget_user(user_id))
+
     def _reset_released(self, released: dict[str, np.ndarray]) -> None:
         """Give released rows a fresh init and fresh Adagrad sums."""
         for table, rows in released.items():
@@ -249,6 +258,15 @@ class SingleTaskLearner(Learner):
         """Every net learns the batch (each masked to its own task)."""
         for learner in self.learners:
             learner.learn(samples)
+
+    def users(self) -> Iterable[str]:
+        """The users any of the nets holds."""
+        return set().union(*(learner.users() for learner in self.learners))
+
+    def forget_user(self, user_id: str) -> None:
+        """Every net erases the user."""
+        for learner in self.learners:
+            learner.forget_user(user_id)
 
     def is_cold(self, item_id: str) -> bool:
         """Cold to the click net (the nets see the same items)."""

@@ -130,6 +130,11 @@ class LiveQuality:
                 self._open.pop(sample.key, None)
         return raised
 
+    def forget(self, keys: Sequence[int]) -> None:
+        """Samples whose labels will never come (an erased user's): the horizons pass them."""
+        for key in keys:
+            self._open.pop(key, None)
+
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per task over the window: auc, logloss, label_rate, mean_prediction, labels (pairs),
         positives, and ``warm`` (AUC and log loss are NaN until it is True)."""

@@ -159,6 +159,22 @@ class IdTable:
         self._release(stale)
         return stale
 
+    def forget(self, key: str) -> int:
+        """Release the row of ``key`` now, as eviction would; return it (0 if ``key`` has none).
+
+        >>> table = IdTable("user", capacity=4)
+        >>> table.rows(["u1", "u2"], now_ms=1).tolist()
+        [1, 2]
+        >>> table.forget("u1"), table.forget("nobody"), sorted(table.ids())
+        (1, 0, ['u2'])
+        >>> table.take_released().tolist()
+        [1]
+        """
+        row = self._index.get(key, 0)
+        if row:
+            self._release(np.array([row], dtype=np.int64))
+        return row
+
     def _release(self, rows: np.ndarray) -> None:
         if len(rows):
             self.releases += 1
@@ -396,6 +412,25 @@ class ScoringSnapshots:
                 column = np.zeros((self.capacity, *array.shape[1:]), dtype=array.dtype)
                 self.columns[name] = column
             column[slots] = array if every else array[rows]
+
+    def forget(self, name: str, value: int) -> dict[str, np.ndarray]:
+        """Forget (and zero) every snapshot whose array ``name`` holds ``value``; return what
+        they kept.
+
+        >>> snapshots = ScoringSnapshots(capacity=4)
+        >>> snapshots.keep(np.array([1, 2, 3]), users=np.array([5, 6, 5]))
+        >>> snapshots.forget("users", 5)["users"].tolist(), len(snapshots)
+        ([5, 5], 1)
+        """
+        column = self.columns.get(name)
+        if column is None:
+            return {}
+        hit = np.flatnonzero((self.keys >= 0) & (column == value))
+        dropped = {name: column[hit] for name, column in self.columns.items()}
+        self.keys[hit] = -1
+        for column in self.columns.values():
+            column[hit] = 0
+        return dropped
 
     def take(self, keys: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(found, kept)``: which keys have a snapshot, and its arrays (found ones, in order).

@@ -35,7 +35,7 @@ from aiokafka.errors import ConsumerStoppedError
 
 from streams.outbox import Letter
 from streams.pipeline import RawMessage
-from streams.reader import CatalogReader, EventReader
+from streams.reader import CatalogReader, ControlReader, EventReader
 
 if TYPE_CHECKING:
     from streams.service import Outgoing, WorkerService
@@ -77,6 +77,10 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     dead_letters = app.topic(names.dlq, key_serializer="raw", value_serializer="raw")
     event_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     catalog_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
+    control_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
+    # a batch is applied and published under this lock: an erased user's tombstone is never
+    # followed by a score computed before the erasure
+    publishing = asyncio.Lock()
     events = EventReader(
         settings,
         bootstrap,
@@ -90,6 +94,12 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         bootstrap,
         next_offset=service.next_catalog_offset,
         on_reset=service.catalog_reset,
+    )
+    control = ControlReader(
+        settings,
+        bootstrap,
+        next_offset=service.next_control_offset,
+        on_reset=service.control_reset,
     )
 
     async def deliver(letters: dict[int, Letter]) -> None:
@@ -114,6 +124,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         await deliver(outgoing.dead_letters)
         for key, value in outgoing.scores:
             await scores.send(key=key, value=value)
+        for key in outgoing.tombstones:  # no value: compaction drops the user's scores
+            await app.producer.send(names.scores, key, None, None, None, None)
         service.published(outgoing)
 
     @app.agent(catalog_batches, name="catalog")
@@ -121,13 +133,28 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         async for batch in stream:
             await publish(_or_stop(service.catalog_batch, batch))
 
+    async def checkpoint_if_due() -> None:
+        if service.checkpoint_due():
+            await app.producer.flush()
+            service.checkpoint(background=True)
+
+    @app.agent(control_batches, name="control")
+    async def apply_control(stream: faust.StreamT) -> None:
+        async for batch in stream:
+            async with publishing:
+                outgoing = _or_stop(service.control_batch, batch)
+                await publish(outgoing)
+            if outgoing.tombstones:  # users erased: the next checkpoint is written without them
+                await app.producer.flush()
+                await asyncio.to_thread(service.wait_for_checkpoint)  # one forked before
+                service.checkpoint(background=True)
+
     @app.agent(event_batches, name="learn")
     async def learn(stream: faust.StreamT) -> None:
         async for batch in stream:
-            await publish(_or_stop(service.events_batch, batch))
-            if service.checkpoint_due():
-                await app.producer.flush()
-                service.checkpoint(background=True)
+            async with publishing:
+                await publish(_or_stop(service.events_batch, batch))
+            await checkpoint_if_due()
             saved = service.take_saved_offsets()
             if saved:
                 await events.commit(saved)
@@ -149,6 +176,10 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.task
     async def read_catalog() -> None:
         await forward(catalog, catalog_batches)
+
+    @app.task
+    async def read_control() -> None:
+        await forward(control, control_batches)
 
     @app.timer(1.0)
     async def refresh_metrics() -> None:
@@ -173,7 +204,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             )
             service.exit_status = EXIT_CHECKPOINT_FAILED
         await events.commit(service.take_saved_offsets())  # only offsets of checkpoints written
-        for reader in (events, catalog):
+        for reader in (events, catalog, control):
             await reader.stop()
 
     return app

@@ -264,6 +264,10 @@ class CandidatePool:
         if self._since_refresh >= self.config.refresh_every or not self._top:
             self._refresh()
 
+    def forget_user(self, user_id: str) -> None:
+        """Forget the user's recent items (an erasure)."""
+        self._user_items.pop(user_id, None)
+
     def candidates(self, user_id: str) -> list[tuple[str, ItemContent]]:
         """The user's candidates with their content: recent items, their categories' best,
         overall best, newest (the pairs :meth:`block` gives the user, in order)."""

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from producers.contract import CatalogItem, Event
+from streams.control import Command
 from streams.ranking import OBJECTIVES
 from streams.settings import (
     TASK_WEIGHTINGS,
@@ -112,6 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-beginning", action="store_true", help="start at the oldest record, not the newest"
     )
     scores.set_defaults(run=run_scores)
+
+    erase = commands.add_parser(
+        "erase", help="ask the workers to erase users: their state, and their scores (a tombstone)"
+    )
+    add_connection_arguments(erase)
+    erase.add_argument("users", nargs="+", metavar="USER", help="user ids to erase")
+    erase.set_defaults(run=run_erase)
+
+    model = commands.add_parser("model", help="the models on disk; freeze, unfreeze, roll back")
+    models = model.add_subparsers(dest="model", required=True, metavar="ACTION")
+    listing = models.add_parser(
+        "list", help="checkpoints with time, model version, offsets and rolling AUC"
+    )
+    listing.add_argument("--topic-prefix", dest="topic_prefix")
+    add_checkpoint_dir_argument(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per checkpoint")
+    listing.set_defaults(run=run_model_list)
+    for action, help_text in (
+        ("freeze", "stop learning: scores and labels go on, the model stays as it is"),
+        ("unfreeze", "learn again"),
+    ):
+        switch = models.add_parser(action, help=help_text)
+        add_connection_arguments(switch)
+        switch.set_defaults(run=run_model_command)
+    rollback = models.add_parser(
+        "rollback", help="serve and learn from an earlier model (a checkpoint still on disk)"
+    )
+    add_connection_arguments(rollback)
+    rollback.add_argument("version", type=int, metavar="VERSION", help="its model_version")
+    add_checkpoint_dir_argument(
+        rollback, help_text="check that VERSION is on disk here before asking (default: no check)"
+    )
+    rollback.set_defaults(run=run_model_command)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -245,6 +279,13 @@ def _fault_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def add_checkpoint_dir_argument(
+    parser: argparse.ArgumentParser,
+    help_text: str = "where checkpoints are written (default ./checkpoints)",
+) -> None:
+    parser.add_argument("--checkpoint-dir", dest="checkpoint_dir", type=Path, help=help_text)
+
+
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the worker (also used by the demo)."""
     parser.add_argument(
@@ -258,17 +299,19 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         dest="metrics_host",
         help="address to bind the metrics server (default 127.0.0.1)",
     )
-    parser.add_argument(
-        "--checkpoint-dir",
-        dest="checkpoint_dir",
-        type=Path,
-        help="where checkpoints are written (default ./checkpoints)",
-    )
+    add_checkpoint_dir_argument(parser)
     parser.add_argument(
         "--checkpoint-interval",
         dest="checkpoint_interval_s",
         type=float,
         help="seconds between periodic checkpoints (default 30)",
+    )
+    parser.add_argument(
+        "--keep-checkpoints",
+        dest="keep_checkpoints",
+        type=_positive_int,
+        metavar="N",
+        help="checkpoints kept on disk, the rollback targets (default 3)",
     )
     parser.add_argument("--top-k", dest="top_k", type=int, help="items per score record")
     parser.add_argument(
@@ -576,6 +619,58 @@ def run_scores(args: argparse.Namespace, settings: Settings) -> int:
     ):
         stop.wait()
     return 0
+
+
+def run_erase(args: argparse.Namespace, settings: Settings) -> int:
+    send_control(settings, [Command("erase_user", user_id=user) for user in args.users])
+    print(f"erasure of {len(args.users)} user(s) sent to {settings.topics.control}", flush=True)
+    return 0
+
+
+def run_model_list(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.checkpoint import CheckpointStore
+    from streams.model_ops import list_models, table
+
+    store = CheckpointStore(settings.checkpoint_dir, owner=settings.topics.events)
+    models = list_models(store)
+    if not models:
+        raise RecstreamError(f"no checkpoints of {settings.topics.events} in {store.directory}")
+    if args.json:
+        for model in models:
+            print(json.dumps(model.to_json()), flush=True)
+    else:
+        print(table(models), flush=True)
+    return 0
+
+
+def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
+    version = getattr(args, "version", None)
+    if version is not None and args.checkpoint_dir is not None:
+        from streams.checkpoint import CheckpointStore
+        from streams.model_ops import find_model
+
+        store = CheckpointStore(args.checkpoint_dir, owner=settings.topics.events)
+        if find_model(store, version) is None:
+            raise RecstreamError(f"no checkpoint in {store.directory} holds model {version}")
+    send_control(settings, [Command(args.model, version=version)])
+    print(f"{args.model} sent to {settings.topics.control}", flush=True)
+    return 0
+
+
+def send_control(settings: Settings, commands: list[Command]) -> None:
+    """Write operator commands to the control topic of ``--broker``."""
+    from kafka.errors import KafkaError
+
+    from streams.control import send_commands
+
+    if not settings.broker:
+        raise RecstreamError("needs the workers' cluster: --broker HOST:PORT (or RECSTREAM_BROKER)")
+    try:
+        send_commands(
+            settings.broker, settings.topics.control, commands, **settings.kafka_client_config()
+        )
+    except KafkaError as err:
+        raise RecstreamError(f"could not write to {settings.topics.control}: {err}") from err
 
 
 def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,6 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from online_models.base import TASKS
 from online_models.drift import DETECTORS, FEATURES
 from producers.contract import EVENT_TYPES, REASONS
+from streams.control import COMMANDS
+
+CONTROL_RESULTS = ("applied", "refused")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 UPDATE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -48,6 +51,22 @@ class Metrics:
         self.model_version = Gauge(
             "recstream_model_version",
             "Version of the model that produced the latest scores.",
+            registry=r,
+        )
+        self.model_frozen = Gauge(
+            "recstream_model_frozen",
+            "1 while learning is frozen (scores and labels go on, the model does not change).",
+            registry=r,
+        )
+        self.control_commands = Counter(
+            "recstream_control_commands",
+            "Records of the control topic, by command (unknown: not readable) and result.",
+            ["command", "result"],
+            registry=r,
+        )
+        self.erased_events = Counter(
+            "recstream_erased_events",
+            "Events not applied because their user was erased after sending them.",
             registry=r,
         )
         self.samples_learned = Counter(
@@ -167,7 +186,7 @@ class Metrics:
             "recstream_offset_resets",
             "Times a partition no longer held the offset the worker's state had reached "
             "(topic recreated, broker restarted empty, retention) and was read again from "
-            "its start, by topic (events, items).",
+            "its start, by topic (events, items, control).",
             ["topic"],
             registry=r,
         )
@@ -193,8 +212,12 @@ class Metrics:
             self.invalid_events.labels(reason=reason)
         for feature in FEATURES:
             self.feature_psi.labels(feature=feature)
-        for topic in ("events", "items"):
+        for topic in ("events", "items", "control"):
             self.offset_resets.labels(topic=topic)
+        for command in COMMANDS:
+            for result in CONTROL_RESULTS:
+                self.control_commands.labels(command=command, result=result)
+        self.control_commands.labels(command="unknown", result="refused")
         for task in TASKS:
             for detector in DETECTORS:
                 self.drift_detections.labels(task=task, detector=detector)

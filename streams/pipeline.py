@@ -56,17 +56,20 @@ from producers.contract import (
     decode_event,
 )
 from streams.candidates import CandidateConfig, CandidatePool
+from streams.erasure import Erasures
 from streams.ranking import Ranker, RankingConfig
 
 
 @dataclass(frozen=True, slots=True)
 class RawMessage:
-    """One Kafka message as the pipeline sees it."""
+    """One Kafka message as the pipeline sees it (``timestamp``: its record time, ms; -1 if
+    unknown, which counts as sent before any erasure)."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class BatchResult:
     drift: list[dict[str, Any]] = field(default_factory=list)
     learned: tuple[int, int, int] = (0, 0, 0)
     update_seconds: float = 0.0
+    erased: int = 0  # events skipped: sent before their user's erasure
 
 
 @dataclass
@@ -136,6 +140,8 @@ class Pipeline:
         self.pool = CandidatePool(candidates, self.catalog)
         self.ranker = Ranker(ranking)
         self.offsets: dict[int, int] = {}
+        self.erasures = Erasures()
+        self.frozen = False  # scoring and labels go on, nothing is learned
         self.applied: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.position = 0
@@ -182,6 +188,9 @@ class Pipeline:
             except InvalidRecord as bad:
                 out.dead_letters.append(self._dead(message, bad, self.events_topic))
                 continue
+            if self.erasures.covers(event.user_id, message.timestamp):
+                out.erased += 1  # sent before its user was erased: never applied again
+                continue
             resolution = self.labels.observe(event, message.partition)
             if resolution.event is None:
                 bad = InvalidRecord("duplicate", f"event_id {event.event_id!r} was applied before")
@@ -199,7 +208,9 @@ class Pipeline:
         sampled = self.labels.close_batch()  # without impressions: clicks and their negatives
         new += sampled
         learnable += sampled
-        to_learn = self.labels.labels(new, learnable).samples
+        to_learn = self.labels.labels(new, learnable).samples  # resolved, frozen or not
+        if self.frozen:
+            to_learn = []
         scored_by = self.learner.model_version
         predictions = score_then_learn(self.learner, new, to_learn)
         if new:
@@ -216,6 +227,26 @@ class Pipeline:
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
         return out
+
+    def erase_user(self, user_id: str, requested_ms: int) -> None:
+        """Remove everything held about ``user_id``; skip their events sent until ``requested_ms``.
+
+        Their embedding row, history, statistics and scoring snapshots, their
+        pending labels and their recent items go; their predictions waiting
+        for those labels leave the quality windows (see :mod:`streams.erasure`).
+        """
+        self.erasures.add(user_id, requested_ms)
+        self.learner.forget_user(user_id)
+        self.quality.forget(self.labels.forget_user(user_id))
+        self.pool.forget_user(user_id)
+
+    def replace_model(self, learner: Learner) -> None:
+        """Score and learn with ``learner`` (an earlier model) from now on; everything else,
+        offsets and labels included, stays. Users erased since it was saved are erased
+        from it too."""
+        for user_id in self.erasures.erased(list(learner.users())):
+            learner.forget_user(user_id)
+        self.learner = learner
 
     @property
     def resolver(self) -> LabelResolver:
@@ -256,6 +287,8 @@ class Pipeline:
             "applied": dict(self.applied),
             "rejected": dict(self.rejected),
             "position": self.position,
+            "erasures": self.erasures.state_dict(),
+            "frozen": self.frozen,
         }
 
     def load_state_dict(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
@@ -270,6 +303,8 @@ class Pipeline:
         self.rejected = Counter(state["rejected"])
         self.position = int(state["position"])
         self.offsets = dict(offsets)
+        self.erasures.load_state_dict(state.get("erasures", []))
+        self.frozen = bool(state.get("frozen", False))
 
 
 def _older_labels(state: dict[str, Any]) -> dict[str, Any]:

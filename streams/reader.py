@@ -20,7 +20,8 @@ committed with the public ``commit``, and positions are set with ``seek``.
   never resumes ahead of its state, whatever the group committed.
 - :class:`CatalogReader` reads every partition of the compacted ``items``
   topic outside any group (each worker needs the whole catalog), from the
-  beginning or from where the restored checkpoint's catalog stops.
+  beginning or from where the restored checkpoint's catalog stops;
+  :class:`ControlReader` reads the operators' ``control`` topic the same way.
 
 Example
 -------
@@ -91,7 +92,7 @@ class _PartitionReader:
             await _read_again_from_the_start(self.consumer, err, self._on_reset)
             return []
         return [
-            RawMessage(m.partition, m.offset, m.key, m.value)
+            RawMessage(m.partition, m.offset, m.key, m.value, m.timestamp)
             for records in fetched.values()
             for m in records
         ]
@@ -215,6 +216,22 @@ class CatalogReader(_PartitionReader):
     async def next_batch(self) -> list[RawMessage]:
         """Up to 1,000 catalog records, waiting at most a second for one."""
         return await self._fetch(1_000, 1_000)
+
+
+class ControlReader(CatalogReader):
+    """The ``control`` topic (one partition), like the catalog: outside the group, whole,
+    from where the restored checkpoint stops (:mod:`streams.control`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        next_offset: Callable[[int], int],
+        on_reset: Callable[..., None] = lambda partition, offset, read_ahead=False: None,
+    ) -> None:
+        super().__init__(settings, bootstrap, next_offset, on_reset)
+        self._config["client_id"] = "recstream-control"
+        self.topic = settings.topics.control
 
 
 class ResetWatch:

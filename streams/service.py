@@ -41,10 +41,12 @@ from streams.checkpoint import (
     ChildSave,
     save_in_child,
 )
+from streams.control import Command, parse_command
 from streams.faults import FaultPlan, FullDiskStore
 from streams.gc_freeze import GcFreezer
 from streams.ledger import ApplyLedger
 from streams.metrics import Metrics
+from streams.model_ops import find_model
 from streams.outbox import DeadLetterOutbox, Letter
 from streams.pipeline import BatchResult, Pipeline, RawMessage
 from streams.settings import Settings
@@ -63,6 +65,7 @@ class Outgoing:
     dead_letters: dict[int, Letter] = field(default_factory=dict)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
     score_event_ts: list[int] = field(default_factory=list)
+    tombstones: list[bytes] = field(default_factory=list)  # erased users' keys on ``scores``
     stall: str | None = None  # an injected fault that stalls this batch's publish (tests only)
 
 
@@ -73,9 +76,12 @@ class WorkerService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.pipeline = self._new_pipeline()
-        self.store = CheckpointStore(settings.checkpoint_dir, owner=settings.topics.events)
+        self.store = CheckpointStore(
+            settings.checkpoint_dir, owner=settings.topics.events, keep=settings.keep_checkpoints
+        )
         self.dead_letters = DeadLetterOutbox()
         self.catalog_offsets: dict[int, int] = {}
+        self.control_offsets: dict[int, int] = {}
         self.faults = FaultPlan.parse(settings.faults, settings.checkpoint_dir)
         self.exit_status = 0  # the process's, once it stops (streams.app sets a failure's)
         self.ledger = ApplyLedger() if settings.ledger else None
@@ -121,6 +127,9 @@ class WorkerService:
                 catalog_offsets = {
                     int(p): int(o) for p, o in found.state["catalog_offsets"].items()
                 }
+                control_offsets = {
+                    int(p): int(o) for p, o in found.state.get("control_offsets", {}).items()
+                }
                 ledger = _restored_ledger(self.settings.ledger, found.state)
                 marks = {int(p): (int(o), int(c)) for p, o, c in found.state.get("log_marks", [])}
             except Exception as err:  # any mismatch in a state we wrote ourselves
@@ -130,6 +139,7 @@ class WorkerService:
                 self.pipeline = self._new_pipeline()
                 continue
             self.catalog_offsets = catalog_offsets
+            self.control_offsets = control_offsets
             self.ledger = ledger
             self._marks = marks
             self._restored(found, outbox)
@@ -142,6 +152,7 @@ class WorkerService:
         if "counters" in found.state:  # counters continue from what the restored state saw
             self.metrics.continue_counters(found.state["counters"])
         self._model_version = self.pipeline.learner.model_version
+        self.metrics.model_frozen.set(self.pipeline.frozen)
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
     def events_reset(self, partition: int, offset: int, read_ahead: bool = False) -> None:
@@ -173,6 +184,18 @@ class WorkerService:
         )
         self.catalog_offsets[partition] = 0
         self.metrics.offset_resets.labels(topic="items").inc()
+
+    def control_reset(self, partition: int, offset: int, read_ahead: bool = False) -> None:
+        """``control`` no longer holds ``offset``: read it again (commands are idempotent)."""
+        log.error(
+            "control partition %d has no offset %d any more: reading it again", partition, offset
+        )
+        self.control_offsets[partition] = 0
+        self.metrics.offset_resets.labels(topic="control").inc()
+
+    def next_control_offset(self, partition: int) -> int:
+        """The next ``control`` offset of ``partition`` not yet applied (0: from the start)."""
+        return self.control_offsets.get(partition, 0)
 
     def next_catalog_offset(self, partition: int) -> int:
         """The next ``items`` offset of ``partition`` not yet applied (0: from the start)."""
@@ -286,6 +309,63 @@ class WorkerService:
             self.metrics.invalid_events.labels(reason=letter.reason).inc()
         return self._outgoing(result.dead_letters, [])
 
+    def control_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
+        """Apply operator commands (:mod:`streams.control`) in order; an erasure's tombstone
+        for ``scores`` is in what to send."""
+        out = Outgoing()
+        for message in messages:
+            if message.offset < self.control_offsets.get(message.partition, 0):
+                continue
+            self.control_offsets[message.partition] = message.offset + 1
+            try:
+                command = parse_command(message.value)
+            except ValueError as err:
+                log.error("control record at offset %d refused: %s", message.offset, err)
+                self.metrics.control_commands.labels(command="unknown", result="refused").inc()
+                continue
+            applied = self._apply(command, message.timestamp, out)
+            result = "applied" if applied else "refused"
+            self.metrics.control_commands.labels(command=command.name, result=result).inc()
+        return out
+
+    def _apply(self, command: Command, record_ms: int, out: Outgoing) -> bool:
+        """Carry out one command; whether it could be."""
+        if command.name == "erase_user":
+            self.pipeline.erase_user(command.user_id, record_ms)
+            out.tombstones.append(command.user_id.encode())
+            log.warning("erased a user (control record time %d)", record_ms)
+        elif command.name in ("freeze", "unfreeze"):
+            self.pipeline.frozen = command.name == "freeze"
+            self.metrics.model_frozen.set(self.pipeline.frozen)
+            log.warning("learning %s", "frozen" if self.pipeline.frozen else "resumed")
+        else:
+            return self.roll_back(command.version)
+        return True
+
+    def roll_back(self, version: int) -> bool:
+        """Serve and learn from the model of ``version``, found among the checkpoints on disk.
+
+        Only the learner goes back; offsets, labels, quality and candidates
+        stay (see :mod:`streams.model_ops`), so no event is applied twice.
+        """
+        found = find_model(self.store, version)
+        if found is None:
+            log.error("rollback to model version %d: no checkpoint on disk holds it", version)
+            return False
+        learner = mtl(self.settings.model_config())
+        try:
+            learner.load_state_dict(found.state["pipeline"]["learner"])
+        except Exception as err:  # a state we wrote ourselves that does not fit: keep ours
+            log.error(
+                "rollback to model version %d: %s does not load (%r)", version, found.path.name, err
+            )
+            return False
+        self.pipeline.replace_model(learner)
+        self._model_version = self.pipeline.learner.model_version
+        self.metrics.model_version.set(self._model_version)
+        log.warning("rolled back to model version %d of %s", version, found.path.name)
+        return True
+
     def published(self, outgoing: Outgoing) -> None:
         """The batch's scores are with the producer: count them and their latency."""
         now_ms = time.time() * 1000
@@ -326,6 +406,7 @@ class WorkerService:
         self._model_version = version
         m.model_version.set(version)
         m.update_duration.observe(result.update_seconds)
+        m.erased_events.inc(result.erased)
         for task, count in zip(TASKS, result.learned, strict=True):
             m.samples_learned.labels(task=task).inc(count)
         m.pending_labels.set(pipeline.resolver.open_samples)
@@ -361,6 +442,11 @@ class WorkerService:
 
     # ------------------------------------------------------------ checkpoints
 
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background checkpoint being written, if any, is on disk."""
+        if self._saving is not None:
+            self._saving.join()
+
     def checkpoint_due(self) -> bool:
         return time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
 
@@ -395,6 +481,7 @@ class WorkerService:
             "pipeline": self.pipeline.state_dict(),
             "outbox": [list(letter) for letter in self.dead_letters.letters()],
             "catalog_offsets": dict(self.catalog_offsets),
+            "control_offsets": dict(self.control_offsets),
             "counters": self.metrics.counter_values(),
         }
         state["log_marks"] = [[p, o, crc] for p, (o, crc) in self._marks.items()]

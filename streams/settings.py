@@ -43,7 +43,7 @@ TASK_WEIGHTINGS = ("fixed", "uncertainty")
 
 @dataclass(frozen=True)
 class TopicNames:
-    """The four topics of docs/contracts.md, under an optional prefix."""
+    """The topics of docs/contracts.md, under an optional prefix."""
 
     prefix: str = ""
 
@@ -63,8 +63,13 @@ class TopicNames:
     def dlq(self) -> str:
         return f"{self.prefix}events.dlq"
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.events, self.items, self.scores, self.dlq)
+    @property
+    def control(self) -> str:
+        """Operator commands (:mod:`streams.control`)."""
+        return f"{self.prefix}control"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.items, self.scores, self.dlq, self.control)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ _ENV = {
     "metrics_port": "RECSTREAM_METRICS_PORT",
     "checkpoint_dir": "RECSTREAM_CHECKPOINT_DIR",
     "checkpoint_interval_s": "RECSTREAM_CHECKPOINT_INTERVAL_S",
+    "keep_checkpoints": "RECSTREAM_KEEP_CHECKPOINTS",
     "top_k": "RECSTREAM_TOP_K",
     "batch_size": "RECSTREAM_BATCH_SIZE",
     "batch_wait_ms": "RECSTREAM_BATCH_WAIT_MS",
@@ -145,6 +151,7 @@ class Settings:
     metrics_port: int | None = None
     checkpoint_dir: Path = Path("checkpoints")
     checkpoint_interval_s: float = 30.0
+    keep_checkpoints: int = 3  # the newest on disk; older models cannot be rolled back to
     top_k: int = 20
     batch_size: int = 1000
     batch_wait_ms: int = 100
@@ -370,6 +377,11 @@ def _check_threads(value: int) -> None:
         raise ValueError(f"torch threads must be at least 1, not {value}")
 
 
+def _check_keep(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"checkpoints kept must be at least 1, not {value}")
+
+
 def _check_dedupe(value: int) -> None:
     if value < 1:
         raise ValueError(f"dedupe events must be at least 1, not {value}")
@@ -419,6 +431,7 @@ _CHECKS = {
     "ranking_weights": check_ranking_weights,
     "torch_threads": _check_threads,
     "dedupe_events": _check_dedupe,
+    "keep_checkpoints": _check_keep,
     "max_skew_s": _check_skew,
 }
 """Settings with a range of valid values: a check that raises ValueError outside it."""

@@ -27,7 +27,7 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture
 def topics(broker: EmbeddedBroker) -> TopicNames:
-    """The four topics under a prefix of this test's own, created on the shared broker."""
+    """The topics under a prefix of this test's own, created on the shared broker."""
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:8]}.")
     ensure_topics(broker.bootstrap, names, partitions=4)
     return names

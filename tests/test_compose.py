@@ -41,7 +41,7 @@ def test_kafka_runs_in_kraft_mode_as_a_single_node():
 def test_topics_are_initialised_before_the_service_starts():
     init = SERVICES["kafka-init"]
     script = "\n".join(init["command"])
-    for topic in ("events", "items", "scores", "events.dlq"):
+    for topic in ("events", "items", "scores", "events.dlq", "control"):
         assert f"--topic {topic} " in script
     assert script.count("cleanup.policy=compact") == 2
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"

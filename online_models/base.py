@@ -49,7 +49,9 @@ class Sample:
     learner masks unknown labels out of its loss. ``weight`` scales the
     sample's loss; ``logit_offset`` is the sampling-probability correction
     of a sampled pair, added to the click logit while learning and never
-    when serving (see ``online_models.labels``).
+    when serving (see ``online_models.labels``). ``value`` is
+    ``log1p(price * quantity)`` of an order sample
+    (:func:`online_models.order_value.order_samples`), ``None`` otherwise.
     """
 
     user_id: str
@@ -64,6 +66,7 @@ class Sample:
     purchase: float | None = None
     weight: float = 1.0
     logit_offset: float = 0.0
+    value: float | None = None
 
     def labels(self) -> tuple[float | None, float | None, float | None]:
         """The (click, cart, purchase) labels, ``None`` where unresolved."""
@@ -112,6 +115,13 @@ class Learner(Protocol):
     def predict_block(self, block: CandidateBlock) -> np.ndarray:
         """``(P, 3)`` predictions of the block's pairs, as :meth:`predict` of its samples."""
         return self.predict(block.samples())
+
+    def predict_block_with_values(
+        self, block: CandidateBlock
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_block`, and the expected value of an order of each pair's item by its
+        user (currency), or ``None`` if the learner does not model order values."""
+        return self.predict_block(block), None
 
     def learn(self, samples: Sequence[Sample]) -> None: ...
 

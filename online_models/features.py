@@ -96,6 +96,7 @@ from online_models.layout import (
     TableCapacities,
     label_matrix,
 )
+from online_models.order_value import ValueStats
 from online_models.tables import DecayedSums, IdTable, ScoringSnapshots, UserHistory
 
 LABEL_COLUMNS = 6
@@ -208,6 +209,7 @@ class FeatureEncoder:
         self.shop_stats = DecayedSums(1, LABEL_COLUMNS, stats_half_life)
         self.category_prices = DecayedSums(capacities.token, 3, stats_half_life)
         self.history = UserHistory(capacities.user, history_length, len(HISTORY_FIELDS))
+        self.values = ValueStats(capacities.user, capacities.token)
         self.snapshots = ScoringSnapshots(snapshot_capacity)
         self.user_snapshots = ScoringSnapshots(snapshot_capacity)  # histories, per user state
         self._user_states_kept = 0
@@ -426,6 +428,8 @@ class FeatureEncoder:
         history, dense, user_count = features["history"], features["dense"], features["user_count"]
         first, user_state = states or _user_states(history, rows.users, user_count)
         item_first, item_state = item_states or (slice(None), None)
+        entry = _entry(rows.items, rows.content)
+        residual, value_dense = self.values.features(rows.users, entry[:, ENTRY["top"]])
         return FeatureBatch(
             user=torch.from_numpy(rows.users),
             item=torch.from_numpy(rows.items[item_first]),
@@ -442,7 +446,11 @@ class FeatureEncoder:
             history=torch.from_numpy(history[first].astype(np.int64)),
             history_fill=torch.from_numpy(dense[first, HISTORY_FILL]),
             base_logits=torch.from_numpy(_logit(self.shop_rates()).astype(np.float32)),
-            entry=_entry(rows.items, rows.content),
+            value_base=torch.from_numpy(
+                (np.nan_to_num(rows.log_prices) + residual).astype(np.float32)
+            ),
+            value_dense=torch.from_numpy(value_dense),
+            entry=entry,
             released=released,
         )
 
@@ -504,13 +512,15 @@ class FeatureEncoder:
     def take_released(self) -> dict[str, np.ndarray]:
         """Rows released (evicted or expired) per table since the last call.
 
-        Released users' histories and released rows' label statistics are
-        cleared here; the caller reinitialises the embedding rows.
+        Released users' histories and order statistics and released rows'
+        label statistics are cleared here; the caller reinitialises the
+        embedding rows.
         """
         released = {name: table.take_released() for name, table in self.tables.items()}
         if not any(len(rows) for rows in released.values()):  # the usual step
             return released
         self.history.clear(released["user"])
+        self.values.forget(released["user"], released["token"])
         self.content.forget_items(released["item"])
         for name, table in RATE_ENTITIES.items():
             self.stats[name].clear(released[table])
@@ -533,8 +543,14 @@ class FeatureEncoder:
             table.expire(table.now_ms, max_idle_ms)
         return self.take_released()
 
-    def record(self, batch: FeatureBatch, labels: np.ndarray) -> None:
-        """After learning ``batch`` with ``labels`` (``(B, 3)``, NaN unknown).
+    def record(
+        self, batch: FeatureBatch, labels: np.ndarray, values: np.ndarray | None = None
+    ) -> None:
+        """After learning ``batch`` with ``labels`` (``(B, 3)``, NaN unknown) and order
+        ``values`` (``(B,)`` log1p values, NaN where the sample is no order).
+
+        An order adds its residual over its price to the value statistics
+        (:class:`~online_models.order_value.ValueStats`) of its user and department.
 
         A sample with a known click label (or any positive) counts as one
         sample of its user and its item, and each positive label (click, cart,
@@ -577,6 +593,10 @@ class FeatureEncoder:
         self.tables["item"].count(items[seen], interactions[seen])
         clicked = positive[:, 0]
         self.history.append(users[clicked], batch.entry[clicked], self.tables["user"].now_ms)
+        if values is not None:
+            ordered = ~np.isnan(values) & (batch.entry[:, ENTRY["price"]] > 1)  # a known price
+            residuals = values[ordered] - log_prices[ordered]
+            self.values.add(users[ordered], batch.entry[ordered, ENTRY["top"]], residuals)
 
     def table_stats(self) -> dict[str, int]:
         """Rows in use per table."""
@@ -590,6 +610,7 @@ class FeatureEncoder:
             "shop_stats": self.shop_stats.state_dict(),
             "category_prices": self.category_prices.state_dict(),
             "history": self.history.state_dict(),
+            "values": self.values.state_dict(),
             "snapshots": self.snapshots.state_dict(),
             "user_snapshots": self.user_snapshots.state_dict(),
             "user_states_kept": self._user_states_kept,
@@ -604,6 +625,8 @@ class FeatureEncoder:
         self.shop_stats.load_state_dict(state["shop_stats"])
         self.category_prices.load_state_dict(state["category_prices"])
         self.history.load_state_dict(state["history"])
+        if "values" in state:  # older checkpoints: no orders learned yet
+            self.values.load_state_dict(state["values"])
         self.snapshots.load_state_dict(state["snapshots"])
         self.user_snapshots.load_state_dict(state["user_snapshots"])
         self._user_states_kept = int(state["user_states_kept"])

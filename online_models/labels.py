@@ -174,6 +174,7 @@ class TrackedSample(Sample):
 
 
 _SAMPLE_FIELDS = tuple(f.name for f in fields(TrackedSample))
+_SAMPLE_FIELDS_BEFORE_VALUE = tuple(name for name in _SAMPLE_FIELDS if name != "value")
 
 
 @dataclass(slots=True)
@@ -741,14 +742,16 @@ def sample_to_row(sample: TrackedSample) -> list[Any]:
 
     >>> sample_from_row(sample_to_row(TrackedSample("u", "i", 5, click=1.0, key=3)))
     TrackedSample(user_id='u', item_id='i', ts=5, category=None, brand=None, price=None, \
-device=None, click=1.0, cart=None, purchase=None, weight=1.0, logit_offset=0.0, key=3)
+device=None, click=1.0, cart=None, purchase=None, weight=1.0, logit_offset=0.0, value=None, \
+key=3)
     """
     return [getattr(sample, name) for name in _SAMPLE_FIELDS]
 
 
 def sample_from_row(row: list[Any]) -> TrackedSample:
-    """The sample :func:`sample_to_row` wrote."""
-    return TrackedSample(*row)
+    """The sample :func:`sample_to_row` wrote (rows of older checkpoints have no ``value``)."""
+    names = _SAMPLE_FIELDS if len(row) == len(_SAMPLE_FIELDS) else _SAMPLE_FIELDS_BEFORE_VALUE
+    return TrackedSample(**dict(zip(names, row, strict=True)))
 
 
 def _open_from_row(row: list[Any]) -> _Open:

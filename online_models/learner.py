@@ -31,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -48,7 +49,7 @@ from online_models.base import (
 from online_models.config import MultiTaskConfig
 from online_models.features import FeatureEncoder
 from online_models.layout import FeatureBatch, label_matrix
-from online_models.net import MultiTaskNet, funnel_probabilities
+from online_models.net import LOSS_SAMPLES, MultiTaskNet, funnel_probabilities
 
 
 class MultiTaskLearner(Learner):
@@ -117,6 +118,25 @@ class MultiTaskLearner(Learner):
             logits = self.net(self.encoder.encode_block(block))
         return funnel_probabilities(logits)
 
+    def predict_block_with_values(
+        self, block: CandidateBlock
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_block` and each pair's expected order value, ``expm1`` of the value
+        head's prediction (the typical order: a log-scale estimate), from one pass of the net."""
+        if len(block) == 0:
+            return np.empty((0, len(TASKS))), np.empty(0)
+        with torch.inference_mode():
+            logits, values = self.net(self.encoder.encode_block(block), with_value=True)
+        return funnel_probabilities(logits), np.expm1(values.double().numpy()).clip(min=0.0)
+
+    def predict_values(self, samples: Sequence[Sample]) -> np.ndarray:
+        """``(n,)`` predicted ``log1p`` value of an order of each sample's item by its user."""
+        if not samples:
+            return np.empty(0)
+        with torch.inference_mode():
+            _, values = self.net(self.encoder.encode(samples, learning=False), with_value=True)
+        return values.double().numpy()
+
     def learn(self, samples: Sequence[Sample]) -> None:
         """One optimiser step per chunk of at most ``max_batch_size`` samples."""
         labels = label_matrix(samples)
@@ -126,19 +146,25 @@ class MultiTaskLearner(Learner):
 
     def _learn_batch(self, samples: Sequence[Sample], label_rows: np.ndarray) -> None:
         labels = torch.from_numpy(label_rows)
-        if torch.isnan(labels).all():
+        values = np.array([math.nan if s.value is None else s.value for s in samples])
+        ordered = ~np.isnan(values)
+        if torch.isnan(labels).all() and not ordered.any():
             return
         weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)
         offsets = torch.tensor([s.logit_offset for s in samples], dtype=torch.float32)
         batch = self.encoder.encode(samples, learning=True, labels=label_rows)
         self._reset_released(batch.released)
-        total, _ = self.net.loss(self.net(batch), labels, weights, offsets)
+        logits, predicted = self.net(batch, with_value=True)
+        total, _ = self.net.loss(logits, labels, weights, offsets)
+        if ordered.any():
+            error = predicted[torch.from_numpy(ordered)] - torch.from_numpy(values[ordered]).float()
+            total = total + (error**2).sum() / LOSS_SAMPLES
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()
         for table in self.net.tables:
             table.step()
         self.optimiser.step()
-        self.encoder.record(batch, label_rows)
+        self.encoder.record(batch, label_rows, values)
         self.model_version += 1
         if self.config.id_ttl_ms is not None and self.model_version % self.config.expiry_every == 0:
             self._reset_released(self.encoder.expire(self.config.id_ttl_ms))

@@ -56,6 +56,15 @@ Embedding tables
     squared-gradient sums). That is the sparse update of ``torch.optim.Adagrad``
     on a ``sparse=True`` embedding, without building, coalescing and masking
     sparse gradient tensors at every step.
+Order value
+    A fourth head on the same input as the towers (the user and item
+    vectors, their product, the device and the dense features) plus the
+    order statistics of :mod:`online_models.order_value` predicts an order's
+    ``log1p`` value as a correction to ``log1p(price)`` plus the smoothed
+    residual of the user and department: it learns, by squared error, only
+    from order samples, and its gradients reach the shared embeddings and
+    content towers like the funnel heads'. Its last layer starts at zero, so
+    it predicts the statistics' estimate until it has learned.
 Task weighting
     Fixed weights, or uncertainty weighting (Kendall, Gal, Cipolla, "Multi-Task
     Learning Using Uncertainty to Weigh Losses", CVPR 2018,
@@ -106,6 +115,7 @@ from online_models.layout import (
     TOKENS,
     FeatureBatch,
 )
+from online_models.order_value import VALUE_FEATURES
 from online_models.towers import build_towers
 from online_models.towers.mlp import mlp
 
@@ -290,9 +300,10 @@ class MultiTaskNet(nn.Module):
             if config.use_content or name not in CONTENT_DENSE_FEATURES
         ]
         self.dense_columns = None if len(dense_columns) == len(DENSE_FEATURES) else dense_columns
+        in_dim = 3 * d + c + len(dense_columns)
         self.towers = build_towers(
             config.architecture,
-            in_dim=3 * d + c + len(dense_columns),
+            in_dim=in_dim,
             n_tasks=tasks,
             hidden=config.hidden,
             experts=config.experts,
@@ -300,6 +311,10 @@ class MultiTaskNet(nn.Module):
         )
         self.heads = TaskHeads(tasks, self.towers.out_dim)
         self.dense_wide = nn.Linear(len(dense_columns), tasks, bias=False)
+        self.value_head = nn.Sequential(
+            *mlp(in_dim + len(VALUE_FEATURES), config.tower_hidden),
+            nn.Linear(config.tower_hidden, 1),
+        )
         self.task_log_variance = nn.Parameter(torch.zeros(tasks))
         self.reset_parameters()
 
@@ -318,6 +333,8 @@ class MultiTaskNet(nn.Module):
         for section, (_, start, end) in self.sections.items():
             self.reset_rows(section, torch.arange(1, end - start))
         nn.init.zeros_(self.dense_wide.weight)
+        nn.init.zeros_(self.value_head[-1].weight)  # the statistics' estimate until it learns
+        nn.init.zeros_(self.value_head[-1].bias)
 
     def reset_rows(
         self, section: str, rows: torch.Tensor, generator: torch.Generator | None = None
@@ -344,7 +361,9 @@ class MultiTaskNet(nn.Module):
         offset = self.sections[section][1]
         return torch.where(rows > 0, rows + offset, 0) if offset else rows
 
-    def forward(self, batch: FeatureBatch) -> torch.Tensor:
+    def forward(self, batch: FeatureBatch, with_value: bool = False) -> torch.Tensor | tuple:
+        """``(B, 3)`` funnel logits; with ``with_value``, also ``(B,)`` predicted order values
+        (``log1p``: the batch's ``value_base`` plus the value head's correction)."""
         config, d, c = self.config, self.config.embedding_dim, self.config.content_dim
         columns = slice(None) if config.use_content else slice(DEVICE, DEVICE + 1)
         rows = batch.content[:, columns]
@@ -376,7 +395,11 @@ class MultiTaskNet(nn.Module):
         dense = batch.dense if self.dense_columns is None else batch.dense[:, self.dense_columns]
         x = torch.cat([user, v, user * v, batch.per_sample(device), dense], dim=1)
         deep = self.heads(self.towers(x))
-        return batch.base_logits + deep + wide + self.dense_wide(dense)
+        logits = batch.base_logits + deep + wide + self.dense_wide(dense)
+        if not with_value:
+            return logits
+        correction = self.value_head(torch.cat([x, batch.value_dense], dim=1)).squeeze(1)
+        return logits, batch.value_base + correction
 
     def item_vector(
         self, batch: FeatureBatch, content: torch.Tensor | None, offset: torch.Tensor | None

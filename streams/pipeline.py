@@ -48,6 +48,7 @@ from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
+from online_models.order_value import order_samples
 from producers.contract import (
     CatalogRemoval,
     Event,
@@ -209,6 +210,7 @@ class Pipeline:
         new += sampled
         learnable += sampled
         to_learn = self.labels.labels(new, learnable).samples  # resolved, frozen or not
+        to_learn += order_samples(out.events, self.catalog.get)  # the value head's
         if self.frozen:
             to_learn = []
         scored_by = self.learner.model_version

@@ -100,12 +100,15 @@ class Ranker:
         """
         if len(block) == 0:
             return []
-        probabilities = learner.predict_block(block)
+        probabilities, values = learner.predict_block_with_values(block)
+        values = order_values(block, values)
         cold_items = np.fromiter(map(learner.is_cold, block.item_ids), bool, len(block.item_ids))
         cold = cold_items[block.pair_item]
-        chosen, joint = self.choose(block, probabilities, cold)
+        chosen, joint = self.choose(block, probabilities, cold, values)
         item_ids = [block.item_ids[i] for i in block.pair_item[chosen].tolist()]
-        entries = _entries(item_ids, probabilities[chosen], joint[chosen], cold[chosen])
+        entries = _entries(
+            item_ids, probabilities[chosen], joint[chosen], cold[chosen], values[chosen]
+        )
         counts = np.bincount(block.pair_user[chosen], minlength=len(block.user_ids)).tolist()
         version = learner.model_version
         return [
@@ -123,21 +126,30 @@ class Ranker:
         ]
 
     def choose(
-        self, block: CandidateBlock, probabilities: np.ndarray, cold: np.ndarray
+        self,
+        block: CandidateBlock,
+        probabilities: np.ndarray,
+        cold: np.ndarray,
+        values: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The pairs kept (by user, each user's best first) and every pair's joint score,
-        from the pairs' predictions and whether their items are cold."""
-        joint = self.joint(probabilities, block)
+        from the pairs' predictions, whether their items are cold and their expected order
+        values (:func:`order_values`; the items' prices if not given)."""
+        joint = self.joint(probabilities, block, values)
         return self._top_k(joint, cold, block.pair_user), joint
 
-    def joint(self, probabilities: np.ndarray, block: CandidateBlock) -> np.ndarray:
-        """The joint score of every pair (the ranking objective)."""
+    def joint(
+        self, probabilities: np.ndarray, block: CandidateBlock, values: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The joint score of every pair (the ranking objective); ``values`` as :meth:`choose`."""
         config = self.config
+        if values is None:
+            values = order_values(block, None)
         if config.objective == "revenue":
-            return probabilities[:, 2] * _pair_prices(block)
+            return probabilities[:, 2] * values
         joint = probabilities @ np.asarray(config.weights)
         if config.value_weight:
-            joint += config.value_weight * probabilities[:, 2] * _pair_prices(block)
+            joint += config.value_weight * probabilities[:, 2] * values
         return joint / (sum(config.weights) + config.value_weight)
 
     def _top_k(self, joint: np.ndarray, cold: np.ndarray, pair_user: np.ndarray) -> np.ndarray:
@@ -186,8 +198,12 @@ def candidate_block(
     )
 
 
-def _pair_prices(block: CandidateBlock) -> np.ndarray:
-    """The price of every pair's item (0 if unknown)."""
+def order_values(block: CandidateBlock, predicted: np.ndarray | None) -> np.ndarray:
+    """Every pair's expected order value: the learner's prediction where it makes one
+    (:meth:`~online_models.base.Learner.predict_block_with_values`), else the item's
+    price, one unit (0 if unknown)."""
+    if predicted is not None:
+        return predicted
     prices = np.array([price or 0.0 for price in block.prices])
     return prices[block.pair_item]
 
@@ -203,9 +219,13 @@ def _rank_within(mask: np.ndarray, starts: np.ndarray, run: np.ndarray) -> np.nd
 
 
 def _entries(
-    item_ids: Sequence[str], probabilities: np.ndarray, scores: np.ndarray, cold: np.ndarray
+    item_ids: Sequence[str],
+    probabilities: np.ndarray,
+    scores: np.ndarray,
+    cold: np.ndarray,
+    values: np.ndarray,
 ) -> list[dict[str, Any]]:
-    """Items of score records, rounded to 6 decimals.
+    """Items of score records, rounded to 6 decimals (expected values to cents).
 
     Rounding is monotone, so a learner's funnel order survives it; nothing
     here forces the order, so the contract tests see the learner's own.
@@ -219,9 +239,15 @@ def _entries(
             "p_purchase": p_purchase,
             "score": score,
             "cold": is_cold,
+            "expected_value": value,
         }
-        for item_id, (p_click, p_cart, p_purchase), score, is_cold in zip(
-            item_ids, p.tolist(), round6(scores).tolist(), cold.tolist(), strict=True
+        for item_id, (p_click, p_cart, p_purchase), score, is_cold, value in zip(
+            item_ids,
+            p.tolist(),
+            round6(scores).tolist(),
+            cold.tolist(),
+            np.round(values, 2).tolist(),
+            strict=True,
         )
     ]
 

@@ -17,7 +17,7 @@ from tests.worker_harness import WorkerProcess, worker_env
 pytestmark = pytest.mark.slow
 
 FIELDS = {"schema", "user_id", "ts", "event_ts", "model_version", "items"}
-ITEM_FIELDS = {"item_id", "p_click", "p_cart", "p_purchase", "score", "cold"}
+ITEM_FIELDS = {"item_id", "p_click", "p_cart", "p_purchase", "score", "cold", "expected_value"}
 
 
 @pytest.fixture
@@ -61,6 +61,7 @@ def test_librdkafka_reads_scores_that_match_the_contract(broker, topics, worker)
         for item in items:
             assert set(item) == ITEM_FIELDS and isinstance(item["cold"], bool)
             assert 0.0 <= item["p_purchase"] <= item["p_cart"] <= item["p_click"] <= 1.0
+            assert isinstance(item["expected_value"], float) and item["expected_value"] >= 0.0
 
 
 def test_a_new_catalog_item_is_scored_cold_before_anyone_interacts_with_it(broker, topics, worker):

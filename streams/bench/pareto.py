@@ -13,7 +13,9 @@ for its user, device and time:
 
 - ``clicks``: expected clicks, the sum of the items' ``p_click``;
 - ``purchases``: expected purchases, ``p_click * p_cart|click * p_purchase|cart``;
-- ``revenue``: expected revenue, each item's expected purchases times its price.
+- ``revenue``: expected revenue, each item's expected purchases times its
+  price times the quantity the user is expected to buy
+  (:meth:`~producers.simulator.Shop.expected_quantity`).
 
 Means over the lists served before every judged click, cart and purchase of
 the second half (the top-K section's events), with bootstrap standard errors
@@ -25,9 +27,9 @@ three objectives (above 2: a real difference). ``default`` is the worker's
 default setting, with ``on_front``.
 
 The value weight is given in purchases: ``value = v`` weighs a list's
-expected revenue as ``v`` purchases of an item at the catalog's mean price
-(the bench divides ``v`` by that mean for the ranker; the report's
-``price_scale``). Revenue counts one unit per purchase.
+expected revenue (``p_purchase`` times the model's expected order value) as
+``v`` purchases of one unit at the catalog's mean price (the bench divides
+``v`` by that mean for the ranker; the report's ``price_scale``).
 
 Example
 -------
@@ -103,14 +105,14 @@ class PolicyLists:
         block = served.block
         if not self.rankers:
             self._make_rankers([p for p in block.prices if p is not None])
-        probabilities = model.predict_block(block)
+        probabilities, values = model.predict_block_with_values(block)
         cold_items = np.fromiter(map(model.is_cold, block.item_ids), bool, len(block.item_ids))
         cold = cold_items[block.pair_item]
         prices = np.array([p or 0.0 for p in block.prices])[block.pair_item]
         bounds = np.arange(1, len(block.user_ids))
         lists = []  # per setting, per user of the block: its chosen pairs, best first
         for ranker in self.rankers:
-            chosen, _ = ranker.choose(block, probabilities, cold)
+            chosen, _ = ranker.choose(block, probabilities, cold, values)
             lists.append(np.split(chosen, np.searchsorted(block.pair_user[chosen], bounds)))
         place = {user: n for n, user in enumerate(block.user_ids)}
         for number, (begin, _end), truth in zip(
@@ -122,11 +124,13 @@ class PolicyLists:
             for s, chosen_by_user in enumerate(lists):
                 pairs = chosen_by_user[n][:K] if n is not None else np.zeros(0, np.int64)
                 rows = truth[pairs - begin]
+                items = [block.item_ids[i] for i in block.pair_item[pairs]]
+                quantity = self.topk.shop.expected_quantity([user] * len(items), items)
                 self.values[s].append(
                     (
                         float(rows[:, 0].sum()),
                         float(rows[:, 2].sum()),
-                        float((rows[:, 2] * prices[pairs]).sum()),
+                        float((rows[:, 2] * prices[pairs] * quantity).sum()),
                     )
                 )
         self.seconds += time.perf_counter() - start

@@ -115,9 +115,11 @@ from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.layout import label_matrix
 from online_models.live_quality import LiveQuality
+from online_models.order_value import order_samples
 from producers.contract import CatalogItem, Event
 from producers.recording import FORMAT as RECORDING
 from streams.bench.topk import DEFAULT_HALF_LIFE_S, HALF_LIFE_S, TopKEvaluation, print_summary
+from streams.bench.value import ValueEvaluation
 from streams.progress import optional_progress
 from streams.settings import Settings
 
@@ -227,6 +229,7 @@ class SampleStream:
     injected_at: list[int]
     label_config: LabelConfig = field(default_factory=LabelConfig)
     topk: TopKEvaluation | None = None
+    shop: Any = None
 
 
 def label_config(
@@ -351,6 +354,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
         sample_log.seen_before(step.new, [s.item_id in seen for s in step.new])
         seen.update(event.item_id for event in step.events)
         step.learn = stage.labels(step.new, step.resolved).samples
+        step.learn += order_samples(step.events, resolver.catalog.get)  # the value head's
         steps.append(step)
         if shop is not None:
             step.truth = _truth(shop, step.new)
@@ -397,6 +401,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
         injected_at=shop.drift_points if shop is not None else [],
         label_config=config,
         topk=topk,
+        shop=shop,
     )
 
 
@@ -589,12 +594,15 @@ def run(options: QualityOptions) -> dict[str, Any]:
         "models": {},
     }
     runs: dict[str, np.ndarray] = {}
+    value = ValueEvaluation(from_position, stream.topk, stream.shop)
     for name in options.models:
         model = factories[name]()
         monitors = (quality, features) if name == "mtl" else (None, None)
-        serve = stream.topk.serve if stream.topk is not None and name == "mtl" else None
+        hooks = [value.before_step] if name == "mtl" else []
+        if stream.topk is not None and name == "mtl":
+            hooks.append(stream.topk.serve)
         with optional_progress(options.progress, name, stream.events) as advance:
-            result = run_model(model, stream, *monitors, advance, serve)
+            result = run_model(model, stream, *monitors, advance, _each(hooks))
         metrics = prequential_metrics(result.scores, stream.log, from_position)
         metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
         metrics["labels_learned"] = result.labels_learned
@@ -619,6 +627,8 @@ def run(options: QualityOptions) -> dict[str, Any]:
     report["leak_auc"] = leak_auc(stream.log, from_position)
     if stream.topk is not None:
         report["topk"] = stream.topk.report()
+    if "mtl" in options.models:
+        report["value"] = value.report()
     report = _finite(report)
     if options.report is not None:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -632,6 +642,20 @@ def run(options: QualityOptions) -> dict[str, Any]:
             lambda text: stderr.print(text, markup=False, highlight=False, soft_wrap=True),
         )
     return report
+
+
+def _each(
+    hooks: list[Callable[[Learner, Step], None]],
+) -> Callable[[Learner, Step], None] | None:
+    """One ``before_step`` hook calling each of ``hooks`` in turn (``None`` if there are none)."""
+    if not hooks:
+        return None
+
+    def call(model: Learner, step: Step) -> None:
+        for hook in hooks:
+            hook(model, step)
+
+    return call
 
 
 def _windows(config: LabelConfig) -> dict[str, Any]:

@@ -163,6 +163,9 @@ class QualityOptions:
     click_wait_s: float | None = None
     conversion_window_s: float | None = None
     drift: bool = True
+    drift_at: float = DRIFT_AT
+    shop: int = 0
+    init_from: Path | None = None
     report: Path | None = None
     plot: Path | None = None
     batch_size: int = 2048
@@ -188,6 +191,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         click_wait_s=getattr(args, "click_wait_s", None),
         conversion_window_s=getattr(args, "conversion_window_s", None),
         drift=args.drift,
+        init_from=getattr(args, "init_from", None),
         report=args.report,
         plot=args.plot,
         batch_size=args.batch_size,
@@ -452,7 +456,7 @@ def _open_source(
     from producers.simulator import Drift, Shop, ShopConfig
 
     events = options.events or ShopConfig().events
-    drifts = (Drift(int(DRIFT_AT * events), "taste_shift"),) if options.drift else ()
+    drifts = (Drift(int(options.drift_at * events), "taste_shift"),) if options.drift else ()
     default = ShopConfig()
     per_second = default.sessions_per_second * default.slate_size[1] * 4
     total = events + math.ceil(per_second * horizon_ms / 1000)
@@ -463,6 +467,7 @@ def _open_source(
             new_items=round(default.new_items * total / default.events),
             impressions=options.impressions,
             drifts=drifts,
+            shop=options.shop,
         )
     )
     return shop.records(), shop, {d.at_event for d in drifts}
@@ -588,9 +593,13 @@ def run(options: QualityOptions) -> dict[str, Any]:
         "samples": {"scored": len(stream.log), **stream.label_counts},
         "models": {},
     }
+    if options.init_from is not None:
+        report["init_from"] = str(options.init_from)
     runs: dict[str, np.ndarray] = {}
     for name in options.models:
         model = factories[name]()
+        if name == "mtl" and options.init_from is not None:
+            start_from(model, options.init_from)
         monitors = (quality, features) if name == "mtl" else (None, None)
         serve = stream.topk.serve if stream.topk is not None and name == "mtl" else None
         with optional_progress(options.progress, name, stream.events) as advance:
@@ -632,6 +641,20 @@ def run(options: QualityOptions) -> dict[str, Any]:
             lambda text: stderr.print(text, markup=False, highlight=False, soft_wrap=True),
         )
     return report
+
+
+def start_from(model: Learner, checkpoint: Path) -> None:
+    """Start ``model`` (mtl) from the shared layers and content rows of the learner in a
+    worker's ``checkpoint`` (:func:`online_models.transfer.init_from`); a ValueError if the
+    file cannot be read or its learner does not fit."""
+    from online_models.transfer import init_from
+    from streams.checkpoint import CheckpointError, learner_state_of
+
+    try:
+        state = learner_state_of(checkpoint)
+    except CheckpointError as err:
+        raise ValueError(f"--init-from: {err}") from err
+    init_from(model, state)
 
 
 def _windows(config: LabelConfig) -> dict[str, Any]:

@@ -73,8 +73,12 @@ line) a table of them ends the output on stderr.
 
 The command line (:mod:`streams.cli`) declares the flags (``--source
 --format --events --seed --no-impressions --click-window --click-wait
---conversion-window --no-drift --report --plot --batch-size --models``);
-:func:`options_from_args` reads them and :func:`run` does the work.
+--conversion-window --no-drift --report --plot --batch-size --models
+--init-from``); :func:`options_from_args` reads them and :func:`run` does the
+work. ``--init-from`` starts ``mtl`` from another shop's worker checkpoint
+(:func:`online_models.transfer.init_from`); ``QualityOptions.shop`` and
+``drift_at`` choose the simulated shop and where its taste shift comes
+(``recstream bench transfer`` sets them).
 
 Example
 -------

@@ -18,9 +18,12 @@ Decisions, and why
     rates stay the new learner's): a fresh Adam's first steps move every
     weight by about the full learning rate in the sign of one batch's
     gradient (bias-corrected moments of a single gradient), which would
-    shake all the transferred weights at once. The content rows' Adagrad
-    sums are copied with the rows, for the same reason: rows learned from a
-    whole shop's labels keep the step sizes they had reached.
+    shake all the transferred weights at once (``recstream bench transfer``,
+    seeds 7 and 11: with a fresh Adam, shop B's first 20,000 events had cart
+    AUC 0.780 and purchase 0.766 against 0.815 and 0.846). The content
+    rows' Adagrad sums are copied with the rows: rows learned from a whole
+    shop's labels keep the step sizes they had reached (fresh sums made no
+    difference beyond the standard errors there).
 
     *Rate statistics* (the shop's funnel rates behind the base logits and
     the rate features' prior, each brand's and category's decayed label
@@ -31,7 +34,9 @@ Decisions, and why
     outweigh the old shop's within its first tens of thousands of samples
     (copied whole, the old counts would weigh as much as the new shop's own
     for longer than the new shop has been open: they halve every 100,000
-    learned samples).
+    learned samples). Same bench: without the statistics early click AUC
+    was 0.709 against 0.765 with them; copied whole, early purchase AUC
+    0.821 against 0.846.
 
     The token, brand and device tables are copied whole, their event-time
     clock included: the new shop's events normally come after the old

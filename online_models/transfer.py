@@ -100,6 +100,8 @@ def init_from(learner: MultiTaskLearner, state: dict[str, Any]) -> None:
     """
     if learner.model_version != 0:
         raise ValueError("init_from starts a fresh learner; this one has learned already")
+    if not {"config", "net", "optimizer", "encoder"} <= set(state):
+        raise ValueError(f"not a multi-task learner's state: {state.get('name')!r}")
     source = MultiTaskConfig.from_dict(state["config"])
     differ = [
         f"{name}={getattr(source, name)!r} (here {getattr(learner.config, name)!r})"

@@ -147,6 +147,13 @@ def test_a_learner_that_has_learned_is_not_overwritten(shop_a_learner):
         init_from(learner, shop_a_learner.state_dict())
 
 
+def test_the_state_of_another_kind_of_learner_is_refused():
+    from online_models.learner import single_task
+
+    with pytest.raises(ValueError, match="single_task"):
+        init_from(mtl(SMALL), single_task(SMALL).state_dict())
+
+
 def test_tensors_of_another_shape_are_refused(shop_a_learner):
     state = shop_a_learner.state_dict()
     net = dict(state["net"])

@@ -103,6 +103,7 @@ def _shop_b_runs(options: TransferOptions, seed: int) -> tuple[np.ndarray, np.nd
     shop_a = QualityOptions(
         events=options.events,
         seed=seed,
+        shop=SHOP_A,
         batch_size=options.batch_size,
         models=("mtl",),
         progress=options.progress,

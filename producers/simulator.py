@@ -76,6 +76,18 @@ Drift
     ``category_surge`` adds ``strength`` to the quality of one category's
     items.
 
+Shops
+    ``ShopConfig.shop`` numbers shops of one market: every shop of a seed has
+    the same *world* (categories, brands and their quality and price tiers,
+    category price levels, the segments' tastes, the global trends, and
+    what a taste shift turns them into) and its own users and items (their
+    segments, individual tastes, devices, activity, items' categories,
+    brands, prices and appeal), sessions and drift movers. Shop 0 is the
+    shop of before shops existed, draw for draw; shop ``k``'s ids are
+    ``u{k}_...``, ``i{k}_...`` and ``sim-{seed}-shop{k}-...``, so no id is
+    shared. What one shop learns about categories, brands and prices holds
+    in another; nothing it learns about a user or an item does.
+
 Example
 -------
 >>> from producers.simulator import Shop, ShopConfig
@@ -235,6 +247,8 @@ class ShopConfig:
     multiplies the event-time delays from impression to click (2-30 s) and
     from click to cart and cart to purchase (1-30 min): a live demo of a
     minute or two uses about 1/60, so conversions arrive seconds apart.
+    ``shop`` chooses a shop of the seed's world (see the module docstring):
+    0, the default, is the seed's first shop.
     """
 
     seed: int = 7
@@ -257,6 +271,7 @@ class ShopConfig:
     activity_exponent: float = 1.2
     activity_offset: float = 5.0
     truth_model: TruthModel = field(default_factory=TruthModel)
+    shop: int = 0
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.initial_items < 1 or self.new_items < 0 or self.events < 0:
@@ -276,6 +291,8 @@ class ShopConfig:
             raise ValueError("exposure must be 4 non-negative shares summing to 1")
         if self.sessions_per_second <= 0 or self.new_item_batch < 1:
             raise ValueError("sessions_per_second must be positive and new_item_batch >= 1")
+        if self.shop < 0:
+            raise ValueError("shop must be 0 or more")
         for drift in self.drifts:
             if drift.category is not None and drift.category not in self.categories:
                 raise ValueError(f"drift category {drift.category!r} is not a category")
@@ -334,9 +351,18 @@ class Shop:
             [model.click_weights, model.cart_weights, model.purchase_weights]
         ).T
         self._task_offsets = np.array(model.device_offsets, dtype=float)  # (device, task)
+        # Shop 0 draws its world, items and users from one generator, in this order; another
+        # shop draws the same world (and shop 0's items and users, then dropped: the world's
+        # draws come between them) and then its own items and users from a generator of its own.
         rng = np.random.default_rng([cfg.seed, 1])
-        self._build_catalog(rng)
-        self._build_users(rng)
+        self._build_world(rng)
+        self._draw_items(rng)
+        self._build_segments(rng)
+        self._draw_users(rng)
+        if cfg.shop:
+            rng = np.random.default_rng(self._seeds(1))
+            self._draw_items(rng)
+            self._draw_users(rng)
         self._build_schedule(rng)
         self._catalog: dict[str, CatalogItem] = {}
         self._available = cfg.initial_items
@@ -373,7 +399,7 @@ class Shop:
             yield self._publish(index, cfg.start_ms)
         if cfg.events == 0:
             return
-        prefix = f"sim-{cfg.seed}-"
+        prefix = f"sim-{cfg.seed}-shop{cfg.shop}-" if cfg.shop else f"sim-{cfg.seed}-"
         limit = cfg.events
         emit_impressions = cfg.impressions
         user_ids, item_ids, contents = self._user_ids, self._item_ids, self._contents
@@ -497,7 +523,13 @@ class Shop:
 
     # ------------------------------------------------------------ the world
 
-    def _build_catalog(self, rng: np.random.Generator) -> None:
+    def _seeds(self, *stream: int) -> list[int]:
+        """The seed of one of the shop's random streams: shop 0's, or its own shop's."""
+        cfg = self.config
+        return [cfg.seed, *stream, cfg.shop] if cfg.shop else [cfg.seed, *stream]
+
+    def _build_world(self, rng: np.random.Generator) -> None:
+        """Categories and brands: every shop of a seed shares them."""
         cfg, model = self.config, self._model
         departments = sorted({c.split(".", 1)[0] for c in cfg.categories})
         self._category_names = list(cfg.categories)
@@ -506,17 +538,23 @@ class Shop:
         )
         n_dept, n_cat, n_brand = len(departments), len(cfg.categories), cfg.brands
         self._departments = n_dept
-        brand_department = np.arange(n_brand) % n_dept
+        self._brand_department = np.arange(n_brand) % n_dept
         self._brand_names = [_brand_name(b) for b in range(n_brand)]
-        brand_weight = rng.pareto(1.5, n_brand) + 0.2
-        brand_quality = rng.normal(0.0, model.brand_quality_sd, n_brand)
-        brand_tier = rng.normal(0.0, 0.3, n_brand)
-        category_log_median = rng.normal(math.log(35.0), 0.9, n_cat)
-        category_sd = rng.uniform(0.35, 0.65, n_cat)
-        category_weight = rng.dirichlet(np.full(n_cat, 4.0))
+        self._brand_weight = rng.pareto(1.5, n_brand) + 0.2
+        self._brand_quality = rng.normal(0.0, model.brand_quality_sd, n_brand)
+        self._brand_tier = rng.normal(0.0, 0.3, n_brand)
+        self._category_log_median = rng.normal(math.log(35.0), 0.9, n_cat)
+        self._category_sd = rng.uniform(0.35, 0.65, n_cat)
+        self._category_weight = rng.dirichlet(np.full(n_cat, 4.0))
 
+    def _draw_items(self, rng: np.random.Generator) -> None:
+        """The shop's own items (initial and new): category, brand, price and appeal."""
+        cfg, model = self.config, self._model
+        n_dept, n_cat, n_brand = self._departments, len(cfg.categories), cfg.brands
+        brand_department, brand_weight = self._brand_department, self._brand_weight
+        category_log_median, category_sd = self._category_log_median, self._category_sd
         total = cfg.initial_items + cfg.new_items
-        category = rng.choice(n_cat, total, p=category_weight)
+        category = rng.choice(n_cat, total, p=self._category_weight)
         department = self._category_department[category]
         brand = np.empty(total, np.int64)
         home = rng.random(total) < _HOME_BRAND_SHARE
@@ -530,7 +568,7 @@ class Shop:
         brand[away] = rng.choice(n_brand, away.sum(), p=brand_weight / brand_weight.sum())
         log_price = (
             category_log_median[category]
-            + brand_tier[brand]
+            + self._brand_tier[brand]
             + rng.normal(0.0, category_sd[category])
         )
         price = np.maximum(np.round(np.exp(log_price), 2), 0.5)
@@ -539,9 +577,11 @@ class Shop:
         self._item_brand = brand
         self._item_price = price
         self._item_z = (np.log(price) - category_log_median[category]) / category_sd[category]
-        self._item_appeal = brand_quality[brand] + rng.normal(0.0, model.item_appeal_sd, total)
+        self._item_appeal = self._brand_quality[brand] + rng.normal(
+            0.0, model.item_appeal_sd, total
+        )
         self._category_surge = np.zeros(n_cat)
-        self._item_ids = [f"i{k}" for k in range(total)]
+        self._item_ids = [f"{self._id_prefix('i')}{k}" for k in range(total)]
         self._contents = [
             ItemContent(self._category_names[c], self._brand_names[b], p)
             for c, b, p in zip(category.tolist(), brand.tolist(), price.tolist(), strict=True)
@@ -552,17 +592,23 @@ class Shop:
         )
         self._recent_clicks: list[int] = []
 
-    def _build_users(self, rng: np.random.Generator) -> None:
+    def _build_segments(self, rng: np.random.Generator) -> None:
+        """The segments' tastes and the global trends: every shop of a seed shares them."""
         cfg, model = self.config, self._model
-        n_user, n_seg = cfg.users, model.segments
-        n_dept, n_cat, n_brand = self._departments, len(cfg.categories), cfg.brands
+        n_seg, n_dept, n_cat = model.segments, self._departments, len(cfg.categories)
         self._segment_department = rng.normal(0.0, model.segment_department_sd, (n_seg, n_dept))
         self._segment_category = rng.normal(0.0, model.segment_category_sd, (n_seg, n_cat))
-        self._segment_brand = rng.normal(0.0, model.segment_brand_sd, (n_seg, n_brand))
+        self._segment_brand = rng.normal(0.0, model.segment_brand_sd, (n_seg, cfg.brands))
         self._segment_beta = rng.normal(
             model.price_sensitivity_mean, model.price_sensitivity_segment_sd, n_seg
         )
         self._draw_trends(rng)
+
+    def _draw_users(self, rng: np.random.Generator) -> None:
+        """The shop's own users: segment, individual tastes, device and activity."""
+        cfg, model = self.config, self._model
+        n_user, n_seg = cfg.users, model.segments
+        n_dept, n_cat, n_brand = self._departments, len(cfg.categories), cfg.brands
         self._user_segment = rng.integers(0, n_seg, n_user)
         self._user_department = np.empty((n_user, n_dept))
         self._user_category = np.empty((n_user, n_cat))
@@ -575,10 +621,14 @@ class Shop:
         self._redraw_individuals(rng, np.arange(n_user))
         self._compose_tastes()
         self._user_device = rng.choice(len(DEVICES), n_user, p=model.device_mix)
-        self._user_ids = [f"u{k}" for k in range(n_user)]
+        self._user_ids = [f"{self._id_prefix('u')}{k}" for k in range(n_user)]
         rank_weight = (np.arange(n_user) + cfg.activity_offset) ** -cfg.activity_exponent
         self._activity_users = rng.permutation(n_user)
         self._activity_cdf = np.cumsum(rank_weight) / rank_weight.sum()
+
+    def _id_prefix(self, kind: str) -> str:
+        """``u``/``i`` for shop 0's users/items (``u17``), ``u2_``/``i2_`` for shop 2's."""
+        return f"{kind}{self.config.shop}_" if self.config.shop else kind
 
     def _draw_trends(self, rng: np.random.Generator) -> None:
         model = self._model
@@ -662,22 +712,25 @@ class Shop:
         self._stale = True
 
     def _apply_drift(self, number: int, drift: Drift) -> None:
-        rng = np.random.default_rng([self.config.seed, 2, number])
+        # The world's part (new trends, the surging category) is the same in every shop of the
+        # seed; which users change is the shop's own (one generator for both in shop 0).
+        world = np.random.default_rng([self.config.seed, 2, number])
+        own = np.random.default_rng(self._seeds(2, number)) if self.config.shop else world
         if drift.kind == "taste_shift":
             users, items, devices = self._exposure
             before = _sigmoid(self._logits(users, items, devices)[:, 0]).mean()
             # What was in fashion goes out of it (the season turns), and some users
             # change their habits.
-            self._turn_trends(rng, drift.trend_correlation)
-            movers = np.flatnonzero(rng.random(self.config.users) < drift.fraction)
-            self._user_segment[movers] = rng.integers(0, self._model.segments, len(movers))
-            self._redraw_individuals(rng, movers)
+            self._turn_trends(world, drift.trend_correlation)
+            movers = np.flatnonzero(own.random(self.config.users) < drift.fraction)
+            self._user_segment[movers] = own.integers(0, self._model.segments, len(movers))
+            self._redraw_individuals(own, movers)
             self._compose_tastes()
             # What the shop shows stays as attractive as before: only what is liked changes.
             after = self._logits(users, items, devices)[:, 0]
             self._task_offsets[:, 0] += _solve_shift(after, np.ones(len(after)), before)
         else:
-            name = drift.category or self._category_names[rng.integers(len(self._category_names))]
+            name = drift.category or self._category_names[world.integers(len(self._category_names))]
             self._category_surge[self._category_names.index(name)] += drift.strength
 
     def _calibrate(self, rng: np.random.Generator) -> None:
@@ -734,13 +787,13 @@ class Shop:
         return min(1 + int(self._quantity_rng.poisson(mean)), 10_000)
 
     def _user_index(self, user_id: str) -> int:
-        index = _parse_id(user_id, "u")
+        index = _parse_id(user_id, self._id_prefix("u"))
         if not 0 <= index < self.config.users:
             raise KeyError(f"no user {user_id!r}")
         return index
 
     def _item_index(self, item_id: str) -> int:
-        index = _parse_id(item_id, "i")
+        index = _parse_id(item_id, self._id_prefix("i"))
         if not 0 <= index < self._available:
             raise KeyError(f"no published item {item_id!r}")
         return index
@@ -754,7 +807,7 @@ class Shop:
         however plans are cut, so ``impressions=False`` replays the same funnel.
         """
         cfg = self.config
-        rng = np.random.default_rng([cfg.seed, 3, index])
+        rng = np.random.default_rng(self._seeds(3, index))
         n, width = _BLOCK_STEPS, cfg.slate_size[1]
         gaps = rng.exponential(1000.0 / cfg.sessions_per_second, n).round().astype(np.int64)
         ends = self._clock_ms + np.cumsum(gaps)
@@ -903,9 +956,10 @@ def _solve_shift(logits: np.ndarray, weights: np.ndarray, target: float) -> floa
 
 
 def _parse_id(value: str, prefix: str) -> int:
-    if not value.startswith(prefix) or not value[1:].isdigit():
-        raise KeyError(f"not a simulated id: {value!r}")
-    return int(value[1:])
+    number = value[len(prefix) :]
+    if not value.startswith(prefix) or not number.isdigit():
+        raise KeyError(f"not a simulated id of this shop: {value!r}")
+    return int(number)
 
 
 def _brand_name(index: int) -> str:

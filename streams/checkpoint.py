@@ -98,28 +98,12 @@ class CheckpointStore:
 
     def load(self, path: Path) -> Checkpoint:
         """Read one checkpoint, or raise :class:`CheckpointError` saying why it is refused."""
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many kinds for corrupt or unsafe files
-            reason = _first_line(err)
-            raise CheckpointError(f"{path.name}: unreadable or unsafe ({reason})") from err
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(f"{path.name}: not a recstream checkpoint")
-        if payload.get("version") != VERSION:
-            raise CheckpointError(
-                f"{path.name}: format version {payload.get('version')!r}, "
-                f"this recstream reads {VERSION}"
-            )
+        payload = _read(path)
         if payload.get("owner") != self.owner:
             raise CheckpointError(
                 f"{path.name}: written for input {payload.get('owner')!r}, not {self.owner!r}"
             )
-        return Checkpoint(
-            path=path,
-            state=from_loadable(payload["state"]),
-            offsets={int(p): int(o) for p, o in payload["offsets"].items()},
-            created_unix=float(payload["created_unix"]),
-        )
+        return _checkpoint(path, payload)
 
     def load_latest(self) -> tuple[Checkpoint | None, list[str]]:
         """The newest valid checkpoint (None if there is none) and why newer ones were refused."""
@@ -322,6 +306,56 @@ def expand_rows(stored: dict[str, Any]) -> torch.Tensor:
     tensor = torch.zeros(stored["shape"], dtype=values.dtype)
     tensor[stored[_ROWS]] = values
     return tensor
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """One checkpoint file, whichever input it was written for (another shop's, say).
+
+    A :class:`CheckpointError` says why it is refused.
+    """
+    path = Path(path)
+    return _checkpoint(path, _read(path))
+
+
+def learner_state_of(path: str | Path) -> dict[str, Any]:
+    """The learner's state in a worker's checkpoint file (``state -> pipeline -> learner``).
+
+    >>> import tempfile
+    >>> store = CheckpointStore(tempfile.mkdtemp(), owner="shop-a.events")
+    >>> learner_state_of(store.save({"pipeline": {"learner": {"name": "mtl"}}}, {}))
+    {'name': 'mtl'}
+    """
+    found = read_checkpoint(path)
+    try:
+        return found.state["pipeline"]["learner"]
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{found.path.name}: holds no worker's learner") from err
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The checkpoint file's payload, of this format and version; else a CheckpointError."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for corrupt or unsafe files
+        reason = _first_line(err)
+        raise CheckpointError(f"{path.name}: unreadable or unsafe ({reason})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name}: not a recstream checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path.name}: format version {payload.get('version')!r}, "
+            f"this recstream reads {VERSION}"
+        )
+    return payload
+
+
+def _checkpoint(path: Path, payload: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        path=path,
+        state=from_loadable(payload["state"]),
+        offsets={int(p): int(o) for p, o in payload["offsets"].items()},
+        created_unix=float(payload["created_unix"]),
+    )
 
 
 def _number(path: Path) -> int:

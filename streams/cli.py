@@ -186,7 +186,33 @@ def build_parser() -> argparse.ArgumentParser:
         default="mtl,river_lr,vw,single_task,id_only,popularity",
         help="comma-separated subset of the models to compare",
     )
+    quality.add_argument(
+        "--init-from",
+        dest="init_from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start mtl from the shared layers and content rows of the learner in this worker "
+        "checkpoint (another shop's), never its user or item rows",
+    )
     quality.set_defaults(run=run_bench_quality)
+    transfer = benches.add_parser(
+        "transfer",
+        help="a new shop from another shop's learner against from scratch, over seeds",
+    )
+    transfer.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=(7, 11, 13),
+        metavar="S,S,...",
+        help="simulator seeds, one world and two shops each (default 7,11,13)",
+    )
+    transfer.add_argument(
+        "--events", type=int, default=200_000, help="events of each shop (default 200,000)"
+    )
+    transfer.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
+    transfer.add_argument("--report", type=Path, help="write the JSON report here")
+    transfer.add_argument("--plot", type=Path, help="write a PNG of shop B's rolling AUC here")
+    transfer.set_defaults(run=run_bench_transfer)
     pareto = benches.add_parser(
         "pareto", help="what each setting of the ranking weights earns, and the best of them"
     )
@@ -267,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--report", type=Path, help="write the JSON report here")
     faults.set_defaults(run=run_bench_faults)
     return parser
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"comma-separated whole numbers, not {text!r}")
+    return seeds
 
 
 def _fault_names(text: str) -> tuple[str, ...]:
@@ -368,6 +404,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds an event may be stamped ahead of event time; a later ts is "
         "clamped (default 300)",
+    )
+    parser.add_argument(
+        "--init-from",
+        dest="init_from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a new shop: without a checkpoint of its own, start the model from the shared "
+        "layers and content rows of the learner in this checkpoint (another shop's worker's), "
+        "never its user or item rows (env RECSTREAM_INIT_FROM)",
     )
     add_model_arguments(parser)
 
@@ -566,11 +611,12 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.broker import BrokerError
+    from streams.checkpoint import CheckpointError
     from streams.worker import run_worker as run
 
     try:
         return run(settings)
-    except (BrokerError, ValueError) as err:
+    except (BrokerError, CheckpointError, ValueError) as err:
         raise RecstreamError(str(err)) from err
 
 
@@ -678,6 +724,25 @@ def run_bench_quality(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         report = bench_quality.run(bench_quality.options_from_args(args))
+    except (OSError, ValueError) as err:
+        raise RecstreamError(str(err)) from err
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_bench_transfer(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import transfer as bench_transfer
+
+    try:
+        report = bench_transfer.run(
+            bench_transfer.TransferOptions(
+                seeds=args.seeds,
+                events=args.events,
+                batch_size=args.batch_size,
+                report=args.report,
+                plot=args.plot,
+            )
+        )
     except (OSError, ValueError) as err:
         raise RecstreamError(str(err)) from err
     print(json.dumps(report, indent=2))

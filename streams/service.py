@@ -34,11 +34,13 @@ import orjson
 
 from online_models.base import TASKS
 from online_models.learner import mtl
+from online_models.transfer import init_from
 from streams.checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointStore,
     ChildSave,
+    learner_state_of,
     save_in_child,
 )
 from streams.control import Command, parse_command
@@ -93,10 +95,13 @@ class WorkerService:
         self._saving: threading.Thread | None = None
         self._model_version = 0
         self.restored_from: str | None = None
+        self.initialised_from: str | None = None
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
         self.metrics.last_checkpoint.set(time.time())  # the restored one's time, if any
         self._restore()
+        if self.restored_from is None and settings.init_from is not None:
+            self._init_from(settings.init_from)
         self.refresh_slow_metrics()
 
     # ------------------------------------------------------------ start
@@ -144,6 +149,18 @@ class WorkerService:
             self._marks = marks
             self._restored(found, outbox)
             return
+
+    def _init_from(self, path: Path) -> None:
+        """A new shop: start the learner from another worker's checkpoint's shared parts.
+
+        Only when there is no checkpoint of this worker's own: a restart resumes
+        its own state. A file that cannot be read, or a learner of another
+        configuration, stops the worker (CheckpointError, ValueError): a new
+        shop silently started from scratch would not be what was asked for.
+        """
+        init_from(self.pipeline.learner, learner_state_of(path))
+        self.initialised_from = str(path)
+        log.warning("a new shop: the model starts from the shared layers of %s", path)
 
     def _restored(self, found: Checkpoint, outbox: list[Letter]) -> None:
         self.dead_letters = DeadLetterOutbox(outbox)

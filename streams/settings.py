@@ -112,6 +112,7 @@ _ENV = {
     "ranking_objective": "RECSTREAM_RANKING_OBJECTIVE",
     "ranking_weights": "RECSTREAM_RANKING_WEIGHTS",
     "torch_threads": "RECSTREAM_TORCH_THREADS",
+    "init_from": "RECSTREAM_INIT_FROM",
     "faults": "RECSTREAM_FAULTS",
     "ledger": "RECSTREAM_LEDGER",
 }
@@ -176,6 +177,9 @@ class Settings:
     # often a producer; two OpenMP threads then spin against each other (measured:
     # 2,355 events/s with one thread, 196 with two, on this 2-core machine under load).
     torch_threads: int = 1
+    # A new shop: with no checkpoint of its own to restore, the worker starts its learner
+    # from this checkpoint's shared layers and content rows (online_models.transfer).
+    init_from: Path | None = None
     faults: str = ""  # fault injection for tests only (streams.faults); never in production
     ledger: bool = False  # record applied offsets in checkpoints (streams.ledger); tests only
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections import Counter, defaultdict
@@ -84,6 +85,61 @@ def test_another_seed_gives_another_stream() -> None:
 def test_event_ids_are_unique_and_follow_the_seed() -> None:
     events = [r for r in Shop(SMALL).records() if isinstance(r, Event)]
     assert [e.event_id for e in events] == [f"sim-7-{n}" for n in range(SMALL.events)]
+
+
+SHOP_0_DIGEST = "f9f163309532ffe3a1fcbea785cae7d1a7657f66ab4cf1583a7d6afe225053bd"
+"""sha256 of the records of ``SMALL`` with a taste shift at event 3,000 (:func:`fingerprint`:
+every field but the purchases' quantities, drawn from a generator of their own), as the
+simulator made them before shops existed (commit 30fe412): shop 0 is that shop, draw for
+draw. A deliberate change of the simulator's draws changes it; nothing else may."""
+
+
+def fingerprint(records: list[Event | CatalogItem]) -> str:
+    """sha256 of the records' fields (not their wire form: the contract gained fields)."""
+    rows = [
+        repr((r.event_id, r.ts, r.type, r.user_id, r.item_id, r.item, r.session_id, r.context))
+        if isinstance(r, Event)
+        else repr((r.item_id, r.ts, r.category, r.brand, r.price))
+        for r in records
+    ]
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def test_shop_0_is_the_shop_of_before_shops_existed() -> None:
+    config = ShopConfig(**{**SMALL.__dict__, "drifts": (Drift(3_000, "taste_shift"),)})
+    assert config.shop == 0
+    assert fingerprint(list(Shop(config).records())) == SHOP_0_DIGEST
+
+
+def test_two_shops_share_the_world_but_no_user_item_or_event() -> None:
+    drifts = (Drift(2_000, "taste_shift"),)
+    first = Shop(ShopConfig(**{**SMALL.__dict__, "drifts": drifts}))
+    second = Shop(ShopConfig(**{**SMALL.__dict__, "drifts": drifts, "shop": 1}))
+    records = {shop.config.shop: list(shop.records()) for shop in (first, second)}
+    events = {k: [r for r in rs if isinstance(r, Event)] for k, rs in records.items()}
+    # one world: categories, brands, the brands' quality and the tastes of segments and
+    # trends (also after the taste shift, which turns the trends alike in both)
+    for world in ("_brand_quality", "_segment_department", "_segment_brand", "_global_category"):
+        np.testing.assert_array_equal(getattr(first, world), getattr(second, world))
+    assert first._brand_names == second._brand_names
+    categories = [{i.category for i in shop.catalog.values()} for shop in (first, second)]
+    assert len(categories[0] & categories[1]) >= 30  # of 35, a few rare in 360 items
+    # their own users, items and events
+    for field_name in ("user_id", "item_id", "event_id", "session_id"):
+        mine = {getattr(e, field_name) for e in events[0]}
+        theirs = {getattr(e, field_name) for e in events[1]}
+        assert mine and theirs and not mine & theirs, field_name
+    assert events[1][0].user_id.startswith("u1_") and events[1][0].item_id.startswith("i1_")
+    assert not set(first.catalog) & set(second.catalog)
+    assert not np.array_equal(first._item_appeal, second._item_appeal)
+    assert first.drift_points == second.drift_points == [2_000]
+    with pytest.raises(KeyError):
+        second.truth(events[0][0].user_id, events[1][0].item_id)
+
+
+def test_another_shop_of_the_same_config_replays_byte_for_byte() -> None:
+    config = ShopConfig(**{**SMALL.__dict__, "shop": 2})
+    assert wire(config) == wire(config) != wire(SMALL)
 
 
 # ---------------------------------------------------------------- the default world

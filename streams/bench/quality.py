@@ -73,8 +73,12 @@ line) a table of them ends the output on stderr.
 
 The command line (:mod:`streams.cli`) declares the flags (``--source
 --format --events --seed --no-impressions --click-window --click-wait
---conversion-window --no-drift --report --plot --batch-size --models``);
-:func:`options_from_args` reads them and :func:`run` does the work.
+--conversion-window --no-drift --report --plot --batch-size --models
+--init-from``); :func:`options_from_args` reads them and :func:`run` does the
+work. ``--init-from`` starts ``mtl`` from another shop's worker checkpoint
+(:func:`online_models.transfer.init_from`); ``QualityOptions.shop`` and
+``drift_at`` choose the simulated shop and where its taste shift comes
+(``recstream bench transfer`` sets them).
 
 Example
 -------
@@ -165,6 +169,9 @@ class QualityOptions:
     click_wait_s: float | None = None
     conversion_window_s: float | None = None
     drift: bool = True
+    drift_at: float = DRIFT_AT
+    shop: int = 0
+    init_from: Path | None = None
     report: Path | None = None
     plot: Path | None = None
     batch_size: int = 2048
@@ -190,6 +197,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         click_wait_s=getattr(args, "click_wait_s", None),
         conversion_window_s=getattr(args, "conversion_window_s", None),
         drift=args.drift,
+        init_from=getattr(args, "init_from", None),
         report=args.report,
         plot=args.plot,
         batch_size=args.batch_size,
@@ -457,7 +465,7 @@ def _open_source(
     from producers.simulator import Drift, Shop, ShopConfig
 
     events = options.events or ShopConfig().events
-    drifts = (Drift(int(DRIFT_AT * events), "taste_shift"),) if options.drift else ()
+    drifts = (Drift(int(options.drift_at * events), "taste_shift"),) if options.drift else ()
     default = ShopConfig()
     per_second = default.sessions_per_second * default.slate_size[1] * 4
     total = events + math.ceil(per_second * horizon_ms / 1000)
@@ -468,6 +476,7 @@ def _open_source(
             new_items=round(default.new_items * total / default.events),
             impressions=options.impressions,
             drifts=drifts,
+            shop=options.shop,
         )
     )
     return shop.records(), shop, {d.at_event for d in drifts}
@@ -593,10 +602,14 @@ def run(options: QualityOptions) -> dict[str, Any]:
         "samples": {"scored": len(stream.log), **stream.label_counts},
         "models": {},
     }
+    if options.init_from is not None:
+        report["init_from"] = str(options.init_from)
     runs: dict[str, np.ndarray] = {}
     value = ValueEvaluation(from_position, stream.topk, stream.shop)
     for name in options.models:
         model = factories[name]()
+        if name == "mtl" and options.init_from is not None:
+            start_from(model, options.init_from)
         monitors = (quality, features) if name == "mtl" else (None, None)
         hooks = [value.before_step] if name == "mtl" else []
         if stream.topk is not None and name == "mtl":
@@ -656,6 +669,20 @@ def _each(
             hook(model, step)
 
     return call
+
+
+def start_from(model: Learner, checkpoint: Path) -> None:
+    """Start ``model`` (mtl) from the shared layers and content rows of the learner in a
+    worker's ``checkpoint`` (:func:`online_models.transfer.init_from`); a ValueError if the
+    file cannot be read or its learner does not fit."""
+    from online_models.transfer import init_from
+    from streams.checkpoint import CheckpointError, learner_state_of
+
+    try:
+        state = learner_state_of(checkpoint)
+    except CheckpointError as err:
+        raise ValueError(f"--init-from: {err}") from err
+    init_from(model, state)
 
 
 def _windows(config: LabelConfig) -> dict[str, Any]:

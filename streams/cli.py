@@ -148,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--plot", type=Path, help="write a PNG of rolling AUC per task here")
     quality.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
     quality.add_argument(
+        "--demand-horizon",
+        dest="demand_horizon_s",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="mtl's item demand forecasts S seconds of event time ahead (default 3600; 0: none)",
+    )
+    quality.add_argument(
         "--models",
         default="mtl,river_lr,vw,single_task,id_only,popularity",
         help="comma-separated subset of the models to compare",

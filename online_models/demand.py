@@ -24,22 +24,31 @@ Counts per item (:class:`TimeDecayed`)
     existed, ``tau * (1 - exp(-age / tau))`` (``tau = half-life / ln 2``),
     not by ``tau``: ten minutes of an item's life give a rate, not a tenth
     of one.
-The model (:class:`DemandHead`, on the shared net)
-    ``log mean = log(horizon) + log(shop rate per item) + MLP([v, x]) + W x``,
-    ``v`` the net's item vector (content tower plus the gated ID offset,
+The model (:class:`DemandHead`, on the shared net): a total and shares
+    ``log mean_i = log total + log_softmax_i(MLP([v_i, x_i]) + W x_i)``
+    over the point's items. ``v`` is the net's item vector (content tower
+    plus the gated ID offset,
     :meth:`~online_models.net.MultiTaskNet.item_representation`, with
     gradient: the demand loss trains the shared item side, one net with the
     funnel), ``x`` the log count rates, the log age and "younger than a
-    horizon" (:data:`DEMAND_FEATURES`). The horizon is an offset, so the
-    model is a rate and a horizon can change; the shop's current purchase
-    (cart) rate per item is another, and the last layers start at zero: an
-    untrained head forecasts the shop's mean, and learning moves items away
-    from it (a head from scratch needed hundreds of steps to find the scale,
-    and a demand point resolves only every quarter hour). Loss: Poisson
+    horizon" (:data:`DEMAND_FEATURES`); ``W`` starts on the click rate and
+    the MLP's last layer at zero, so an untrained head shares the total out
+    by clicks. The total is not learned by gradient: it is the shop's
+    current sales rate (decayed over half a horizon) times the horizon
+    times the items' share of it (their decayed counts). So the horizon and
+    the shop's volume are offsets and the head only learns who sells. A
+    head that learned the scale too needed hundreds of steps to find it;
+    one common bias learned by Adam moved by a step per point and overshot;
+    a ratio of what sold to what was expected at the last resolved points
+    lags a horizon behind, and carried the first hour's ramp (a shop
+    filling up with conversions) into the second. The price of a plain
+    decayed rate: a shop whose sales grow or shrink within the horizon is
+    forecast late (the bench's ``total_ratio``). Loss: Poisson
     negative log-likelihood (``torch.nn.PoissonNLLLoss(log_input=True)``),
     mean over the point's items, in steps of its own on the learner's
     optimiser (the head in a parameter group with its own rate
-    :data:`DEMAND_LR`).
+    :data:`DEMAND_LR`): :attr:`DemandConfig.passes` on each resolved point,
+    the first of them also stepping the shared item side.
 A new item
     gets a forecast at the next point after its catalog record: its content
     gives ``v``, its age and (no) counts the rest.
@@ -152,10 +161,10 @@ class TimeDecayed:
 
 
 class DemandHead(nn.Module):
-    """Log mean demand of a point's items: a learned level times each item's learned share.
+    """Log mean demand of a point's items: their expected total times each item's learned share.
 
-    ``log mean_i = log_totals + level + log_softmax_i(MLP([v, x]) + W x)``,
-    the softmax over the point's items (see the module docstring).
+    ``log mean_i = log_totals + log_softmax_i(MLP([v, x]) + W x)``, the
+    softmax over the point's items (see the module docstring).
 
     >>> head = DemandHead(width=4)
     >>> x = torch.zeros(2, len(DEMAND_FEATURES))
@@ -169,7 +178,6 @@ class DemandHead(nn.Module):
         self.hidden = nn.Sequential(nn.Linear(width + features, hidden), nn.ReLU())
         self.out = nn.Linear(hidden, targets, bias=False)
         self.skip = nn.Linear(features, targets, bias=False)
-        self.level = nn.Parameter(torch.zeros(targets))
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():  # shares start as 1 + clicks per hour
             self.skip.weight.zero_()
@@ -181,7 +189,7 @@ class DemandHead(nn.Module):
         """``(n, targets)`` log means of ``n`` items whose totals are ``exp(log_totals)``."""
         x = torch.cat([item, features], dim=1)
         scores = self.out(self.hidden(x)) + self.skip(features)
-        return log_totals + self.level + torch.log_softmax(scores, dim=0)
+        return log_totals + torch.log_softmax(scores, dim=0)
 
 
 @dataclass(frozen=True)
@@ -191,13 +199,15 @@ class DemandConfig:
     ``publish_per_point`` bounds the forecasts a point hands out to publish
     (those that changed by more than ``publish_change`` relative, or
     ``publish_floor`` absolute, since last published, largest change first);
-    ``window_points`` is how many resolved points the rolling deviance covers.
+    ``window_points`` is how many resolved points the rolling deviance covers;
+    ``capacity`` the items tracked at once (least recently seen dropped
+    first; default: the learner's item rows).
     """
 
     horizon_s: float = 3_600.0
     points_per_horizon: int = 4
     max_items: int = 8_192
-    capacity: int = 1 << 18
+    capacity: int | None = None
     publish_per_point: int = 10_000
     publish_change: float = 0.05
     publish_floor: float = 0.005
@@ -294,7 +304,7 @@ class DemandForecaster:
     def __init__(self, learner: MultiTaskLearner, config: DemandConfig | None = None) -> None:
         self.learner = learner
         self.config = config = config or DemandConfig()
-        capacity = config.capacity
+        capacity = config.capacity or learner.config.capacities.item
         self.items = IdTable("demand", capacity)
         self.counts = TimeDecayed(capacity, len(COUNTED), config.horizon_ms)
         self.totals = np.zeros((capacity, len(TARGETS)))  # purchases and carts since the row began
@@ -311,6 +321,8 @@ class DemandForecaster:
         self.next_point_ms = 0
         self.position = 0
         self.window: deque[tuple[float, int]] = deque(maxlen=config.window_points)
+        self.shop = TimeDecayed(1, len(TARGETS), config.horizon_ms / 2)
+        self.shop_born_ms = 0
         self.rng = np.random.default_rng(config.seed)
 
     # ---------------------------------------------------------------- input
@@ -443,6 +455,10 @@ class DemandForecaster:
             return
         rows, kinds, times = rows[counted], kinds[counted], times[counted]
         self.counts.add(rows, np.eye(len(COUNTED))[kinds], times)
+        self.shop_born_ms = self.shop_born_ms or int(times[0])
+        sales = np.stack([kinds == COUNTED.index(k) for k in ("purchase", "cart")], axis=1)
+        if sales.any():
+            self.shop.add(np.zeros(len(rows), np.int64), sales.astype(np.float64), times)
         for column, kind in enumerate(("purchase", "cart")):
             target = kinds == COUNTED.index(kind)
             np.add.at(self.totals[:, column], rows[target], 1.0)
@@ -481,7 +497,7 @@ class DemandForecaster:
             return []
         x, rates = self._features(rows, at_ms)
         horizon_h = self.config.horizon_ms / HOUR_MS
-        log_totals = self._log_totals(rates * horizon_h)
+        log_totals = self._log_totals(rows, rates, at_ms)
         items = self._item_side(rows)
         with torch.inference_mode():
             log_mean = self._log_mean(items, x, log_totals)
@@ -507,12 +523,23 @@ class DemandForecaster:
             self.points.popleft()
         return self._changed(rows, forecast, at_ms)
 
-    def _log_totals(self, decayed: np.ndarray) -> np.ndarray:
-        """``(targets,)`` log of the items' purchases and carts over the horizon at their decayed
-        rates (``decayed``: per item and counted type); at least 1e-3 per item."""
+    def _log_totals(self, rows: np.ndarray, rates: np.ndarray, at_ms: int) -> np.ndarray:
+        """``(targets,)`` log of the purchases and carts ``rows`` are expected to make in the
+        next horizon: the shop's current rate (decayed over half a horizon) times the
+        horizon times the rows' share of it (their decayed counts over every item's); at
+        least 1e-3 per row."""
         columns = [COUNTED.index("purchase"), COUNTED.index("cart")]
-        totals = decayed[:, columns].sum(axis=0)
-        return np.log(np.maximum(totals, 1e-3 * len(decayed))).astype(np.float32)
+        tau_h = 1.0 / (self.shop.rate * HOUR_MS)
+        age_h = max(at_ms - self.shop_born_ms, 0) / HOUR_MS
+        shop_rate = self.shop.get(np.zeros(1, np.int64), at_ms)[0] / (
+            tau_h * -math.expm1(-age_h / tau_h) + 1e-9
+        )
+        known = np.flatnonzero(self.known)
+        everyone = self.counts.get(known, at_ms)[:, columns].sum(axis=0)
+        ours = self.counts.get(rows, at_ms)[:, columns].sum(axis=0)
+        share = np.where(everyone > 0, ours / np.maximum(everyone, 1e-12), 1.0)
+        totals = shop_rate * share * self.config.horizon_ms / HOUR_MS
+        return np.log(np.maximum(totals, 1e-3 * len(rows))).astype(np.float32)
 
     def _item_side(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The item rows, content rows, log prices and gate counts of ``rows`` as the learner
@@ -627,27 +654,27 @@ class DemandForecaster:
         count = sum(n for _, n in self.window)
         return total / count if count else math.nan
 
+    _PER_ROW = ("totals", "born_ms", "price", "known", "published")
+    """Arrays with a row per item: a checkpoint keeps the rows in use only."""
+
     def state_dict(self) -> dict[str, Any]:
-        """Counts, rows and waiting points as tensors, numbers, strings, lists and dicts."""
+        """Counts, rows and waiting points as tensors, numbers, strings, lists and dicts (the
+        per-item arrays of the rows in use only; ``generation`` whole, as int32)."""
         used = self.items.rows_in_use()
-        points = []
-        for point in self.points:
-            points.append(_tensors(point))
         return {
             "table": self.items.state_dict(),
-            "counts": torch.from_numpy(self.counts.values.copy()),
+            "rows": torch.from_numpy(used),
+            "counts": torch.from_numpy(self.counts.values[used]),
             "counts_ref_ms": self.counts.ref_ms,
-            "totals": torch.from_numpy(self.totals.copy()),
-            "born_ms": torch.from_numpy(self.born_ms.copy()),
-            "generation": torch.from_numpy(self.generation.copy()),
-            "content_rows": torch.from_numpy(used),
+            "shop": torch.from_numpy(self.shop.values.copy()),
+            "shop_ref_ms": self.shop.ref_ms,
+            "shop_born_ms": self.shop_born_ms,
+            **{name: torch.from_numpy(getattr(self, name)[used]) for name in self._PER_ROW},
+            "generation": torch.from_numpy(self.generation.astype(np.int32)),
             "item_ids": list(self.item_id[used]),
             "categories": list(self.category[used]),
             "brands": list(self.brand[used]),
-            "prices": torch.from_numpy(self.price[used]),
-            "known": torch.from_numpy(self.known[used]),
-            "published": torch.from_numpy(self.published.copy()),
-            "points": points,
+            "points": [_tensors(point) for point in self.points],
             "clock_ms": self.clock_ms,
             "next_point_ms": self.next_point_ms,
             "position": self.position,
@@ -656,28 +683,28 @@ class DemandForecaster:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (the points' item rows looked up afresh)."""
+        """Restore what :meth:`state_dict` saved."""
         self.items.load_state_dict(state["table"])
-        self.counts.values = state["counts"].numpy().copy()
+        used = state["rows"].numpy()
+        self.counts.values[:] = 0.0
+        self.counts.values[used] = state["counts"].numpy()
         self.counts.ref_ms = int(state["counts_ref_ms"])
-        self.totals = state["totals"].numpy().copy()
-        self.born_ms = state["born_ms"].numpy().copy()
-        self.generation = state["generation"].numpy().copy()
-        used = state["content_rows"].numpy()
-        self.category[:], self.brand[:], self.price[:], self.known[:] = None, None, np.nan, False
-        self.item_id[:] = None
-        self.item_id[used] = np.array(state["item_ids"] + [None], dtype=object)[:-1]
-        self.category[used] = np.array(state["categories"] + [None], dtype=object)[:-1]
-        self.brand[used] = np.array(state["brands"] + [None], dtype=object)[:-1]
-        self.price[used] = state["prices"].numpy()
-        self.known[used] = state["known"].numpy()
-        self.published = state["published"].numpy().copy()
-        self.points = deque()
-        for saved in state["points"]:
-            point = {
-                k: v.numpy().copy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()
-            }
-            self.points.append(point)
+        self.shop.values = state["shop"].numpy().copy()
+        self.shop.ref_ms = int(state["shop_ref_ms"])
+        self.shop_born_ms = int(state["shop_born_ms"])
+        for name in self._PER_ROW:
+            array = getattr(self, name)
+            array[:] = np.nan if name in ("price", "published") else 0
+            array[used] = state[name].numpy()
+        self.generation = state["generation"].numpy().astype(np.int64)
+        for name, key in (("item_id", "item_ids"), ("category", "categories"), ("brand", "brands")):
+            array = getattr(self, name)
+            array[:] = None
+            array[used] = np.array([*state[key], None], dtype=object)[:-1]
+        self.points = deque(
+            {k: v.numpy().copy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()}
+            for saved in state["points"]
+        )
         self.clock_ms = int(state["clock_ms"])
         self.next_point_ms = int(state["next_point_ms"])
         self.position = int(state["position"])

@@ -75,6 +75,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     names = settings.topics
     scores = app.topic(names.scores, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(names.dlq, key_serializer="raw", value_serializer="raw")
+    demand = app.topic(names.demand, key_serializer="raw", value_serializer="raw")
     event_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     catalog_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     events = EventReader(
@@ -114,6 +115,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         await deliver(outgoing.dead_letters)
         for key, value in outgoing.scores:
             await scores.send(key=key, value=value)
+        for key, value in outgoing.demand:
+            await demand.send(key=key, value=value)
         service.published(outgoing)
 
     @app.agent(catalog_batches, name="catalog")

@@ -334,6 +334,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds an event may be stamped ahead of event time; a later ts is "
         "clamped (default 300)",
     )
+    parser.add_argument(
+        "--demand-horizon",
+        dest="demand_horizon_s",
+        type=float,
+        metavar="S",
+        help="item demand forecasts purchases and carts over the next S seconds of event "
+        "time, published to the demand topic (default 3600; 0: no demand)",
+    )
     add_model_arguments(parser)
 
 

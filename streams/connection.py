@@ -24,7 +24,7 @@ from streams.topics import ensure_topics
 def connect(
     settings: Settings, port: int | None = None, ready_timeout_s: float = 10.0
 ) -> Iterator[str]:
-    """Yield a bootstrap address whose four topics exist; stop what we started."""
+    """Yield a bootstrap address whose topics exist; stop what we started."""
     if settings.broker:
         wait_until_ready(settings.broker, ready_timeout_s, **settings.kafka_client_config())
         ensure_topics(

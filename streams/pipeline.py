@@ -14,7 +14,10 @@ returns what must be sent: dead letters and score records. Per batch:
    this batch (prequential), then learn the label stream of the batch;
 4. update quality, drift and candidate state;
 5. rank the top-K for every user with a funnel event in the batch (one
-   refresh per user per batch: the debounce) and return the score records.
+   refresh per user per batch: the debounce) and return the score records;
+6. count the batch's events for item demand (:mod:`online_models.demand`),
+   resolve and learn the demand points its event time closes, and return
+   the forecasts of the points it opens (those that changed).
 
 Everything it knows goes to and from one dict (:meth:`Pipeline.state_dict`),
 together with the next offset to read per partition, so a checkpoint covers
@@ -43,10 +46,12 @@ import numpy as np
 
 from online_models.base import Learner, score_then_learn
 from online_models.catalog import Catalog
+from online_models.demand import DemandConfig, DemandForecaster
 from online_models.drift import FeatureDriftMonitor
 from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.layout import label_matrix
+from online_models.learner import MultiTaskLearner
 from online_models.live_quality import LiveQuality
 from producers.contract import (
     CatalogRemoval,
@@ -105,6 +110,7 @@ class BatchResult:
     drift: list[dict[str, Any]] = field(default_factory=list)
     learned: tuple[int, int, int] = (0, 0, 0)
     update_seconds: float = 0.0
+    demand: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -125,8 +131,14 @@ class Pipeline:
         ranking: RankingConfig | None = None,
         candidates: CandidateConfig | None = None,
         events_topic: str = "events",
+        demand: DemandConfig | None = None,
     ) -> None:
         self.learner = learner
+        self.demand = (  # item demand rides on the multi-task net's item side
+            DemandForecaster(learner, demand)
+            if demand is not None and isinstance(learner, MultiTaskLearner)
+            else None
+        )
         self.events_topic = events_topic
         labels = labels or LabelConfig()
         self.catalog = Catalog(labels.max_catalog_items)  # one catalog: labels and candidates
@@ -159,6 +171,10 @@ class Pipeline:
                 out.removed += 1
             else:
                 self.pool.observe_catalog(record)
+                if self.demand is not None:
+                    self.demand.observe_catalog(
+                        record.item_id, record.category, record.brand, record.price, record.ts
+                    )
         return out
 
     # ---------------------------------------------------------------- events
@@ -215,6 +231,9 @@ class Pipeline:
         self.pool.observe(out.events)
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
+        if self.demand is not None:
+            forecasts = self.demand.observe(out.events).forecasts
+            out.demand = [forecast.to_record() for forecast in forecasts]
         return out
 
     @property
@@ -256,6 +275,7 @@ class Pipeline:
             "applied": dict(self.applied),
             "rejected": dict(self.rejected),
             "position": self.position,
+            "demand": None if self.demand is None else self.demand.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
@@ -270,6 +290,8 @@ class Pipeline:
         self.rejected = Counter(state["rejected"])
         self.position = int(state["position"])
         self.offsets = dict(offsets)
+        if self.demand is not None and state.get("demand"):  # older: demand starts afresh
+            self.demand.load_state_dict(state["demand"])
 
 
 def _older_labels(state: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class Outgoing:
     dead_letters: dict[int, Letter] = field(default_factory=dict)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
     score_event_ts: list[int] = field(default_factory=list)
+    demand: list[tuple[bytes, bytes]] = field(default_factory=list)  # item_id, forecast
     stall: str | None = None  # an injected fault that stalls this batch's publish (tests only)
 
 
@@ -102,6 +103,7 @@ class WorkerService:
             labels=settings.label_config(),
             ranking=settings.ranking_config(),
             events_topic=settings.topics.events,
+            demand=settings.demand_config(),
         )
 
     def _restore(self) -> None:
@@ -243,6 +245,7 @@ class WorkerService:
             record_applied(self.ledger, messages, before, result.dead_letters)
         self._mark_last(messages)
         outgoing = self._outgoing(result.dead_letters, result.scores)
+        outgoing.demand = [(d["item_id"].encode(), orjson.dumps(d)) for d in result.demand]
         self.metrics.pipeline_cpu.inc(time.thread_time() - started)
         self._observe(result)
         self._freezer.tick()
@@ -292,6 +295,7 @@ class WorkerService:
         for event_ts in outgoing.score_event_ts:
             self.metrics.event_to_score_latency.observe(max(0.0, now_ms - event_ts) / 1000)
         self.metrics.scores_published.inc(len(outgoing.scores))
+        self.metrics.demand_forecasts_published.inc(len(outgoing.demand))
         if outgoing.stall:
             self.faults.stall_publish(outgoing.stall)  # scores with the producer, not flushed
 
@@ -329,6 +333,8 @@ class WorkerService:
         for task, count in zip(TASKS, result.learned, strict=True):
             m.samples_learned.labels(task=task).inc(count)
         m.pending_labels.set(pipeline.resolver.open_samples)
+        if pipeline.demand is not None:
+            m.demand_deviance.set(pipeline.demand.rolling_deviance())
 
     def _observe_catalog(self) -> None:
         catalog = self.pipeline.catalog

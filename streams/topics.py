@@ -1,4 +1,4 @@
-"""Create the four topics of docs/contracts.md on any cluster, idempotently.
+"""Create the topics of docs/contracts.md on any cluster, idempotently.
 
 Example
 -------
@@ -22,12 +22,13 @@ COMPACTED = {"cleanup.policy": "compact"}
 
 
 def topic_specs(names: TopicNames, partitions: int) -> list[tuple[str, int, dict[str, str]]]:
-    """(name, partitions, config) of each topic: items and scores are compacted."""
+    """(name, partitions, config) of each topic: items, scores and demand are compacted."""
     return [
         (names.events, partitions, {}),
         (names.items, partitions, dict(COMPACTED)),
         (names.scores, partitions, dict(COMPACTED)),
         (names.dlq, partitions, {}),
+        (names.demand, partitions, dict(COMPACTED)),
     ]
 
 

@@ -152,3 +152,28 @@ def test_state_round_trip_resolves_the_same():
     b = restored.observe(events[20:]).resolved
     assert a.actual.tolist() == b.actual.tolist()
     assert a.decayed_rate.tolist() == pytest.approx(b.decayed_rate.tolist())
+
+
+def test_the_pipeline_returns_demand_records_and_keeps_demand_across_a_checkpoint():
+    from producers.contract import CatalogItem, encode_catalog_item, encode_event
+    from streams.pipeline import Pipeline, RawMessage
+
+    def pipeline() -> Pipeline:
+        learner = mtl(MultiTaskConfig().with_capacity(256))
+        return Pipeline(learner, demand=DemandConfig(horizon_s=100.0))
+
+    first = pipeline()
+    item = CatalogItem("i1", T0, "home.lamp", "acme", 20.0)
+    first.process_catalog([RawMessage(0, 0, b"i1", encode_catalog_item(item))], "items", T0)
+    events = [event(k, T0 + k * 10 * S, "purchase", "i1") for k in range(30)]
+    messages = [RawMessage(0, k, b"u", encode_event(e)) for k, e in enumerate(events)]
+    records = []
+    for k in range(15):
+        records += first.process_events(messages[k : k + 1], now_ms=T0).demand
+    assert records and all(r["item_id"] == "i1" and r["horizon_s"] == 100.0 for r in records)
+    assert math.isfinite(first.demand.rolling_deviance())  # a point was resolved
+    second = pipeline()
+    second.load_state_dict(first.state_dict(), first.offsets)
+    rest_first = [first.process_events([m], now_ms=T0).demand for m in messages[15:]]
+    rest_second = [second.process_events([m], now_ms=T0).demand for m in messages[15:]]
+    assert rest_first == rest_second and any(rest_first)

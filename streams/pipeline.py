@@ -16,8 +16,8 @@ returns what must be sent: dead letters and score records. Per batch:
 5. rank the top-K for every user with a funnel event in the batch (one
    refresh per user per batch: the debounce) and return the score records;
 6. count the batch's events for item demand (:mod:`online_models.demand`),
-   resolve and learn the demand points its event time closes, and return
-   the forecasts of the points it opens (those that changed).
+   resolve and learn the demand points its event time closes, and queue
+   the forecasts of the points it opens that changed (:meth:`Pipeline.take_demand`).
 
 Everything it knows goes to and from one dict (:meth:`Pipeline.state_dict`),
 together with the next offset to read per partition, so a checkpoint covers
@@ -110,7 +110,6 @@ class BatchResult:
     drift: list[dict[str, Any]] = field(default_factory=list)
     learned: tuple[int, int, int] = (0, 0, 0)
     update_seconds: float = 0.0
-    demand: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -232,9 +231,14 @@ class Pipeline:
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
         if self.demand is not None:
-            forecasts = self.demand.observe(out.events).forecasts
-            out.demand = [forecast.to_record() for forecast in forecasts]
+            self.demand.observe(out.events)
         return out
+
+    def take_demand(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` queued item demand records (default: a round's), to publish."""
+        if self.demand is None:
+            return []
+        return [forecast.to_record() for forecast in self.demand.take(limit)]
 
     @property
     def resolver(self) -> LabelResolver:

@@ -63,7 +63,6 @@ class Outgoing:
     dead_letters: dict[int, Letter] = field(default_factory=dict)
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)
     score_event_ts: list[int] = field(default_factory=list)
-    demand: list[tuple[bytes, bytes]] = field(default_factory=list)  # item_id, forecast
     stall: str | None = None  # an injected fault that stalls this batch's publish (tests only)
 
 
@@ -245,7 +244,6 @@ class WorkerService:
             record_applied(self.ledger, messages, before, result.dead_letters)
         self._mark_last(messages)
         outgoing = self._outgoing(result.dead_letters, result.scores)
-        outgoing.demand = [(d["item_id"].encode(), orjson.dumps(d)) for d in result.demand]
         self.metrics.pipeline_cpu.inc(time.thread_time() - started)
         self._observe(result)
         self._freezer.tick()
@@ -295,9 +293,16 @@ class WorkerService:
         for event_ts in outgoing.score_event_ts:
             self.metrics.event_to_score_latency.observe(max(0.0, now_ms - event_ts) / 1000)
         self.metrics.scores_published.inc(len(outgoing.scores))
-        self.metrics.demand_forecasts_published.inc(len(outgoing.demand))
         if outgoing.stall:
             self.faults.stall_publish(outgoing.stall)  # scores with the producer, not flushed
+
+    def demand_round(self) -> list[tuple[bytes, bytes]]:
+        """Item demand records to send this round (key item_id), bounded."""
+        return [(d["item_id"].encode(), orjson.dumps(d)) for d in self.pipeline.take_demand()]
+
+    def demand_published(self, count: int) -> None:
+        """``count`` demand records are with the producer."""
+        self.metrics.demand_forecasts_published.inc(count)
 
     def _outgoing(self, dead_letters: Sequence[Any], scores: Sequence[dict]) -> Outgoing:
         return Outgoing(

@@ -119,11 +119,25 @@ def test_unchanged_forecasts_are_not_published_again():
     demand = forecaster(horizon_s=100.0)
     demand.observe_catalog("i1", "home.lamp", "acme", 20.0, T0)
     first = T0 - T0 % (25 * S) + 25 * S
-    published = [
-        len(demand.observe([event(k, first + k * 25 * S, "impression", "i1")]).forecasts)
-        for k in range(3)
-    ]
-    assert published == [1, 0, 0]
+    queued = []
+    for k in range(3):
+        queued.append(
+            len(demand.observe([event(k, first + k * 25 * S, "impression", "i1")]).forecasts)
+        )
+        if k == 0:
+            assert [f.item_id for f in demand.take()] == ["i1"] and demand.take() == []
+    assert queued == [1, 0, 0]  # not again once taken
+
+
+def test_queued_forecasts_are_taken_a_bounded_number_at_a_time_oldest_first():
+    demand = forecaster(horizon_s=100.0, publish_per_round=2)
+    for name in ("a", "b", "c"):
+        demand.observe_catalog(name, "home.lamp", "acme", 20.0, T0)
+    first = T0 - T0 % (25 * S) + 25 * S
+    assert len(demand.observe([event(0, first, "impression", "a")]).forecasts) == 3
+    rounds = [demand.take(), demand.take(), demand.take()]
+    assert [len(r) for r in rounds] == [2, 1, 0]
+    assert {f.item_id for r in rounds for f in r} == {"a", "b", "c"}
 
 
 def test_learning_from_resolved_points_moves_forecasts_towards_what_sold():
@@ -169,11 +183,16 @@ def test_the_pipeline_returns_demand_records_and_keeps_demand_across_a_checkpoin
     messages = [RawMessage(0, k, b"u", encode_event(e)) for k, e in enumerate(events)]
     records = []
     for k in range(15):
-        records += first.process_events(messages[k : k + 1], now_ms=T0).demand
+        first.process_events(messages[k : k + 1], now_ms=T0)
+        records += first.take_demand()
     assert records and all(r["item_id"] == "i1" and r["horizon_s"] == 100.0 for r in records)
     assert math.isfinite(first.demand.rolling_deviance())  # a point was resolved
     second = pipeline()
     second.load_state_dict(first.state_dict(), first.offsets)
-    rest_first = [first.process_events([m], now_ms=T0).demand for m in messages[15:]]
-    rest_second = [second.process_events([m], now_ms=T0).demand for m in messages[15:]]
+    rest_first, rest_second = [], []
+    for message in messages[15:]:
+        first.process_events([message], now_ms=T0)
+        rest_first.append(first.take_demand())
+        second.process_events([message], now_ms=T0)
+        rest_second.append(second.take_demand())
     assert rest_first == rest_second and any(rest_first)

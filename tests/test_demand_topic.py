@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import pytest
 
@@ -43,17 +44,19 @@ def test_librdkafka_reads_demand_forecasts_that_match_the_contract(
             lambda m: (
                 sum(v for k, v in m.items() if k.startswith("recstream_events_total{"))
                 >= len(events)
+                and m["recstream_demand_forecasts_published_total"] >= len(catalog)
             ),
             60,
-            "events applied",
+            "events applied and forecasts sent",
         )
         published = metrics["recstream_demand_forecasts_published_total"]
         deviance = metrics["recstream_demand_deviance"]
+        worker.signal(signal.SIGTERM)  # a clean stop: the producer is flushed
     finally:
         worker.stop()
     assert math.isfinite(deviance) and deviance >= 0  # demand points were resolved
-    messages = read_all(broker.bootstrap, topics.demand, expected=int(published))
-    assert len(messages) == published > 0
+    messages = read_all(broker.bootstrap, topics.demand)
+    assert len(messages) >= published > 0
     last = events[-1].ts
     for key, value in messages:
         record = json.loads(value)

@@ -47,6 +47,7 @@ from online_models.base import (
     Sample,
 )
 from online_models.config import MultiTaskConfig
+from online_models.demand import DEMAND_LR
 from online_models.features import FeatureEncoder
 from online_models.layout import FeatureBatch, label_matrix
 from online_models.net import LOSS_SAMPLES, MultiTaskNet, funnel_probabilities
@@ -78,8 +79,13 @@ class MultiTaskLearner(Learner):
         )
         self.model_version = 0
         wide = list(self.net.dense_wide.parameters())
-        deep = [p for p in self.net.parameters() if all(p is not w for w in wide)]
-        groups = [{"params": deep}, {"params": wide, "lr": config.sparse_lr}]
+        demand = list(self.net.demand.parameters())  # its own rate: few steps an hour
+        deep = [p for p in self.net.parameters() if all(p is not w for w in wide + demand)]
+        groups = [
+            {"params": deep},
+            {"params": wide, "lr": config.sparse_lr},
+            {"params": demand, "lr": DEMAND_LR},
+        ]
         self.optimiser = torch.optim.Adam(groups, lr=config.dense_lr, fused=True)
 
     # -- the protocol -------------------------------------------------------------

@@ -100,6 +100,7 @@ from torch import nn
 
 from online_models.base import TASKS
 from online_models.config import MultiTaskConfig
+from online_models.demand import DemandHead
 from online_models.layout import (
     BRAND,
     CONTENT_DENSE_FEATURES,
@@ -317,6 +318,7 @@ class MultiTaskNet(nn.Module):
         )
         self.task_log_variance = nn.Parameter(torch.zeros(tasks))
         self.reset_parameters()
+        self.demand = DemandHead(d)  # drawn last: the funnel's initial weights stay as they were
 
     @property
     def tables(self) -> list[EmbeddingTable]:
@@ -400,6 +402,41 @@ class MultiTaskNet(nn.Module):
             return logits
         correction = self.value_head(torch.cat([x, batch.value_dense], dim=1)).squeeze(1)
         return logits, batch.value_base + correction
+
+    def item_representation(
+        self,
+        items: torch.Tensor,
+        content: torch.Tensor,
+        log_price: torch.Tensor,
+        interactions: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(H, d)`` item vectors (:meth:`item_vector`) of items alone, for the item-side heads.
+
+        ``items`` are item rows, ``content`` the ``(H, PATH_TOKENS + 2)``
+        token, brand and price-bucket rows, ``log_price`` the ``(H, 1)``
+        log-price column, ``interactions`` the ``(H,)`` gate counts, as a
+        :class:`FeatureBatch` holds them. With autograd on, it looks its rows
+        up for learning (one lookup per table: learn it in a step of its own,
+        then :meth:`EmbeddingTable.step`), so the demand head
+        (:class:`~online_models.demand.DemandHead`) trains the same content
+        towers, embeddings and ID offsets as the funnel.
+        """
+        c, d = self.config.content_dim, self.config.embedding_dim
+        item_content = offset = None
+        if self.config.use_content:
+            rows = torch.where(content > 0, content + self.content_offsets[:DEVICE], 0)
+            table, fields = self.content.lookup(rows)
+            vectors = table[:, :c]
+            tokens = gather(vectors, fields[:, TOKENS]).sum(dim=1)
+            brand_price = gather(vectors, fields[:, BRAND : PRICE + 1]).flatten(1)
+            item_content = self.content_tower(torch.cat([tokens, brand_price, log_price], dim=1))
+        if self.config.use_ids:
+            table, ids = self.ids.lookup(self._rows("item", items))
+            offset = table[:, :d].index_select(0, ids)
+        gate = interactions / (interactions + self.config.item_gate_k)
+        if item_content is None:
+            return offset
+        return item_content if offset is None else item_content + gate.unsqueeze(1) * offset
 
     def item_vector(
         self, batch: FeatureBatch, content: torch.Tensor | None, offset: torch.Tensor | None

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 BATCHES_IN_FLIGHT = 4
 """Batches read ahead of the one being applied (the reader waits when the channel is full)."""
 RETRY_DEAD_LETTERS_S = 5.0
+DEMAND_ROUND_S = 1.0
+"""How often item demand forecasts that changed are sent, a bounded round at a time."""
 """How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 EXIT_BATCH_FAILED = 70
 EXIT_CHECKPOINT_FAILED = 74  # EX_IOERR: the shutdown checkpoint could not be written
@@ -75,6 +77,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     names = settings.topics
     scores = app.topic(names.scores, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(names.dlq, key_serializer="raw", value_serializer="raw")
+    demand = app.topic(names.demand, key_serializer="raw", value_serializer="raw")
     event_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     catalog_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     control_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
@@ -185,6 +188,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     async def refresh_metrics() -> None:
         service.observe_lag(events.lag())
         service.refresh_slow_metrics()
+
+    @app.timer(DEMAND_ROUND_S)
+    async def publish_demand() -> None:
+        records = service.demand_round()  # the forecasts that changed, a bounded round
+        for key, value in records:
+            await demand.send(key=key, value=value)
+        service.demand_published(len(records))
 
     @app.timer(RETRY_DEAD_LETTERS_S)
     async def retry_dead_letters() -> None:

@@ -182,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--plot", type=Path, help="write a PNG of rolling AUC per task here")
     quality.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
     quality.add_argument(
+        "--demand-horizon",
+        dest="demand_horizon_s",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="mtl's item demand forecasts S seconds of event time ahead (default 3600; 0: none)",
+    )
+    quality.add_argument(
         "--models",
         default="mtl,river_lr,vw,single_task,id_only,popularity",
         help="comma-separated subset of the models to compare",
@@ -413,6 +421,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="a new shop: without a checkpoint of its own, start the model from the shared "
         "layers and content rows of the learner in this checkpoint (another shop's worker's), "
         "never its user or item rows (env RECSTREAM_INIT_FROM)",
+    )
+    parser.add_argument(
+        "--demand-horizon",
+        dest="demand_horizon_s",
+        type=float,
+        metavar="S",
+        help="item demand forecasts purchases and carts over the next S seconds of event "
+        "time, published to the demand topic (default 3600; 0: no demand)",
     )
     add_model_arguments(parser)
 

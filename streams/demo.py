@@ -66,6 +66,9 @@ class DemoOptions:
     click_window_s: float = 2.0
     click_wait_s: float = 60 * DELAY_SCALE  # twice the shop's longest click delay
     conversion_window_s: float = 8.0  # a purchase comes at most 7.5 s after its click
+    # Item demand over 20 s of (wall-clock) event time, points every 5 s: the shop's hour of
+    # conversions takes 7.5 s here, and a forecast resolves within a 90 s demo.
+    demand_horizon_s: float = 20.0
     out_dir: Path = Path("demo-run")  # the worker's log and the recording of the stream
     drain_timeout_s: float = 60.0
 
@@ -209,6 +212,8 @@ def worker_command(
         str(options.click_wait_s),
         "--conversion-window",
         str(options.conversion_window_s),
+        "--demand-horizon",
+        str(options.demand_horizon_s),
         *model_flags(settings),
     ]
     if not options.impressions:

@@ -133,6 +133,17 @@ class Metrics:
         self.scores_published = Counter(
             "recstream_scores_published", "Score messages (one user's top-K) published.", registry=r
         )
+        self.demand_deviance = Gauge(
+            "recstream_demand_deviance",
+            "Mean Poisson deviance of the item demand forecasts (purchases over the demand "
+            "horizon) resolved at the last demand points; NaN before the first resolves.",
+            registry=r,
+        )
+        self.demand_forecasts_published = Counter(
+            "recstream_demand_forecasts_published",
+            "Item demand forecasts published to the demand topic.",
+            registry=r,
+        )
         self.embedding_rows = Gauge(
             "recstream_embedding_rows",
             "Rows in use in each embedding table.",
@@ -230,6 +241,7 @@ class Metrics:
                 family.labels(task=task)
             self.auc.labels(task=task).set(float("nan"))  # not 0: nothing is known yet
             self.logloss.labels(task=task).set(float("nan"))
+        self.demand_deviance.set(float("nan"))
 
     def counter_values(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """Every counter's series and value, to carry across a restart in a checkpoint.

@@ -14,7 +14,10 @@ returns what must be sent: dead letters and score records. Per batch:
    this batch (prequential), then learn the label stream of the batch;
 4. update quality, drift and candidate state;
 5. rank the top-K for every user with a funnel event in the batch (one
-   refresh per user per batch: the debounce) and return the score records.
+   refresh per user per batch: the debounce) and return the score records;
+6. count the batch's events for item demand (:mod:`online_models.demand`),
+   resolve and learn the demand points its event time closes, and queue
+   the forecasts of the points it opens that changed (:meth:`Pipeline.take_demand`).
 
 Everything it knows goes to and from one dict (:meth:`Pipeline.state_dict`),
 together with the next offset to read per partition, so a checkpoint covers
@@ -43,10 +46,12 @@ import numpy as np
 
 from online_models.base import Learner, score_then_learn
 from online_models.catalog import Catalog
+from online_models.demand import DemandConfig, DemandForecaster
 from online_models.drift import FeatureDriftMonitor
 from online_models.label_stage import LabelStage
 from online_models.labels import LabelConfig, LabelResolver, TrackedSample
 from online_models.layout import label_matrix
+from online_models.learner import MultiTaskLearner
 from online_models.live_quality import LiveQuality
 from online_models.order_value import order_samples
 from producers.contract import (
@@ -130,8 +135,14 @@ class Pipeline:
         ranking: RankingConfig | None = None,
         candidates: CandidateConfig | None = None,
         events_topic: str = "events",
+        demand: DemandConfig | None = None,
     ) -> None:
         self.learner = learner
+        self.demand = (  # item demand rides on the multi-task net's item side
+            DemandForecaster(learner, demand)
+            if demand is not None and isinstance(learner, MultiTaskLearner)
+            else None
+        )
         self.events_topic = events_topic
         labels = labels or LabelConfig()
         self.catalog = Catalog(labels.max_catalog_items)  # one catalog: labels and candidates
@@ -166,6 +177,10 @@ class Pipeline:
                 out.removed += 1
             else:
                 self.pool.observe_catalog(record)
+                if self.demand is not None:
+                    self.demand.observe_catalog(
+                        record.item_id, record.category, record.brand, record.price, record.ts
+                    )
         return out
 
     # ---------------------------------------------------------------- events
@@ -228,6 +243,8 @@ class Pipeline:
         self.pool.observe(out.events)
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
+        if self.demand is not None:
+            self.demand.observe(out.events)
         return out
 
     def erase_user(self, user_id: str, requested_ms: int) -> None:
@@ -249,6 +266,14 @@ class Pipeline:
         for user_id in self.erasures.erased(list(learner.users())):
             learner.forget_user(user_id)
         self.learner = learner
+        if self.demand is not None:  # its head is the net's: it learns with the model served
+            self.demand.learner = learner
+
+    def take_demand(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` queued item demand records (default: a round's), to publish."""
+        if self.demand is None:
+            return []
+        return [forecast.to_record() for forecast in self.demand.take(limit)]
 
     @property
     def resolver(self) -> LabelResolver:
@@ -291,6 +316,7 @@ class Pipeline:
             "position": self.position,
             "erasures": self.erasures.state_dict(),
             "frozen": self.frozen,
+            "demand": None if self.demand is None else self.demand.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], offsets: dict[int, int]) -> None:
@@ -307,6 +333,8 @@ class Pipeline:
         self.offsets = dict(offsets)
         self.erasures.load_state_dict(state.get("erasures", []))
         self.frozen = bool(state.get("frozen", False))
+        if self.demand is not None and state.get("demand"):  # older: demand starts afresh
+            self.demand.load_state_dict(state["demand"])
 
 
 def _older_labels(state: dict[str, Any]) -> dict[str, Any]:

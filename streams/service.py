@@ -113,6 +113,7 @@ class WorkerService:
             labels=settings.label_config(),
             ranking=settings.ranking_config(),
             events_topic=settings.topics.events,
+            demand=settings.demand_config(),
         )
 
     def _restore(self) -> None:
@@ -392,6 +393,14 @@ class WorkerService:
         if outgoing.stall:
             self.faults.stall_publish(outgoing.stall)  # scores with the producer, not flushed
 
+    def demand_round(self) -> list[tuple[bytes, bytes]]:
+        """Item demand records to send this round (key item_id), bounded."""
+        return [(d["item_id"].encode(), orjson.dumps(d)) for d in self.pipeline.take_demand()]
+
+    def demand_published(self, count: int) -> None:
+        """``count`` demand records are with the producer."""
+        self.metrics.demand_forecasts_published.inc(count)
+
     def _outgoing(self, dead_letters: Sequence[Any], scores: Sequence[dict]) -> Outgoing:
         return Outgoing(
             dead_letters=self.dead_letters.add((d.key, d.to_json()) for d in dead_letters),
@@ -427,6 +436,8 @@ class WorkerService:
         for task, count in zip(TASKS, result.learned, strict=True):
             m.samples_learned.labels(task=task).inc(count)
         m.pending_labels.set(pipeline.resolver.open_samples)
+        if pipeline.demand is not None:
+            m.demand_deviance.set(pipeline.demand.rolling_deviance())
 
     def _observe_catalog(self) -> None:
         catalog = self.pipeline.catalog

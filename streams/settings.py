@@ -32,6 +32,7 @@ from streams.ranking import OBJECTIVES, RankingConfig
 
 if TYPE_CHECKING:
     from online_models.config import MultiTaskConfig
+    from online_models.demand import DemandConfig
 
 TOWERS = ("shared_bottom", "mmoe", "ple")
 """Choices of ``towers``: :data:`online_models.towers.ARCHITECTURES`, spelled out here so
@@ -68,8 +69,13 @@ class TopicNames:
         """Operator commands (:mod:`streams.control`)."""
         return f"{self.prefix}control"
 
+    @property
+    def demand(self) -> str:
+        """Item demand forecasts (:mod:`online_models.demand`)."""
+        return f"{self.prefix}demand"
+
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.items, self.scores, self.dlq, self.control)
+        return (self.events, self.items, self.scores, self.dlq, self.control, self.demand)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ _ENV = {
     "impressions": "RECSTREAM_IMPRESSIONS",
     "dedupe_events": "RECSTREAM_DEDUPE_EVENTS",
     "max_skew_s": "RECSTREAM_MAX_SKEW_S",
+    "demand_horizon_s": "RECSTREAM_DEMAND_HORIZON_S",
     "towers": "RECSTREAM_TOWERS",
     "task_weights": "RECSTREAM_TASK_WEIGHTS",
     "task_weighting": "RECSTREAM_TASK_WEIGHTING",
@@ -168,6 +175,7 @@ class Settings:
     impressions: bool = True
     dedupe_events: int = 200_000  # ~145 bytes an id of 36 characters: ~29 MB
     max_skew_s: float = 300.0
+    demand_horizon_s: float = 3600.0  # item demand forecasts this far ahead; 0: none
     towers: str = "shared_bottom"
     task_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     task_weighting: str = "fixed"
@@ -240,6 +248,18 @@ class Settings:
             task_weighting=self.task_weighting,
             num_threads=self.torch_threads,
         )
+
+    def demand_config(self) -> DemandConfig | None:
+        """The worker's item demand (None with a horizon of 0).
+
+        >>> Settings(demand_horizon_s=60).demand_config().interval_ms
+        15000
+        >>> Settings(demand_horizon_s=0).demand_config() is None
+        True
+        """
+        from online_models.demand import DemandConfig  # torch: only where a model is built
+
+        return DemandConfig(horizon_s=self.demand_horizon_s) if self.demand_horizon_s else None
 
     def ranking_config(self) -> RankingConfig:
         """The worker's ranking: K, objective and ranking weights from these settings.
@@ -425,6 +445,11 @@ def check_ranking_weights(weights: tuple[float, ...]) -> None:
     RankingConfig(weights=tuple(weights[:3]), value_weight=weights[3])
 
 
+def _check_demand_horizon(value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"the demand horizon is seconds of event time (0: none), not {value}")
+
+
 _PARSERS = {"task_weights": parse_task_weights, "ranking_weights": parse_ranking_weights}
 """Settings read from the environment by their own parser rather than :func:`_convert`."""
 _CHECKS = {
@@ -437,6 +462,7 @@ _CHECKS = {
     "dedupe_events": _check_dedupe,
     "keep_checkpoints": _check_keep,
     "max_skew_s": _check_skew,
+    "demand_horizon_s": _check_demand_horizon,
 }
 """Settings with a range of valid values: a check that raises ValueError outside it."""
 

@@ -22,14 +22,16 @@ COMPACTED = {"cleanup.policy": "compact"}
 
 
 def topic_specs(names: TopicNames, partitions: int) -> list[tuple[str, int, dict[str, str]]]:
-    """(name, partitions, config) of each topic: items and scores are compacted; control has
-    one partition (commands apply in the order they were sent) and keeps every record."""
+    """(name, partitions, config) of each topic: items, scores and demand are compacted;
+    control has one partition (commands apply in the order they were sent) and keeps every
+    record."""
     return [
         (names.events, partitions, {}),
         (names.items, partitions, dict(COMPACTED)),
         (names.scores, partitions, dict(COMPACTED)),
         (names.dlq, partitions, {}),
         (names.control, 1, {}),
+        (names.demand, partitions, dict(COMPACTED)),
     ]
 
 

@@ -12,6 +12,7 @@ import torch
 from online_models import transfer
 from online_models.base import Sample
 from online_models.config import MultiTaskConfig
+from online_models.demand import DEMAND_LR
 from online_models.learner import mtl
 from online_models.transfer import init_from
 from producers.contract import Event, encode_event
@@ -103,7 +104,7 @@ def test_a_new_shop_takes_the_shared_layers_and_content_rows_and_no_user_or_item
         assert torch.equal(moments[1][key]["exp_avg_sq"], values["exp_avg_sq"])
     slower = mtl(replace(SMALL, dense_lr=0.001))
     init_from(slower, old.state_dict())
-    assert [g["lr"] for g in slower.optimiser.param_groups] == [0.001, SMALL.sparse_lr]
+    assert [g["lr"] for g in slower.optimiser.param_groups] == [0.001, SMALL.sparse_lr, DEMAND_LR]
 
 
 def test_the_new_shop_then_learns_its_own_users_and_items(shop_a_learner):

@@ -106,6 +106,7 @@ import numpy as np
 
 from online_models.base import TASKS, Learner, score_then_learn
 from online_models.baselines import Popularity, RiverFunnelLR, VWFunnel
+from online_models.demand import DemandConfig, DemandForecaster, Resolved, poisson_deviance
 from online_models.drift import ConceptDriftMonitor, FeatureDriftMonitor
 from online_models.evaluation import (
     InteractionCounter,
@@ -178,6 +179,7 @@ class QualityOptions:
     models: tuple[str, ...] = MODEL_NAMES
     progress: bool = True
     topk: bool = True
+    demand_horizon_s: float | None = DemandConfig.horizon_s
 
 
 def options_from_args(args: argparse.Namespace) -> QualityOptions:
@@ -202,6 +204,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         plot=args.plot,
         batch_size=args.batch_size,
         models=models,
+        demand_horizon_s=getattr(args, "demand_horizon_s", DemandConfig.horizon_s),
     )
 
 
@@ -223,6 +226,7 @@ class Step:
     learn: list[TrackedSample] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     truth: np.ndarray | None = None
+    catalog: list[CatalogItem] = field(default_factory=list)
 
 
 @dataclass
@@ -238,6 +242,7 @@ class SampleStream:
     label_config: LabelConfig = field(default_factory=LabelConfig)
     topk: TopKEvaluation | None = None
     shop: Any = None
+    tail: list[Event] = field(default_factory=list)
 
 
 def label_config(
@@ -351,7 +356,13 @@ def build_stream(options: QualityOptions) -> SampleStream:
     sample_log = SampleLog()
     steps: list[Step] = []
     step = Step(position=0)
-    numbered = _numbered(records, resolver, topk.announce if topk is not None else None)
+
+    def on_catalog(record: CatalogItem) -> None:
+        step.catalog.append(record)  # the step being filled (demand learns items' births)
+        if topk is not None:
+            topk.announce(record)
+
+    numbered = _numbered(records, resolver, on_catalog)
 
     def close(step: Step) -> None:
         sampled = stage.close_batch()  # without impressions: the clicks and their negatives
@@ -394,7 +405,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
             close(step)
     if topk is not None:
         topk.finish()
-    _drain(numbered, resolver, sample_log, resolver.watermark + label_horizon_ms(config))
+    tail = _drain(numbered, resolver, sample_log, resolver.watermark + label_horizon_ms(config))
     oracle = None
     if shop is not None:
         oracle = np.full((len(sample_log), 3), np.nan)
@@ -410,6 +421,7 @@ def build_stream(options: QualityOptions) -> SampleStream:
         label_config=config,
         topk=topk,
         shop=shop,
+        tail=tail,
     )
 
 
@@ -484,21 +496,25 @@ def _open_source(
 
 def _drain(
     events: Iterator[tuple[int, Event]], resolver: LabelResolver, log: SampleLog, until_ms: int
-) -> None:
+) -> list[Event]:
     """Make every logged sample's labels final: read on until ``until_ms``, then close the rest.
 
     Labels come from events up to ``until_ms`` (the end of every window); if
     the source ends sooner, the windows it cut short are closed there: a
     conversion after the end of a log is unknowable and counts as none.
+    Returns the events read (what item demand of the last hour is judged by).
     """
     logged = len(log)
     index = -1
+    tail = []
     for index, event in events:
         if event.ts > until_ms:
             break
+        tail.append(event)
         resolved = resolver.observe(event).resolved
         log.labelled([s for s in resolved if s.key < logged], index)
     log.labelled([s for s in resolver.flush() if s.key < logged], index)
+    return tail
 
 
 def _numbered(
@@ -532,6 +548,78 @@ def _truth(shop: Any, samples: list[TrackedSample]) -> np.ndarray:
     return np.cumprod(rows, axis=1)
 
 
+# ------------------------------------------------------------------ demand
+
+
+class DemandBench:
+    """``mtl``'s item demand over the stream (:mod:`online_models.demand`), and its report.
+
+    The forecaster sees each step's catalog records and events after the
+    model's step, as the worker's pipeline feeds it. Its forecasts are
+    judged once their horizon has passed, against what sold in it; the
+    report covers the points made from the middle of the stream on (as the
+    funnel metrics do), so the first hour's untrained head and empty counts
+    are not what is measured. Baselines over the same points: the all-zero
+    forecast (floored at :data:`~online_models.demand.DEVIANCE_FLOOR`), the
+    item's decayed purchase rate times the horizon, and for items less than
+    a horizon old the mean of that over items of their category.
+    """
+
+    def __init__(self, model: Learner, horizon_s: float) -> None:
+        self.forecaster = DemandForecaster(model, DemandConfig(horizon_s=horizon_s))
+        self.parts: list[Resolved] = []
+        self.seconds = 0.0
+
+    def step(self, _model: Learner, step: Step) -> None:
+        start = time.process_time()
+        for item in step.catalog:
+            self.forecaster.observe_catalog(
+                item.item_id, item.category, item.brand, item.price, item.ts
+            )
+        self.parts.append(self.forecaster.observe(step.events).resolved)
+        self.seconds += time.process_time() - start
+
+    def finish(self, tail: list[Event]) -> None:
+        """Read the events after the stream (:func:`_drain`'s), to resolve its last points."""
+        start = time.process_time()
+        for chunk in range(0, len(tail), 1_000):
+            self.parts.append(self.forecaster.observe(tail[chunk : chunk + 1_000]).resolved)
+        self.seconds += time.process_time() - start
+
+    def report(self, from_position: int, end: int) -> dict[str, Any]:
+        """Deviances, totals and baselines of the points made from ``from_position`` up to
+        ``end`` (the points made in the tail are not the stream's)."""
+        every = Resolved.concat(self.parts)
+        late = (every.position >= from_position) & (every.position < end)
+        actual, forecast = every.actual[late], every.forecast[late]
+        young = every.young[late]
+        purchases, bought = forecast[:, 0], actual[:, 0]
+        decayed, category = every.decayed_rate[late], every.category_mean[late]
+        return {
+            "horizon_s": self.forecaster.config.horizon_s,
+            "forecasts": int(late.sum()),
+            "deviance": poisson_deviance(bought, purchases),
+            "zero_deviance": poisson_deviance(bought, np.zeros_like(bought)),
+            "decayed_rate_deviance": poisson_deviance(bought, decayed),
+            "total_ratio": float(purchases.sum() / max(bought.sum(), 1e-9)),
+            "forecast_total": float(purchases.sum()),
+            "actual_total": float(bought.sum()),
+            "carts": {
+                "deviance": poisson_deviance(actual[:, 1], forecast[:, 1]),
+                "zero_deviance": poisson_deviance(actual[:, 1], np.zeros(len(actual))),
+                "total_ratio": float(forecast[:, 1].sum() / max(actual[:, 1].sum(), 1e-9)),
+            },
+            "new_items": {
+                "forecasts": int(young.sum()),
+                "deviance": poisson_deviance(bought[young], purchases[young]),
+                "category_mean_deviance": poisson_deviance(bought[young], category[young]),
+                "decayed_rate_deviance": poisson_deviance(bought[young], decayed[young]),
+                "total_ratio": float(purchases[young].sum() / max(bought[young].sum(), 1e-9)),
+            },
+            "seconds": self.seconds,
+        }
+
+
 # ------------------------------------------------------------------ the models
 
 
@@ -553,10 +641,12 @@ def run_model(
     features: FeatureDriftMonitor | None = None,
     advance: Callable[[float], None] | None = None,
     before_step: Callable[[Learner, Step], None] | None = None,
+    after_step: Callable[[Learner, Step], None] | None = None,
 ) -> ModelRun:
     """Test-then-train over the stream; feed the live quality (and its drift detectors) and the
     feature drift monitor as the worker does, if given; ``before_step(model, step)`` is called
-    before each step is scored and learned (outside the model's timed work)."""
+    before each step is scored and learned, ``after_step`` after (both outside the model's
+    timed work)."""
     scores = np.full((len(stream.log), 3), np.nan)
     seconds = 0.0
     learned = 0
@@ -580,6 +670,8 @@ def run_model(
                 quality.scored(step.new, predictions, scored_by)
             if step.resolved and quality.labelled(step.resolved, step.position) and features:
                 features.rebase()
+        if after_step is not None:
+            after_step(model, step)
         if advance is not None:
             advance(len(step.events))
     labels_learned = dict(zip(TASKS, per_task.tolist(), strict=True))
@@ -606,6 +698,7 @@ def run(options: QualityOptions) -> dict[str, Any]:
         report["init_from"] = str(options.init_from)
     runs: dict[str, np.ndarray] = {}
     value = ValueEvaluation(from_position, stream.topk, stream.shop)
+    demand: DemandBench | None = None
     for name in options.models:
         model = factories[name]()
         if name == "mtl" and options.init_from is not None:
@@ -614,8 +707,11 @@ def run(options: QualityOptions) -> dict[str, Any]:
         hooks = [value.before_step] if name == "mtl" else []
         if stream.topk is not None and name == "mtl":
             hooks.append(stream.topk.serve)
+        if name == "mtl" and options.demand_horizon_s:
+            demand = DemandBench(model, options.demand_horizon_s)
+        forecast = demand.step if demand is not None and name == "mtl" else None
         with optional_progress(options.progress, name, stream.events) as advance:
-            result = run_model(model, stream, *monitors, advance, _each(hooks))
+            result = run_model(model, stream, *monitors, advance, _each(hooks), forecast)
         metrics = prequential_metrics(result.scores, stream.log, from_position)
         metrics["learn_events_per_s"] = result.learned / max(result.seconds, 1e-9)
         metrics["labels_learned"] = result.labels_learned
@@ -638,6 +734,9 @@ def run(options: QualityOptions) -> dict[str, Any]:
     }
     report["live"] = _live(quality) if "mtl" in options.models else {}
     report["leak_auc"] = leak_auc(stream.log, from_position)
+    if demand is not None:
+        demand.finish(stream.tail)
+        report["demand"] = demand.report(from_position, stream.events)
     if stream.topk is not None:
         report["topk"] = stream.topk.report()
     if "mtl" in options.models:

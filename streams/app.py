@@ -43,12 +43,12 @@ if TYPE_CHECKING:
 BATCHES_IN_FLIGHT = 4
 """Batches read ahead of the one being applied (the reader waits when the channel is full)."""
 RETRY_DEAD_LETTERS_S = 5.0
+"""How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 DEMAND_ROUND_S = 1.0
 """How often item demand forecasts that changed are sent, a bounded round at a time."""
-"""How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 EXIT_BATCH_FAILED = 70
-EXIT_CHECKPOINT_FAILED = 74  # EX_IOERR: the shutdown checkpoint could not be written
 """Exit status when applying a batch raised: the state may hold part of the batch."""
+EXIT_CHECKPOINT_FAILED = 74  # EX_IOERR: the shutdown checkpoint could not be written
 
 log = logging.getLogger("recstream.worker")
 

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from producers.contract import Event, ItemContent
 
 TASKS: tuple[str, str, str] = ("click", "cart", "purchase")
 """The funnel, in order; predictions are arrays with one column per task."""
@@ -71,6 +74,27 @@ class Sample:
     def labels(self) -> tuple[float | None, float | None, float | None]:
         """The (click, cart, purchase) labels, ``None`` where unresolved."""
         return (self.click, self.cart, self.purchase)
+
+    @classmethod
+    def of_event(cls, event: Event, content: ItemContent, **fields: Any) -> Any:
+        """A sample of ``event``'s user, item, time and device, with the item's ``content``
+        and any other ``fields`` (labels, value, key).
+
+        >>> from producers.contract import Event, ItemContent
+        >>> bought = Event("e1", 5, "purchase", "u1", "i1", context={"device": "web"})
+        >>> Sample.of_event(bought, ItemContent("a.b", None, 2.0), value=1.0).device
+        'web'
+        """
+        return cls(
+            user_id=event.user_id,
+            item_id=event.item_id,
+            ts=event.ts,
+            category=content.category,
+            brand=content.brand,
+            price=content.price,
+            device=(event.context or {}).get("device"),
+            **fields,
+        )
 
 
 @dataclass(frozen=True, slots=True)

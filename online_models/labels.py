@@ -586,18 +586,8 @@ class LabelResolver:
         """A sample of ``event`` with ``labels``."""
         # the event's own content was just remembered: as the object kept for the item
         content = self.catalog.get(event.item_id) or event.item or ItemContent()
-        sample = TrackedSample(
-            user_id=event.user_id,
-            item_id=event.item_id,
-            ts=event.ts,
-            category=content.category,
-            brand=content.brand,
-            price=content.price,
-            device=(event.context or {}).get("device"),
-            click=labels[0],
-            cart=labels[1],
-            purchase=labels[2],
-            key=self._next_key,
+        sample = TrackedSample.of_event(
+            event, content, click=labels[0], cart=labels[1], purchase=labels[2], key=self._next_key
         )
         self._next_key += 1
         return sample

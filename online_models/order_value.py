@@ -63,16 +63,7 @@ def order_samples(
         if content is None or content.price is None:
             continue
         out.append(
-            Sample(
-                user_id=event.user_id,
-                item_id=event.item_id,
-                ts=event.ts,
-                category=content.category,
-                brand=content.brand,
-                price=content.price,
-                device=(event.context or {}).get("device"),
-                value=math.log1p(content.price * event.quantity),
-            )
+            Sample.of_event(event, content, value=math.log1p(content.price * event.quantity))
         )
     return out
 

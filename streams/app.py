@@ -35,7 +35,7 @@ from aiokafka.errors import ConsumerStoppedError
 
 from streams.outbox import Letter
 from streams.pipeline import RawMessage
-from streams.reader import CatalogReader, ControlReader, EventReader
+from streams.reader import EventReader, WholeTopicReader
 
 if TYPE_CHECKING:
     from streams.service import Outgoing, WorkerService
@@ -92,15 +92,17 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         on_reset=service.events_reset,
         matches=service.log_matches,
     )
-    catalog = CatalogReader(
+    catalog = WholeTopicReader(
         settings,
         bootstrap,
+        names.items,
         next_offset=service.next_catalog_offset,
         on_reset=service.catalog_reset,
     )
-    control = ControlReader(
+    control = WholeTopicReader(
         settings,
         bootstrap,
+        names.control,
         next_offset=service.next_control_offset,
         on_reset=service.control_reset,
     )
@@ -162,7 +164,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             if saved:
                 await events.commit(saved)
 
-    async def forward(reader: EventReader | CatalogReader, channel: faust.ChannelT) -> None:
+    async def forward(reader: EventReader | WholeTopicReader, channel: faust.ChannelT) -> None:
         await reader.start()
         try:
             while True:

@@ -18,10 +18,10 @@ committed with the public ``commit``, and positions are set with ``seek``.
   assignment it seeks each partition to the next offset the pipeline has not
   applied (``next_offset``: the restored checkpoint's at start), so a worker
   never resumes ahead of its state, whatever the group committed.
-- :class:`CatalogReader` reads every partition of the compacted ``items``
-  topic outside any group (each worker needs the whole catalog), from the
-  beginning or from where the restored checkpoint's catalog stops;
-  :class:`ControlReader` reads the operators' ``control`` topic the same way.
+- :class:`WholeTopicReader` reads every partition of a topic outside any
+  group, from the beginning or from where the restored checkpoint stops:
+  the compacted ``items`` topic (each worker needs the whole catalog) and
+  the operators' ``control`` topic.
 
 Example
 -------
@@ -178,31 +178,34 @@ class _SeekOnAssign(ConsumerRebalanceListener):
         self.reader._on_assigned(partitions)
 
 
-class CatalogReader(_PartitionReader):
-    """Every partition of ``items``, outside the consumer group, from ``next_offset(partition)``.
+class WholeTopicReader(_PartitionReader):
+    """Every partition of ``topic``, outside the consumer group, from ``next_offset(partition)``.
 
-    The catalog read before the restored checkpoint is in its state, so a
-    restart reads on from there (0: from the beginning).
+    For what each worker needs whole: the catalog (``items``) and the
+    operators' ``control`` topic. What was read before the restored
+    checkpoint is in its state, so a restart reads on from there (0: from
+    the beginning).
     """
 
     def __init__(
         self,
         settings: Settings,
         bootstrap: str,
+        topic: str,
         next_offset: Callable[[int], int],
         on_reset: Callable[..., None] = lambda partition, offset, read_ahead=False: None,
     ) -> None:
         config = dict(
             bootstrap_servers=bootstrap,
             group_id=None,
-            client_id="recstream-catalog",
+            client_id=f"recstream-{topic}",
             enable_auto_commit=False,
             auto_offset_reset="none",
             fetch_max_wait_ms=100,
             **aiokafka_security(settings),
         )
         super().__init__(config, next_offset, on_reset)
-        self.topic = settings.topics.items
+        self.topic = topic
 
     async def start(self) -> None:
         """Connect, take every partition and go to where the restored state stops."""
@@ -214,24 +217,8 @@ class CatalogReader(_PartitionReader):
         await self._position(assigned)
 
     async def next_batch(self) -> list[RawMessage]:
-        """Up to 1,000 catalog records, waiting at most a second for one."""
+        """Up to 1,000 records, waiting at most a second for one."""
         return await self._fetch(1_000, 1_000)
-
-
-class ControlReader(CatalogReader):
-    """The ``control`` topic (one partition), like the catalog: outside the group, whole,
-    from where the restored checkpoint stops (:mod:`streams.control`)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        bootstrap: str,
-        next_offset: Callable[[int], int],
-        on_reset: Callable[..., None] = lambda partition, offset, read_ahead=False: None,
-    ) -> None:
-        super().__init__(settings, bootstrap, next_offset, on_reset)
-        self._config["client_id"] = "recstream-control"
-        self.topic = settings.topics.control
 
 
 class ResetWatch:

@@ -160,11 +160,13 @@ class MultiTaskLearner(Learner):
         offsets = torch.tensor([s.logit_offset for s in samples], dtype=torch.float32)
         batch = self.encoder.encode(samples, learning=True, labels=label_rows)
         self._reset_released(batch.released)
-        logits, predicted = self.net(batch, with_value=True)
-        total, _ = self.net.loss(logits, labels, weights, offsets)
-        if ordered.any():
+        if ordered.any():  # the value head runs only for a batch with orders
+            logits, predicted = self.net(batch, with_value=True)
             error = predicted[torch.from_numpy(ordered)] - torch.from_numpy(values[ordered]).float()
-            total = total + (error**2).sum() / LOSS_SAMPLES
+            value_loss = (error**2).sum() / LOSS_SAMPLES
+        else:
+            logits, value_loss = self.net(batch), 0.0
+        total = self.net.loss(logits, labels, weights, offsets)[0] + value_loss
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()
         for table in self.net.tables:

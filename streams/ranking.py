@@ -198,6 +198,20 @@ def candidate_block(
     )
 
 
+def per_user(block: CandidateBlock, chosen: np.ndarray) -> list[np.ndarray]:
+    """``chosen`` pairs (by user, as :meth:`Ranker.choose` gives them) split per user of the
+    block, in the block's user order (empty for a user with none).
+
+    >>> lamp = ItemContent("home.lamp", None, 20.0)
+    >>> block = candidate_block(["u1", "u2"], {"u1": [("i1", lamp)], "u2": [("i2", lamp)]},
+    ...                         {"u1": 1, "u2": 1})
+    >>> [pairs.tolist() for pairs in per_user(block, np.array([1]))]
+    [[], [1]]
+    """
+    bounds = np.arange(1, len(block.user_ids))
+    return np.split(chosen, np.searchsorted(block.pair_user[chosen], bounds))
+
+
 def order_values(block: CandidateBlock, predicted: np.ndarray | None) -> np.ndarray:
     """Every pair's expected order value: the learner's prediction where it makes one
     (:meth:`~online_models.base.Learner.predict_block_with_values`), else the item's

@@ -54,7 +54,7 @@ from online_models.base import Learner
 from streams.bench.quality import QualityOptions, Step, build_stream, run_model
 from streams.bench.topk import BOOTSTRAP_RESAMPLES, K, TopKEvaluation, bootstrap_se
 from streams.progress import optional_progress
-from streams.ranking import Ranker, RankingConfig
+from streams.ranking import Ranker, RankingConfig, per_user
 
 OBJECTIVES = ("clicks", "purchases", "revenue")
 GRID: tuple[tuple[float, float, float, float], ...] = tuple(
@@ -109,11 +109,10 @@ class PolicyLists:
         cold_items = np.fromiter(map(model.is_cold, block.item_ids), bool, len(block.item_ids))
         cold = cold_items[block.pair_item]
         prices = np.array([p or 0.0 for p in block.prices])[block.pair_item]
-        bounds = np.arange(1, len(block.user_ids))
-        lists = []  # per setting, per user of the block: its chosen pairs, best first
-        for ranker in self.rankers:
-            chosen, _ = ranker.choose(block, probabilities, cold, values)
-            lists.append(np.split(chosen, np.searchsorted(block.pair_user[chosen], bounds)))
+        lists = [  # per setting, per user of the block: its chosen pairs, best first
+            per_user(block, ranker.choose(block, probabilities, cold, values)[0])
+            for ranker in self.rankers
+        ]
         place = {user: n for n, user in enumerate(block.user_ids)}
         for number, (begin, _end), truth in zip(
             served.events, served.pairs, served.truth, strict=True

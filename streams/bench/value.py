@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from online_models.base import Learner, Sample
 from streams.bench.topk import K, TopKEvaluation
-from streams.ranking import Ranker, RankingConfig
+from streams.ranking import Ranker, RankingConfig, per_user
 
 
 class RunningMeans:
@@ -79,8 +78,7 @@ class ValueEvaluation:
         self.means = RunningMeans()
         self.errors: dict[str, list[float]] = {"mtl": [], "item_mean": [], "oracle": []}
         self.revenue: dict[str, list[float]] = {"value": [], "price_only": []}
-        base = RankingConfig(objective="revenue")
-        self.ranker = Ranker(replace(base))
+        self.ranker = Ranker(RankingConfig(objective="revenue"))
 
     def before_step(self, model: Learner, step: Any) -> None:
         """Judge the step's orders (then remember them) and, on the simulator, its lists."""
@@ -116,20 +114,19 @@ class ValueEvaluation:
             return
         cold = np.zeros(len(block.pair_item), bool)
         prices = np.array([p or 0.0 for p in block.prices])[block.pair_item]
-        bounds = np.arange(1, len(block.user_ids))
         place = {user: n for n, user in enumerate(block.user_ids)}
-        lists = {}
-        for name, by in (("value", values), ("price_only", prices)):
-            chosen, _ = self.ranker.choose(block, probabilities, cold, by)
-            lists[name] = np.split(chosen, np.searchsorted(block.pair_user[chosen], bounds))
+        lists = {
+            name: per_user(block, self.ranker.choose(block, probabilities, cold, by)[0])
+            for name, by in (("value", values), ("price_only", prices))
+        }
         for number, (begin, _end), truth in zip(
             served.events, served.pairs, served.truth, strict=True
         ):
             n = place.get(self.topk.users[number])
             if n is None:
                 continue
-            for name, per_user in lists.items():
-                pairs = per_user[n][:K]
+            for name, by_user in lists.items():
+                pairs = by_user[n][:K]
                 items = [block.item_ids[i] for i in block.pair_item[pairs]]
                 quantity = self.shop.expected_quantity(
                     [self.topk.users[number]] * len(items), items

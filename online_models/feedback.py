@@ -60,7 +60,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
@@ -280,11 +280,45 @@ class ProvisionalNegatives:
         )
         keys = self._key[slots]
         tracked = keys[(self._waiting[slots] != NONE) | (self._assumed[slots] != NONE)]
+        self._forget_slots(slots)
+        return tracked.tolist()
+
+    def forget_keys(self, keys: Iterable[int]) -> list[int]:
+        """Drop these samples, waiting or assumed negative; return the keys that were tracked.
+
+        >>> from online_models.labels import TrackedSample
+        >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
+        >>> waits.scored([TrackedSample("u1", "i1", 0, key=1), TrackedSample("u2", "i1", 0, key=2)])
+        >>> waits.forget_keys([2, 5]), len(waits)
+        ([2], 1)
+        """
+        slots = self._tracked_slots(keys)
+        tracked = self._key[slots].tolist()
+        self._forget_slots(slots)
+        return tracked
+
+    def export_keys(self, keys: Iterable[int]) -> dict[str, Any]:
+        """What :meth:`state_dict` holds of these samples (those tracked), without the clock."""
+        return self._rows(self._tracked_slots(keys))
+
+    def import_rows(self, rows: dict[str, Any], keys: Mapping[int, int]) -> None:
+        """Track the samples of another's :meth:`export_keys`, each under the key ``keys`` maps
+        its old one to; their waits stay due when they were there (event time)."""
+        self._add(rows, keys.__getitem__)
+
+    def _tracked_slots(self, keys: Iterable[int]) -> np.ndarray:
+        """The slots of those ``keys`` that wait or are assumed negative."""
+        keys = np.fromiter(keys, np.int64)
+        slots = keys % self.capacity
+        own = self._key[slots] == keys
+        tracked = own & ((self._waiting[slots] != NONE) | (self._assumed[slots] != NONE))
+        return slots[tracked]
+
+    def _forget_slots(self, slots: np.ndarray) -> None:
         self._key[slots] = NONE  # their queued waits no longer match: skipped when due
         self._waiting[slots] = NONE
         self._assumed[slots] = NONE
         self._sample[slots] = None
-        return tracked.tolist()
 
     def _wait(
         self, slots: np.ndarray, keys: np.ndarray, stages: np.ndarray, due: np.ndarray
@@ -305,8 +339,18 @@ class ProvisionalNegatives:
 
     def state_dict(self) -> dict[str, Any]:
         """Waiting samples (as field lists), assumed stages and the clock."""
-        waiting = np.flatnonzero(self._waiting != NONE)
-        assumed = np.flatnonzero(self._assumed != NONE)
+        return {**self._rows(np.arange(self.capacity)), "now_ms": self.now_ms}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore exactly what :meth:`state_dict` saved."""
+        self._reset()
+        self._add(state, int)
+        self.now_ms = int(state["now_ms"])
+
+    def _rows(self, slots: np.ndarray) -> dict[str, Any]:
+        """The waiting and assumed samples among ``slots``, as plain values."""
+        waiting = slots[self._waiting[slots] != NONE]
+        assumed = slots[self._assumed[slots] != NONE]
         return {
             "waiting": [
                 [int(self._waiting[slot]), int(self._due[slot])]
@@ -314,21 +358,20 @@ class ProvisionalNegatives:
                 for slot in waiting.tolist()
             ],
             "assumed": [[int(self._key[slot]), int(self._assumed[slot])] for slot in assumed],
-            "now_ms": self.now_ms,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore exactly what :meth:`state_dict` saved."""
-        self._reset()
-        for stage, due, *fields in state["waiting"]:
+    def _add(self, rows: dict[str, Any], rekey: Callable[[int], int]) -> None:
+        """Track the samples of :meth:`_rows`, under the keys ``rekey`` gives."""
+        for stage, due, *fields in rows["waiting"]:
             sample = TrackedSample(**dict(zip(_FIELDS, fields, strict=False)))  # older: no offset
+            sample.key = rekey(sample.key)
             slot = np.array([sample.key % self.capacity])
             self._wait(slot, np.array([sample.key]), np.array([stage], np.int8), np.array([due]))
             self._sample[slot[0]] = sample
-        for key, stage in state["assumed"]:
+        for key, stage in rows["assumed"]:
+            key = rekey(key)
             slot = key % self.capacity
             self._key[slot], self._assumed[slot] = key, stage
-        self.now_ms = int(state["now_ms"])
 
 
 def _objects(items: list[Any]) -> np.ndarray:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,7 @@ import numpy as np
 from online_models.catalog import Catalog
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import (
+    UNKNOWN_PARTITION,
     LabelConfig,
     LabelResolver,
     Resolution,
@@ -108,10 +109,15 @@ class LabelStage:
         self.learned: Counter[str] = Counter()
         self.learning_from: int | None = None  # event time the balanced start ends
         self.held = LabelBatch()
+        self._held_partitions: list[int] = []  # each held sample's partition
+        self._batch_partitions: dict[int, int] = {}  # while holding: the batch's keys' partitions
 
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event (see :meth:`LabelResolver.observe`)."""
-        return self.resolver.observe(event, partition)
+        out = self.resolver.observe(event, partition)
+        if self._holding():
+            self._batch_partitions.update((s.key, partition) for s in out.new + out.resolved)
+        return out
 
     def close_batch(self) -> list[TrackedSample]:
         """Without impressions, the batch's clicks and their in-batch negatives, new samples
@@ -140,6 +146,7 @@ class LabelStage:
             samples += [labelled(s, *_labels(row)) for s, row in zip(waited, rows, strict=True)]
             out = LabelBatch(samples, np.r_[codes, np.full(len(waited), _PROVISIONAL, np.int8)])
             out = self._balanced(out, now)
+            self._batch_partitions.clear()
         self.learned.update(out.counts())
         return out
 
@@ -148,13 +155,80 @@ class LabelStage:
         keys = set(self.resolver.forget_user(user_id))
         if self.waits is not None:
             keys.update(self.waits.forget_user(user_id))
-        kept = [s.user_id != user_id for s in self.held.samples]
-        keys.update(s.key for s, keep in zip(self.held.samples, kept, strict=True) if not keep)
+        keys.update(self._release_held([s.user_id != user_id for s in self.held.samples]))
+        return sorted(keys)
+
+    def export_partition(self, partition: int) -> dict[str, Any]:
+        """Everything held for ``partition``, as plain values, for a worker that takes it over
+        (:meth:`import_partition`): its open samples with their deadlines, event ids in the
+        deduplication window and times (:meth:`LabelResolver.export_partition`), its samples
+        waiting to be learned as provisional negatives or assumed so, and its labels held
+        back by the balanced start. Call it between batches (after :meth:`labels`).
+
+        Its size is bounded by the label windows and the deduplication window.
+        What is not per partition stays: the negative sampler's generator and
+        recent clicks, the counts, the balanced start, and the event-time clock
+        of the provisional waits (a wait taken over is due when the new owner's
+        event time passes it).
+        """
+        keys = self.resolver.partition_keys(partition)
+        held = [i for i, p in enumerate(self._held_partitions) if p == partition]
+        return {
+            "resolver": self.resolver.export_partition(partition),
+            "waits": None if self.waits is None else self.waits.export_keys(keys),
+            "held": [sample_to_row(self.held.samples[i]) for i in held],
+            "held_reasons": self.held.reason_codes[held].tolist(),
+        }
+
+    def import_partition(self, partition: int, state: dict[str, Any]) -> dict[int, int]:
+        """Replace what is held for ``partition`` with another stage's
+        :meth:`export_partition`; labels of its samples then resolve here as they would
+        have there.
+
+        Keys number one stage's samples, so the samples taken over get new
+        ones: returns each old key's new one (for state kept by key elsewhere).
+        """
+        self.drop_partition(partition)
+        keys = _NewKeys(self.resolver)
+        self.resolver.import_partition(partition, state["resolver"], keys)
+        if self.waits is not None and state["waits"] is not None:
+            self.waits.import_rows(state["waits"], keys)
+        samples = [sample_from_row(row) for row in state["held"]]
         self.held = LabelBatch(
-            [s for s, keep in zip(self.held.samples, kept, strict=True) if keep],
+            self.held.samples + [replace(s, key=keys[s.key]) for s in samples],
+            np.r_[self.held.reason_codes, np.array(state["held_reasons"], np.int8)],
+        )
+        self._held_partitions += [partition] * len(samples)
+        return dict(keys)
+
+    def drop_partition(self, partition: int) -> list[int]:
+        """Forget ``partition`` (it moved to another worker): none of its pending labels is
+        learned here; return their keys (as :meth:`forget_user` does)."""
+        keys = set(self.resolver.drop_partition(partition))
+        if self.waits is not None:
+            keys.update(self.waits.forget_keys(keys))
+        keys.update(self._release_held([p != partition for p in self._held_partitions]))
+        return sorted(keys)
+
+    def _holding(self) -> bool:
+        """Whether labels may still be held back by the balanced start."""
+        return (
+            self.waits is not None
+            and self.config.impressions
+            and (self.learning_from is None or self.resolver.watermark < self.learning_from)
+        )
+
+    def _release_held(self, kept: list[bool]) -> set[int]:
+        """Keep only the held samples ``kept`` says; return the keys of the others."""
+        samples = self.held.samples
+        self.held = LabelBatch(
+            [s for s, keep in zip(samples, kept, strict=True) if keep],
             self.held.reason_codes[np.array(kept, dtype=bool)],
         )
-        return sorted(keys)
+        self._held_partitions = [
+            p for p, keep in zip(self._held_partitions, kept, strict=True) if keep
+        ]
+        return {s.key for s, keep in zip(samples, kept, strict=True) if not keep}
 
     def _balanced(self, batch: LabelBatch, now: int) -> LabelBatch:
         """Hold labels back until the first click wait has passed (see the module docstring)."""
@@ -165,12 +239,20 @@ class LabelStage:
         if now < self.learning_from:
             self.held.samples += batch.samples
             self.held.reason_codes = np.r_[self.held.reason_codes, batch.reason_codes]
+            self._held_partitions += [self._partition_of(s.key) for s in batch.samples]
             return LabelBatch()
         if not self.held.samples:
             return batch
-        held, self.held = self.held, LabelBatch()
+        held, self.held, self._held_partitions = self.held, LabelBatch(), []
         codes = np.r_[held.reason_codes, batch.reason_codes]
         return LabelBatch(held.samples + batch.samples, codes)
+
+    def _partition_of(self, key: int) -> int:
+        """The partition of a sample of this batch, or of one still open."""
+        partition = self._batch_partitions.get(key)
+        if partition is None:
+            partition = self.resolver.partition_of(key)
+        return UNKNOWN_PARTITION if partition is None else partition
 
     def state_dict(self) -> dict[str, Any]:
         """The resolver's and the waits' state, and the labels learned per reason."""
@@ -181,6 +263,7 @@ class LabelStage:
             "learning_from": self.learning_from,
             "held": [sample_to_row(s) for s in self.held.samples],
             "held_reasons": self.held.reason_codes.tolist(),
+            "held_partitions": self._held_partitions,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -194,6 +277,21 @@ class LabelStage:
             [sample_from_row(row) for row in state.get("held", [])],
             np.array(state.get("held_reasons", []), np.int8),
         )
+        self._held_partitions = state.get(
+            "held_partitions", [UNKNOWN_PARTITION] * len(self.held.samples)
+        )
+
+
+class _NewKeys(dict[int, int]):
+    """Another stage's keys to new keys of ``resolver``, each made when first asked for."""
+
+    def __init__(self, resolver: LabelResolver) -> None:
+        super().__init__()
+        self._resolver = resolver
+
+    def __missing__(self, key: int) -> int:
+        new = self[key] = self._resolver.new_key()
+        return new
 
 
 def _labels(row: list[float]) -> tuple[float | None, ...]:

@@ -96,8 +96,9 @@ import heapq
 import math
 import random
 from collections import Counter, deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from online_models.base import Sample
 from online_models.catalog import Catalog
@@ -108,6 +109,7 @@ SHOWN, CLICKED, CARTED, PURCHASED = 0, 1, 2, 3
 
 STAGE_OF_EVENT: dict[str, int] = {"click": CLICKED, "cart": CARTED, "purchase": PURCHASED}
 _NO_LABELS = (None, None, None)
+T = TypeVar("T")
 UNKNOWN_PARTITION = -1
 """The partition of samples restored from checkpoints that did not record it."""
 
@@ -310,6 +312,38 @@ class EventClock:
             return own  # still sending: its own time, however far behind
         return max(own, self._now)
 
+    def export_partition(self, partition: int) -> dict[str, int] | None:
+        """The partition's watermark, closing time and arrival (None before its first event)."""
+        if partition not in self._marks:
+            return None
+        return {
+            "mark": self._marks[partition],
+            "arrived": self._arrived.get(partition, self._front),
+            "closing": self._closing.get(partition, -1),
+        }
+
+    def import_partition(self, partition: int, state: dict[str, int] | None) -> None:
+        """Take the partition's times from :meth:`export_partition` (another clock's).
+
+        The clock's own time (:attr:`now`) does not go back; it follows at the next event.
+        """
+        self.drop_partition(partition)
+        if state is None:
+            return
+        self._marks[partition] = int(state["mark"])
+        self._arrived[partition] = int(state["arrived"])
+        self._closing[partition] = int(state["closing"])
+        self._front = max(self._front, self._marks[partition])
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget the partition's times (it moved to another worker)."""
+        self._marks.pop(partition, None)
+        self._arrived.pop(partition, None)
+        self._closing.pop(partition, None)
+        self._front = max(self._marks.values(), default=-1)
+        if self._clamped_from == partition:
+            self._clamped_from = None
+
     def state_dict(self) -> dict[str, Any]:
         """The watermarks and the clock, as plain values."""
         return {
@@ -355,10 +389,11 @@ class LabelResolver:
         self._open: dict[int, _Open] = {}
         self._open_by_pair: dict[tuple[str, str], list[int]] = {}
         self._deadlines: dict[int, list[tuple[int, int]]] = {}  # per partition, a heap
-        self._seen_ids: set[str] = set()
+        self._seen_ids: dict[str, int] = {}  # event id -> the partition it came from
         self._seen_order: deque[str] = deque()
         self._recent_clicks: deque[str] = deque(maxlen=self.config.negative_pool_items)
         self._batch_clicks: list[TrackedSample] = []  # positives made when the batch closes
+        self._batch_partitions: list[int] = []  # each batch click's partition
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "duplicates",
@@ -399,7 +434,7 @@ class LabelResolver:
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event read from ``partition``: windows it closes first, then the event."""
         out = Resolution()
-        if self._is_duplicate(event.event_id):
+        if self._is_duplicate(event.event_id, partition):
             self.counts["duplicates"] += 1
             out.duplicate = True
             return out
@@ -432,7 +467,7 @@ class LabelResolver:
         and before scoring (see the module docstring); with impressions it
         returns nothing.
         """
-        clicks, self._batch_clicks = self._batch_clicks, []
+        clicks, self._batch_clicks, self._batch_partitions = self._batch_clicks, [], []
         if not clicks:
             return []
         drawn = [s.item_id for s in clicks]  # one entry per click: Q(j) = its share of clicks
@@ -485,7 +520,99 @@ class LabelResolver:
         keys = [key for key, entry in self._open.items() if entry.sample.user_id == user_id]
         for key in keys:
             self._forget(key)  # its deadline stays queued, and is skipped when due
-        self._batch_clicks = [s for s in self._batch_clicks if s.user_id != user_id]
+        kept = [s.user_id != user_id for s in self._batch_clicks]
+        self._batch_clicks = _kept(self._batch_clicks, kept)
+        self._batch_partitions = _kept(self._batch_partitions, kept)
+        return keys
+
+    def partition_of(self, key: int) -> int | None:
+        """The partition of an open sample or batch click (None for another key)."""
+        entry = self._open.get(key)
+        if entry is not None:
+            return entry.partition
+        for sample, partition in zip(self._batch_clicks, self._batch_partitions, strict=True):
+            if sample.key == key:
+                return partition
+        return None
+
+    def partition_keys(self, partition: int) -> list[int]:
+        """The keys of the partition's open samples and batch clicks."""
+        keys = {key for key, entry in self._open.items() if entry.partition == partition}
+        keys.update(s.key for s, p in self._batch_items() if p == partition)
+        return sorted(keys)
+
+    def new_key(self) -> int:
+        """A key no sample of this resolver has had (for samples taken from another one)."""
+        self._next_key += 1
+        return self._next_key - 1
+
+    def export_partition(self, partition: int) -> dict[str, Any]:
+        """What belongs to ``partition``: its open samples with their deadlines, its event ids
+        in the deduplication window, its times (:meth:`EventClock.export_partition`) and its
+        clicks waiting for :meth:`close_batch`; plain values.
+
+        The rest stays with this resolver: the negative sampler's generator and
+        recent clicks, the counts, the next key, the clock's own time. Its size
+        is bounded by the open samples and the window, not by the stream.
+
+        >>> source, target = LabelResolver(), LabelResolver()
+        >>> _ = source.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=3)
+        >>> target.import_partition(3, source.export_partition(3), {0: target.new_key()})
+        >>> click = target.observe(Event("e2", 1_500, "click", "u1", "i1"), partition=3)
+        >>> [(s.key, s.labels()) for s in click.resolved]
+        [(0, (1.0, None, None))]
+        >>> target.observe(Event("e1", 1_000, "impression", "u1", "i1"), 3).duplicate
+        True
+        """
+        return {
+            "open": [_open_to_row(e) for e in self._open.values() if e.partition == partition],
+            "seen_ids": [i for i in self._seen_order if self._seen_ids[i] == partition],
+            "clock": self._clock.export_partition(partition),
+            "batch_clicks": [sample_to_row(s) for s, p in self._batch_items() if p == partition],
+        }
+
+    def import_partition(
+        self, partition: int, state: dict[str, Any], keys: Mapping[int, int]
+    ) -> None:
+        """Replace what this resolver holds of ``partition`` with another's
+        :meth:`export_partition`, each sample under the key ``keys`` maps its old one to
+        (keys number a resolver's own samples: see :meth:`new_key`)."""
+        self.drop_partition(partition)
+        heap = self._deadlines.setdefault(partition, [])
+        for row in state["open"]:
+            entry = _open_from_row([keys[row[0]], *row[1:]])
+            entry.partition = partition
+            key = entry.sample.key
+            self._open[key] = entry
+            self._open_by_pair.setdefault((entry.sample.user_id, entry.sample.item_id), []).append(
+                key
+            )
+            heap.append((entry.deadline, key))
+        heapq.heapify(heap)
+        for event_id in state["seen_ids"]:
+            if event_id not in self._seen_ids:
+                self._remember_id(event_id, partition)
+        self._clock.import_partition(partition, state["clock"])
+        for row in state["batch_clicks"]:
+            sample = sample_from_row(row)
+            self._batch_clicks.append(replace(sample, key=keys[sample.key]))
+            self._batch_partitions.append(partition)
+
+    def drop_partition(self, partition: int) -> list[int]:
+        """Forget ``partition`` (it moved to another worker): its open samples (never to be
+        labelled here), batch clicks, event ids and times; return the samples' keys."""
+        keys = self.partition_keys(partition)
+        for key in keys:
+            if key in self._open:
+                self._forget(key)
+        self._deadlines.pop(partition, None)
+        kept = [p != partition for p in self._batch_partitions]
+        self._batch_clicks = _kept(self._batch_clicks, kept)
+        self._batch_partitions = _kept(self._batch_partitions, kept)
+        if partition in self._seen_ids.values():
+            self._seen_ids = {i: p for i, p in self._seen_ids.items() if p != partition}
+            self._seen_order = deque(i for i in self._seen_order if i in self._seen_ids)
+        self._clock.drop_partition(partition)
         return keys
 
     def flush(self) -> list[TrackedSample]:
@@ -504,7 +631,9 @@ class LabelResolver:
             "open": [_open_to_row(o) for o in self._open.values()],
             "seen_ids": list(self._seen_order),
             "recent_clicks": list(self._recent_clicks),
+            "seen_partitions": [self._seen_ids[event_id] for event_id in self._seen_order],
             "batch_clicks": [sample_to_row(s) for s in self._batch_clicks],
+            "batch_partitions": self._batch_partitions,
             "rng": _rng_state_to_plain(self._rng.getstate()),
             "counts": dict(self.counts),
         }
@@ -526,14 +655,22 @@ class LabelResolver:
         for heap in self._deadlines.values():
             heapq.heapify(heap)
         self._seen_order = deque(state["seen_ids"])
-        self._seen_ids = set(self._seen_order)
+        partitions = state.get("seen_partitions", [UNKNOWN_PARTITION] * len(self._seen_order))
+        self._seen_ids = dict(zip(self._seen_order, partitions, strict=True))
         for item_id, content in state.get("catalog", {}).items():  # older checkpoints held it
             self.catalog.remember(item_id, ItemContent(*content))
         self._recent_clicks.clear()
         self._recent_clicks.extend(state.get("recent_clicks", state.get("pool", [])))
         self._batch_clicks = [sample_from_row(row) for row in state.get("batch_clicks", [])]
+        self._batch_partitions = state.get(
+            "batch_partitions", [UNKNOWN_PARTITION] * len(self._batch_clicks)
+        )
         self._rng.setstate(_rng_state_from_plain(state["rng"]))
         self.counts.update({k: int(v) for k, v in state["counts"].items()})
+
+    def _batch_items(self) -> Iterator[tuple[TrackedSample, int]]:
+        """Each batch click with its partition."""
+        return zip(self._batch_clicks, self._batch_partitions, strict=True)
 
     # ------------------------------------------------------------ events
 
@@ -569,6 +706,7 @@ class LabelResolver:
                 out.new.append(sample)
             else:
                 self._batch_clicks.append(sample)  # with its negatives at close_batch
+                self._batch_partitions.append(partition)
             if stage < PURCHASED:
                 deadline = event.ts + self.config.conversion_window_ms
                 self._keep_open(sample, stage, deadline, partition, out)
@@ -653,14 +791,22 @@ class LabelResolver:
 
     # ------------------------------------------------------------ memory
 
-    def _is_duplicate(self, event_id: str) -> bool:
+    def _is_duplicate(self, event_id: str, partition: int) -> bool:
         if event_id in self._seen_ids:
             return True
-        self._seen_ids.add(event_id)
+        self._remember_id(event_id, partition)
+        return False
+
+    def _remember_id(self, event_id: str, partition: int) -> None:
+        self._seen_ids[event_id] = partition
         self._seen_order.append(event_id)
         if len(self._seen_order) > self.config.dedupe_events:
-            self._seen_ids.discard(self._seen_order.popleft())
-        return False
+            del self._seen_ids[self._seen_order.popleft()]
+
+
+def _kept(items: list[T], keep: list[bool]) -> list[T]:
+    """The ``items`` whose ``keep`` is True."""
+    return [item for item, kept in zip(items, keep, strict=True) if kept]
 
 
 def _bare(sample: TrackedSample) -> TrackedSample:

@@ -202,6 +202,7 @@ class CandidatePool:
         self._popularity = Popularity()
         self._clock = 0
         self._user_items: OrderedDict[str, deque[str]] = OrderedDict()
+        self._changed: set[str] = set()  # users whose recent items changed since the last take
         self._top: list[str] = []
         self._top_by_category: dict[str, list[str]] = {}
         self._since_refresh = 0
@@ -258,15 +259,52 @@ class CandidatePool:
             if not recent or recent[-1] != event.item_id:
                 recent.append(event.item_id)
             self._user_items[event.user_id] = recent
+            self._changed.add(event.user_id)
             self._since_refresh += 1
-        while len(self._user_items) > self.config.max_users:
-            self._user_items.popitem(last=False)
+        self._cap_users()
         if self._since_refresh >= self.config.refresh_every or not self._top:
             self._refresh()
 
     def forget_user(self, user_id: str) -> None:
         """Forget the user's recent items (an erasure)."""
-        self._user_items.pop(user_id, None)
+        if self._user_items.pop(user_id, None) is not None:
+            self._changed.add(user_id)
+
+    def take_user_changes(self) -> dict[str, list[str] | None]:
+        """The recent items (oldest first) of each user whose own state changed since the last
+        take, None for a user forgotten; for the worker that takes over the users' partition.
+
+        Bounded by the users changed (one dropped by the ``max_users`` cap is
+        not sent). What is not per user stays: popularity, the newest items
+        and the catalog (shared, not per partition).
+
+        >>> from producers.contract import Event
+        >>> pool, other = CandidatePool(), CandidatePool()
+        >>> pool.observe([Event("e1", 0, "click", "u1", "i1"), Event("e2", 0, "cart", "u1", "i2")])
+        >>> changes = pool.take_user_changes()
+        >>> changes, pool.take_user_changes()
+        ({'u1': ['i1', 'i2']}, {})
+        >>> other.apply_user_changes(changes)
+        >>> other.take_user_changes()  # applied changes are the sender's, not news here
+        {}
+        """
+        items = self._user_items
+        changes = {u: list(items[u]) if u in items else None for u in sorted(self._changed)}
+        self._changed.clear()
+        return changes
+
+    def apply_user_changes(self, changes: Mapping[str, list[str] | None]) -> None:
+        """Give these users the recent items another pool's :meth:`take_user_changes` sent."""
+        for user_id, recent in changes.items():
+            self._user_items.pop(user_id, None)
+            if recent is not None:
+                self._user_items[user_id] = deque(recent, maxlen=self.config.recent_items)
+        self._cap_users()
+
+    def _cap_users(self) -> None:
+        """Drop the least recently active users beyond ``max_users``."""
+        while len(self._user_items) > self.config.max_users:
+            self._changed.discard(self._user_items.popitem(last=False)[0])
 
     def candidates(self, user_id: str) -> list[tuple[str, ItemContent]]:
         """The user's candidates with their content: recent items, their categories' best,
@@ -383,6 +421,7 @@ class CandidatePool:
             "popularity": self._popularity.scores(),
             "clock": self._clock,
             "user_items": {u: list(items) for u, items in self._user_items.items()},
+            "changed": sorted(self._changed),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -398,4 +437,5 @@ class CandidatePool:
             (u, deque(items, maxlen=self.config.recent_items))
             for u, items in state["user_items"].items()
         )
+        self._changed = set(state.get("changed", ()))
         self._refresh()

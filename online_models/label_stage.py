@@ -23,6 +23,11 @@ mean click prediction 0.67 after its first second, against a click rate of
 in event time, then lets the held ones go with the first provisional
 negatives; from then on both classes arrive at the same pace.
 
+A partition moves between workers with its pending labels
+(:meth:`LabelStage.export_partition`, :meth:`~LabelStage.import_partition`,
+:meth:`~LabelStage.drop_partition`): events are keyed by user, so a
+sample's later events and its deadlines belong to its partition.
+
 Every model learns exactly this stream, the worker's and each one in
 ``recstream bench quality``, so differences between models are differences
 of models, not of label policy.
@@ -170,6 +175,19 @@ class LabelStage:
         recent clicks, the counts, the balanced start, and the event-time clock
         of the provisional waits (a wait taken over is due when the new owner's
         event time passes it).
+
+        >>> old, new = LabelStage(), LabelStage()
+        >>> shown = old.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=2)
+        >>> _ = old.labels(shown.new, shown.to_learn())
+        >>> new.import_partition(2, old.export_partition(2))  # old key 0 is new key 0 here
+        {0: 0}
+        >>> old.drop_partition(2)  # the old owner learns none of its labels any more
+        [0]
+        >>> click = new.observe(Event("e2", 2_000, "click", "u1", "i1"), partition=2)
+        >>> [(s.key, s.labels()) for s in click.resolved]
+        [(0, (1.0, None, None))]
+        >>> new.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=2).duplicate
+        True
         """
         keys = self.resolver.partition_keys(partition)
         held = [i for i, p in enumerate(self._held_partitions) if p == partition]

@@ -73,6 +73,10 @@ are remembered for the last ``dedupe_events`` events (a duplicate within that
 span is applied once). The item catalog keeps the ``max_catalog_items`` most
 recently updated items. The last ``negative_pool_items`` clicked items are kept.
 
+Open samples, remembered event ids and watermarks are tagged with their
+partition, so a partition's part moves to another worker on its own
+(:meth:`LabelResolver.export_partition`).
+
 Example
 -------
 >>> from producers.contract import Event, ItemContent

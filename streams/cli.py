@@ -430,6 +430,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="item demand forecasts purchases and carts over the next S seconds of event "
         "time, published to the demand topic (default 3600; 0: no demand)",
     )
+    parser.add_argument(
+        "--predictions-log",
+        dest="predictions_log",
+        type=Path,
+        metavar="PATH",
+        help="append every labelled prediction (event ts, task, label, prediction) to this "
+        "binary file, for AUC pooled over workers (env RECSTREAM_PREDICTIONS_LOG)",
+    )
     add_model_arguments(parser)
 
 

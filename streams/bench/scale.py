@@ -97,10 +97,11 @@ class _Sample:
     metrics: list[dict[str, float]]
 
 
-def run(options: ScaleOptions, log: Callable[[str], None] = stderr.print) -> dict[str, Any]:
+def run(options: ScaleOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every worker count on its own broker; return (and write, if asked) the report."""
     catalog, stream = demo_stream(options.events, options.seed)
     split_ts = median_ts(stream)
+    log = log or (lambda text: stderr.print(text, markup=False, highlight=False, soft_wrap=True))
     runs = []
     log(header())
     with tempfile.TemporaryDirectory(prefix="recstream-scale-") as tmp:

@@ -27,6 +27,13 @@ concept-drift monitor reads the same released pairs, in the same order, once
 the task is warm: a model's first minutes are no baseline. Memory is bounded
 by ``max_open`` open samples.
 
+A ``sink``, if given, is handed every prediction as it meets its labels, in
+label-arrival order and before any horizon holds it back: the event times
+``(n,)``, the predictions ``(n, 3)`` and the labels ``(n, 3)`` (NaN where a
+task's label is not in this update) of the samples labelled now. Each
+(sample, task) label reaches it once. That is what pooling the prequential
+AUC of several workers needs (``streams.prediction_log`` writes it to a file).
+
 Sampled pairs (streams without impressions) are measured on the task they
 were sampled for: their click logit gets its ``logit_offset``, as when the
 learner learned it. Their serving scores are ranking scores, whose log loss
@@ -54,7 +61,7 @@ Example
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -70,6 +77,9 @@ MIN_CLASS_LABELS = 100
 """Positives and negatives a task's window needs before its AUC and log loss are shown: with
 100 of each, the AUC's standard error is at most ~0.04 (Hanley & McNeil 1982)."""
 
+LabelSink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+"""Takes ``(ts, predictions, labels)`` of the samples labelled in one update (module docstring)."""
+
 
 class LiveQuality:
     """Rolling prequential metrics per task in scoring order (see the module docstring)."""
@@ -80,8 +90,10 @@ class LiveQuality:
         max_open: int = 500_000,
         drift: ConceptDriftMonitor | None = None,
         min_class_labels: int = MIN_CLASS_LABELS,
+        sink: LabelSink | None = None,
     ) -> None:
         self.window = window
+        self.sink = sink
         self.max_open = max_open
         self.drift = drift or ConceptDriftMonitor()
         self.min_class_labels = min_class_labels
@@ -111,6 +123,9 @@ class LiveQuality:
         if found:
             predictions = np.stack([row for row in rows if row is not None])
             labels = label_matrix(found)
+            if self.sink is not None:
+                ts = np.fromiter((sample.ts for sample in found), np.int64, len(found))
+                self.sink(ts, predictions, labels)
             for task, window in enumerate(self._tasks.values()):
                 known = np.flatnonzero(~np.isnan(labels[:, task])).tolist()
                 window.resolved.update(

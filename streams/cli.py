@@ -93,7 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         dest="metrics_port",
         type=int,
-        help="the worker's metrics port (default: a free one)",
+        help="the worker's metrics port; with --workers N, worker i's is P + i (default: free "
+        "ones)",
+    )
+    demo.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes in one consumer group, each with its own metrics port and "
+        "checkpoints (default 1)",
     )
     demo.add_argument("--seed", type=int, default=7, help="simulator seed")
     demo.add_argument("--no-impressions", dest="impressions", action="store_false")
@@ -300,6 +309,32 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--workdir", type=Path, help="keep checkpoints and worker logs here")
     faults.add_argument("--report", type=Path, help="write the JSON report here")
     faults.set_defaults(run=run_bench_faults)
+    scale = benches.add_parser(
+        "scale", help="1, 2, ... real workers in one group on one stream: events/s, CPU, AUC"
+    )
+    scale.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=(1, 2),
+        metavar="K,K,...",
+        help="worker counts, each run on a fresh broker (default 1,2)",
+    )
+    scale.add_argument("--events", type=int, default=200_000, help="events of the stream")
+    scale.add_argument("--seed", type=int, default=7, help="simulator seed")
+    scale.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="seconds a worker count may take, start-up included (default 900)",
+    )
+    scale.add_argument(
+        "--workdir", type=Path, help="keep the workers' logs, checkpoints and predictions here"
+    )
+    scale.add_argument("--report", type=Path, help="write the JSON report here")
+    scale.add_argument("--plot", type=Path, help="write a PNG of events/s and CPU per event here")
+    add_model_arguments(scale)
+    scale.set_defaults(run=run_bench_scale)
     return parser
 
 
@@ -311,6 +346,13 @@ def _seeds(text: str) -> tuple[int, ...]:
     if not seeds:
         raise argparse.ArgumentTypeError(f"comma-separated whole numbers, not {text!r}")
     return seeds
+
+
+def _worker_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(_positive_int(part) for part in text.split(",") if part.strip())
+    if not counts:
+        raise argparse.ArgumentTypeError(f"comma-separated worker counts, not {text!r}")
+    return counts
 
 
 def _fault_names(text: str) -> tuple[str, ...]:
@@ -429,6 +471,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="item demand forecasts purchases and carts over the next S seconds of event "
         "time, published to the demand topic (default 3600; 0: no demand)",
+    )
+    parser.add_argument(
+        "--predictions-log",
+        dest="predictions_log",
+        type=Path,
+        metavar="PATH",
+        help="append every labelled prediction (event ts, task, label, prediction) to this "
+        "binary file, for AUC pooled over workers (env RECSTREAM_PREDICTIONS_LOG)",
     )
     add_model_arguments(parser)
 
@@ -649,6 +699,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         impressions=args.impressions,
         out_dir=args.out,
+        workers=args.workers,
     )
     try:
         report = run(settings, options)
@@ -837,3 +888,25 @@ def run_bench_faults(args: argparse.Namespace, settings: Settings) -> int:
     report = bench_faults.run(options)
     print(bench_faults.table(report), flush=True)
     return 0 if all(row.get("ok", True) for row in report["faults"]) else 1
+
+
+def run_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import scale as bench_scale
+    from streams.broker import BrokerError
+
+    options = bench_scale.ScaleOptions(
+        workers=args.workers,
+        events=args.events,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        report=args.report,
+        plot=args.plot,
+        workdir=args.workdir,
+        settings=settings,
+    )
+    try:
+        report = bench_scale.run(options)
+    except (BrokerError, RuntimeError) as err:
+        raise RecstreamError(str(err)) from err
+    print(bench_scale.table(report), flush=True)
+    return 0

@@ -6,6 +6,12 @@ process (exactly as ``recstream worker`` runs), a score consumer measuring
 event-to-readable latency, and a live status table fed by the worker's own
 ``/metrics`` endpoint -- what an operator's Prometheus would scrape.
 
+With ``--workers N`` it starts N workers in one consumer group, each with
+its own metrics port (``--metrics-port`` + i, or free ports) and checkpoint
+directory; the status table then sums their counters and averages their
+gauges (AUC, log loss, model version). Until the workers share one model,
+each learns from its own partitions only.
+
 Example
 -------
 >>> run_demo(Settings(), DemoOptions(duration_s=30, rate=500))     # doctest: +SKIP
@@ -71,6 +77,7 @@ class DemoOptions:
     demand_horizon_s: float = 20.0
     out_dir: Path = Path("demo-run")  # the worker's log and the recording of the stream
     drain_timeout_s: float = 60.0
+    workers: int = 1  # worker processes in one consumer group
 
     def worker_settings(self) -> Settings:
         """The label windows and waits the demo gives its worker, as worker settings."""
@@ -116,6 +123,15 @@ def scrape(url: str) -> dict[str, float]:
             text = response.read().decode()
     except OSError:
         return {}
+    return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text as {'name{label=value,...}': value}, labels sorted by name.
+
+    >>> parse_metrics('# TYPE x counter\\nx_total{type="click"} 3.0\\nup 1.0\\n')
+    {'x_total{type=click}': 3.0, 'up': 1.0}
+    """
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -141,17 +157,30 @@ def _labelled(metrics: dict[str, float], name: str) -> dict[str, int]:
 def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     """Run the demo; return (and write, if asked) the report."""
     with connect(settings) as bootstrap, tempfile.TemporaryDirectory(prefix="recstream-") as tmp:
-        port = options.metrics_port or free_port()
-        url = f"http://127.0.0.1:{port}/metrics"
+        ports = metrics_ports(options.metrics_port, options.workers)
+        urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
+        logs = [options.out_dir / name for name in _names("worker", ".log", options.workers)]
+        checkpoints = [Path(tmp) / name for name in _names("checkpoints", "", options.workers)]
         options.out_dir.mkdir(parents=True, exist_ok=True)
-        worker = _start_worker(bootstrap, settings, options, port, Path(tmp))
+        workers = []
         try:
-            _wait_for_worker(url, worker, options.out_dir / "worker.log")
-            report = _run(bootstrap, settings, options, url, worker)
+            for i, port in enumerate(ports):
+                workers.append(
+                    _start_worker(bootstrap, settings, options, port, checkpoints[i], logs[i])
+                )
+                if options.workers > 1:
+                    stderr.print(f"worker {i + 1}: metrics on {urls[i]}")
+            for url, worker, log in zip(urls, workers, logs, strict=True):
+                _wait_for_worker(url, worker, log)
+            report = _run(bootstrap, settings, options, urls, workers)
         finally:
-            _stop(worker)
-        report["metrics_url"] = url
-        report["worker_log"] = str(options.out_dir / "worker.log")
+            for worker in workers:
+                _stop(worker)
+        report["metrics_url"] = urls[0]
+        report["worker_log"] = str(logs[0])
+        if options.workers > 1:
+            report["workers"] = options.workers
+            report["metrics_urls"] = urls
         report["recording"] = str(options.out_dir / RECORDING)
         report["replay"] = replay_command(options)
     if options.report:
@@ -180,12 +209,37 @@ def replay_command(options: DemoOptions) -> str:
     return "recstream bench quality " + " ".join(flags)
 
 
+def metrics_ports(base: int | None, workers: int) -> list[int]:
+    """The workers' metrics ports: ``base``, ``base + 1``, ... or free ones without a base.
+
+    >>> metrics_ports(9100, 3)
+    [9100, 9101, 9102]
+    """
+    return [base + i for i in range(workers)] if base else [free_port() for _ in range(workers)]
+
+
+def _names(stem: str, suffix: str, workers: int) -> list[str]:
+    """One worker's file is ``stem`` as before; several are numbered.
+
+    >>> _names("worker", ".log", 1), _names("worker", ".log", 2)
+    (['worker.log'], ['worker-1.log', 'worker-2.log'])
+    """
+    if workers == 1:
+        return [stem + suffix]
+    return [f"{stem}-{i + 1}{suffix}" for i in range(workers)]
+
+
 def _start_worker(
-    bootstrap: str, settings: Settings, options: DemoOptions, port: int, tmp: Path
+    bootstrap: str,
+    settings: Settings,
+    options: DemoOptions,
+    port: int,
+    checkpoint_dir: Path,
+    log_path: Path,
 ) -> subprocess.Popen[bytes]:
-    command = worker_command(bootstrap, settings, options, port, tmp / "checkpoints")
+    command = worker_command(bootstrap, settings, options, port, checkpoint_dir)
     env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
-    with open(options.out_dir / "worker.log", "wb") as log:  # the child keeps its own copy
+    with open(log_path, "wb") as log:  # the child keeps its own copy
         return subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
 
@@ -197,7 +251,7 @@ def worker_command(
     >>> worker_command("b:9092", Settings(), DemoOptions(), 9100, Path("ck"))[1:4]
     ['worker', '--broker', 'b:9092']
     """
-    command = [
+    return [
         str(Path(sys.executable).with_name("recstream")),
         "worker",
         "--broker",
@@ -206,6 +260,17 @@ def worker_command(
         str(port),
         "--checkpoint-dir",
         str(checkpoint_dir),
+        *worker_flags(settings, options),
+    ]
+
+
+def worker_flags(settings: Settings, options: DemoOptions) -> list[str]:
+    """The worker flags of the demo's label windows and model, without broker, port or paths.
+
+    >>> worker_flags(Settings(), DemoOptions(impressions=False))[:2]
+    ['--click-window', '2.0']
+    """
+    flags = [
         "--click-window",
         str(options.click_window_s),
         "--click-wait",
@@ -217,8 +282,8 @@ def worker_command(
         *model_flags(settings),
     ]
     if not options.impressions:
-        command.append("--no-impressions")
-    return command
+        flags.append("--no-impressions")
+    return flags
 
 
 def model_flags(settings: Settings) -> list[str]:
@@ -263,8 +328,8 @@ def _run(
     bootstrap: str,
     settings: Settings,
     options: DemoOptions,
-    url: str,
-    worker: subprocess.Popen[bytes],
+    urls: list[str],
+    workers: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
     expected = int(options.duration_s * options.rate) + 1
     shop = LiveShop(
@@ -300,9 +365,9 @@ def _run(
     with stop_on_signals() as interrupted, Live(console=stderr, refresh_per_second=2) as live:
         while time.monotonic() - started < options.duration_s and not interrupted.is_set():
             interrupted.wait(1.0)
-            metrics = scrape(url) or metrics
+            metrics = _scrape_all(urls) or metrics
             live.update(_status(metrics, watcher, time.monotonic() - started))
-            if worker.poll() is not None:
+            if any(worker.poll() is not None for worker in workers):
                 break
         stop.set()
         producer.join()
@@ -310,17 +375,41 @@ def _run(
         duration = time.monotonic() - started
         sent = produced[0] if produced else PublishReport()
         deadline = time.monotonic() + options.drain_timeout_s
-        while time.monotonic() < deadline and worker.poll() is None:
-            metrics = scrape(url) or metrics
+        while time.monotonic() < deadline and all(w.poll() is None for w in workers):
+            metrics = _scrape_all(urls) or metrics
             live.update(_status(metrics, watcher, time.monotonic() - started))
             if _processed(metrics) >= sent.events_sent:
                 break
             time.sleep(0.5)
         time.sleep(1.0)  # the last scores reach the topic
-        metrics = scrape(url) or metrics
+        metrics = _scrape_all(urls) or metrics
     watcher.stop()
     publisher.close()
     return _report(duration, sent, metrics, watcher, shop)
+
+
+def _scrape_all(urls: list[str]) -> dict[str, float]:
+    """One worker's metrics as they are; several workers' merged by :func:`merge_metrics`
+    (empty while any of them does not answer)."""
+    scraped = [scrape(url) for url in urls]
+    return merge_metrics(scraped) if all(scraped) else {}
+
+
+def merge_metrics(scraped: list[dict[str, float]]) -> dict[str, float]:
+    """Several workers' metrics as one: counters and histogram series summed, gauges averaged.
+
+    >>> merge_metrics([{"a_total": 2.0, "recstream_auc{task=click}": 0.7},
+    ...                {"a_total": 3.0, "recstream_auc{task=click}": 0.8}])
+    {'a_total': 5.0, 'recstream_auc{task=click}': 0.75}
+    """
+    if len(scraped) == 1:
+        return scraped[0]
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(name for metrics in scraped for name in metrics):
+        values = [metrics[name] for metrics in scraped if name in metrics]
+        summed = name.split("{")[0].endswith(("_total", "_bucket", "_count", "_sum"))
+        out[name] = sum(values) if summed else sum(values) / len(values)
+    return out
 
 
 def _processed(metrics: dict[str, float]) -> float:

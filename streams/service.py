@@ -51,6 +51,7 @@ from streams.metrics import Metrics
 from streams.model_ops import find_model
 from streams.outbox import DeadLetterOutbox, Letter
 from streams.pipeline import BatchResult, Pipeline, RawMessage
+from streams.prediction_log import PredictionLog
 from streams.settings import Settings
 
 log = logging.getLogger("recstream.worker")
@@ -102,6 +103,7 @@ class WorkerService:
         self._restore()
         if self.restored_from is None and settings.init_from is not None:
             self._init_from(settings.init_from)
+        self.predictions_log = PredictionLog.attach(self.pipeline.quality, settings.predictions_log)
         self.refresh_slow_metrics()
 
     # ------------------------------------------------------------ start

@@ -122,6 +122,7 @@ _ENV = {
     "init_from": "RECSTREAM_INIT_FROM",
     "faults": "RECSTREAM_FAULTS",
     "ledger": "RECSTREAM_LEDGER",
+    "predictions_log": "RECSTREAM_PREDICTIONS_LOG",
 }
 _SECURITY_ENV = {
     "protocol": "RECSTREAM_SECURITY_PROTOCOL",
@@ -190,6 +191,8 @@ class Settings:
     init_from: Path | None = None
     faults: str = ""  # fault injection for tests only (streams.faults); never in production
     ledger: bool = False  # record applied offsets in checkpoints (streams.ledger); tests only
+    # Append every labelled prediction to this file (streams.prediction_log), for pooled AUC.
+    predictions_log: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("task_weights", "ranking_weights"):

@@ -14,6 +14,12 @@ import yaml
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+WORKERS = ("worker-1", "worker-2")
+
+
+def metrics_port(worker: str) -> str:
+    command = SERVICES[worker]["command"]
+    return command[command.index("--metrics-port") + 1]
 
 
 def test_nothing_is_published_beyond_the_host_and_grafana_asks_who_you_are():
@@ -49,7 +55,7 @@ def test_topics_are_initialised_before_the_service_starts():
 
 def test_producer_and_worker_are_built_from_the_project_and_pointed_at_kafka():
     assert (ROOT / "Dockerfile").is_file()
-    for name, command in (("producer", "produce"), ("worker", "worker")):
+    for name, command in (("producer", "produce"), *((w, "worker") for w in WORKERS)):
         service = SERVICES[name]
         assert service["build"] == "."
         assert service["command"][0] == command
@@ -57,11 +63,15 @@ def test_producer_and_worker_are_built_from_the_project_and_pointed_at_kafka():
         assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
 
 
-def test_the_worker_exposes_its_metrics_port_and_keeps_checkpoints_on_a_volume():
-    worker = SERVICES["worker"]
-    assert "127.0.0.1:9100:9100" in worker["ports"]
-    assert "--metrics-port" in worker["command"]
-    assert any(volume.endswith(":/data") for volume in worker["volumes"])
+def test_each_worker_exposes_its_own_metrics_port_and_keeps_checkpoints_on_its_own_volume():
+    ports = [metrics_port(worker) for worker in WORKERS]
+    assert len(set(ports)) == len(WORKERS)
+    volumes = set()
+    for worker, port in zip(WORKERS, ports, strict=True):
+        assert f"127.0.0.1:{port}:{port}" in SERVICES[worker]["ports"]
+        (volume,) = (v for v in SERVICES[worker]["volumes"] if v.endswith(":/data"))
+        volumes.add(volume)
+    assert len(volumes) == len(WORKERS)
 
 
 def test_the_image_installs_the_cpu_torch_build_before_the_project():
@@ -71,15 +81,12 @@ def test_the_image_installs_the_cpu_torch_build_before_the_project():
     assert torch < project
 
 
-def test_prometheus_scrapes_the_worker_and_grafana_is_provisioned():
+def test_prometheus_scrapes_every_worker_and_grafana_is_provisioned():
     prometheus = SERVICES["prometheus"]
     assert any(v.startswith("./deploy/prometheus.yml:") for v in prometheus["volumes"])
     config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
     targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
-    worker_port = SERVICES["worker"]["command"][
-        SERVICES["worker"]["command"].index("--metrics-port") + 1
-    ]
-    assert targets == [f"worker:{worker_port}"]
+    assert targets == [f"{worker}:{metrics_port(worker)}" for worker in WORKERS]
     grafana = SERVICES["grafana"]
     assert "127.0.0.1:3000:3000" in grafana["ports"]
     assert any("provisioning" in v for v in grafana["volumes"])

@@ -226,7 +226,11 @@ def read_topic(
 
 
 class WorkerProcess:
-    """``recstream worker`` as a child process, with its metrics port, checkpoints and log."""
+    """``recstream worker`` as a child process, with its metrics port, checkpoints and log.
+
+    ``ledger``: keep the applied-offsets ledger (``RECSTREAM_LEDGER=1``), as
+    the fault runs audit it; it grows with the stream.
+    """
 
     def __init__(
         self,
@@ -235,12 +239,14 @@ class WorkerProcess:
         checkpoint_dir: Path,
         *flags: str,
         faults: str = "",
+        ledger: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.checkpoint_dir = checkpoint_dir
         self.flags = flags
         self.faults = faults
+        self.ledger = ledger
         self.port = free_port()
         self.log = checkpoint_dir.parent / f"worker-{checkpoint_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -251,6 +257,12 @@ class WorkerProcess:
 
     def start(self, faults: str | None = None, timeout_s: float = 300.0) -> WorkerProcess:
         """Start it (with ``faults``, if given) and wait until it owns its partitions."""
+        self.launch(faults)
+        self.wait_for(lambda m: m.get("recstream_assigned_partitions", 0) > 0, timeout_s, "start")
+        return self
+
+    def launch(self, faults: str | None = None) -> WorkerProcess:
+        """Start it (with ``faults``, if given) without waiting for it to join the group."""
         if faults is not None:
             self.faults = faults
         self.port = free_port()
@@ -258,7 +270,7 @@ class WorkerProcess:
             **os.environ,
             "RECSTREAM_BROKER": self.bootstrap,
             "RECSTREAM_TOPIC_PREFIX": self.topics.prefix,
-            "RECSTREAM_LEDGER": "1",
+            "RECSTREAM_LEDGER": "1" if self.ledger else "",
             "RECSTREAM_FAULTS": self.faults,
             "PYTHONUNBUFFERED": "1",
         }
@@ -281,7 +293,6 @@ class WorkerProcess:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
-        self.wait_for(lambda m: m.get("recstream_assigned_partitions", 0) > 0, timeout_s, "start")
         return self
 
     def metrics(self) -> dict[str, float]:

@@ -48,10 +48,12 @@ from typing import Any
 from kafka import KafkaProducer
 
 from streams.bench import throughput as bench_throughput
+from streams.bench.throughput import demo_stream
 from streams.broker import EmbeddedBroker, free_port
 from streams.demo import DemoOptions, scrape, worker_command
+from streams.pipeline import RawMessage
 from streams.progress import stderr
-from streams.settings import Settings
+from streams.settings import Settings, TopicNames
 from streams.topics import ensure_topics
 
 RUNNERS = ("in_process", "worker", "faust_passthrough", "client_reader")
@@ -78,7 +80,7 @@ def run(options: KafkaBenchOptions) -> dict[str, Any]:
     with EmbeddedBroker(binary=options.tansu_bin) as broker:
         ensure_topics(broker.bootstrap, settings.topics, settings.partitions)
         with stderr.status(f"putting {options.events:,} events on the embedded broker..."):
-            _fill(broker.bootstrap, settings, options)
+            fill(broker.bootstrap, settings.topics, *demo_stream(options.events, options.seed))
         for number in range(options.runs):
             label = f"round {number + 1}/{options.runs}"
             rounds.append(_round(broker.bootstrap, settings, options, number, label))
@@ -90,10 +92,13 @@ def run(options: KafkaBenchOptions) -> dict[str, Any]:
     return report
 
 
-def _fill(bootstrap: str, settings: Settings, options: KafkaBenchOptions) -> None:
-    catalog, stream = bench_throughput.demo_stream(options.events, options.seed)
+def fill(
+    bootstrap: str, topics: TopicNames, catalog: list[RawMessage], stream: list[RawMessage]
+) -> None:
+    """Put the catalog on ``items`` and the stream on ``events`` (as :func:`demo_stream` makes
+    them), acknowledged by the broker, before any worker reads."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    for topic, messages in ((settings.topics.items, catalog), (settings.topics.events, stream)):
+    for topic, messages in ((topics.items, catalog), (topics.events, stream)):
         for message in messages:
             producer.send(topic, key=message.key, value=message.value)
     producer.flush()
@@ -167,7 +172,7 @@ def _watch_worker(
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode}")
         metrics = scrape(url)
-        now, cpu = time.monotonic(), _process_cpu_s(worker.pid)
+        now, cpu = time.monotonic(), process_cpu_s(worker.pid)
         applied = _applied(metrics)
         sample = (now, applied, cpu, metrics.get("recstream_pipeline_cpu_seconds_total", 0.0))
         if applied == 0 and metrics:
@@ -190,10 +195,20 @@ def _applied(metrics: dict[str, float]) -> float:
     )
 
 
-def _process_cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     """User plus system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_s(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+
+
+def stat_cpu_s(stat: str, ticks_per_s: int) -> float:
+    """User plus system CPU seconds in a ``/proc/<pid>/stat`` line (``utime``, ``stime``: the
+    14th and 15th fields; the command name in parentheses may hold spaces).
+
+    >>> stat_cpu_s("42 (a b) S 1 42 42 0 -1 4194304 9 0 0 0 250 30 0 0 20 0 1", 100)
+    2.8
+    """
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s
 
 
 def _run_helper(

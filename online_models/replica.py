@@ -94,7 +94,8 @@ _HISTORY_TABLES = {
     if HISTORY_SECTIONS[name] != "price"
 }
 """History entry columns that hold rows of an id table, and the table."""
-_FINGERPRINT_WEIGHTS = np.random.default_rng(1).random(16)
+_FINGERPRINT_WEIGHTS = np.random.default_rng(1).integers(1, 1 << 63, 256, np.uint64) | np.uint64(1)
+"""Odd weights of the users' fingerprints (:meth:`Replica._user_fingerprints`)."""
 
 Field = np.ndarray | DecayedSums
 """A per-row array of the learner: plain, or decayed sums (stored over a shared scale)."""
@@ -186,7 +187,9 @@ class Replica:
             name: {f: _values(a).copy() for f, a in fields.items()}
             for name, fields in self._fields().items()
         }
-        self._scales = _scales(self._fields())
+        self._scales = {name: sums.scale for name, sums in self._decayed().items()}
+        self._own = dict.fromkeys(self._scales, 1.0)
+        self._aging = dict.fromkeys(self._scales, 1.0)
         self._keys = {
             name: np.array(table.keys_of(np.arange(table.capacity)), dtype=object)
             for name, table in tables.items()
@@ -236,21 +239,21 @@ class Replica:
         }
 
     def _user_fingerprints(self, rows: np.ndarray) -> np.ndarray:
-        """A number per user row that changes whenever its state does (a random projection
-        of its Adagrad total, counts, history counter and statistics)."""
+        """A number per user row that changes whenever its state does: a random combination
+        of the bits of its Adagrad sums, counts, history counter and statistics (in integers,
+        so it is the same number however many rows are worked out at once)."""
         encoder = self.learner.encoder
         table = encoder.tables["user"]
         sq = self._embedding("user").get("sq")
         parts = [
-            np.zeros(len(rows)) if sq is None else sq[rows].sum(axis=1, dtype=np.float64),
-            table.counts[rows],
-            table.interactions[rows],
-            encoder.history.appended[rows],
-            encoder.stats["user"].values[rows],
-            encoder.values.users.values[rows],
+            np.zeros((len(rows), 0), np.uint32) if sq is None else sq[rows].view(np.uint32),
+            np.column_stack([table.counts[rows], table.interactions[rows]]).view(np.uint64),
+            encoder.history.appended[rows, None].view(np.uint64),
+            encoder.stats["user"].values[rows].view(np.uint64),
+            encoder.values.users.values[rows].view(np.uint64),
         ]
-        matrix = np.column_stack(parts).astype(np.float64)
-        return matrix @ _FINGERPRINT_WEIGHTS[: matrix.shape[1]]
+        bits = np.concatenate([part.astype(np.uint64) for part in parts], axis=1)
+        return (bits * _FINGERPRINT_WEIGHTS[: bits.shape[1]]).sum(axis=1, dtype=np.uint64)
 
     # -- take ---------------------------------------------------------------------
 
@@ -260,8 +263,10 @@ class Replica:
         self._takes += 1
         steps, self._version = learner.model_version - self._version, learner.model_version
         delta = ModelDelta(steps)
+        self._own_decay()
+        delta.arrays["aging"] = np.array(list(self._own.values()))
+        self._aging, self._own = self._own, dict.fromkeys(self._own, 1.0)
         fields = self._fields()
-        self._rescaled(fields)
         for name in SHARED:
             self._take_table(delta, name, fields[name])
             self._take_fixed(delta, f"{name}.unknown", fields[name], name, limit=1)
@@ -279,13 +284,32 @@ class Replica:
                 del inits[key]
         return delta
 
-    def _rescaled(self, fields: dict[str, dict[str, Field]]) -> None:
-        """Decayed sums that renormalised since the base (once in ~300 half-lives): their
-        change in that interval is not known, and they start again from now."""
-        for (name, key), scale in _scales(fields).items():
-            if scale > self._scales[name, key]:
-                self._base[name][key] = _values(fields[name][key]).copy()
-            self._scales[name, key] = scale
+    def _decayed(self) -> dict[str, DecayedSums]:
+        """Every decayed-sums field, named ``table.field``, in a fixed order."""
+        encoder = self.learner.encoder
+        sums = {
+            f"{name}.{key}": array
+            for name, fields in self._fields().items()
+            for key, array in fields.items()
+            if isinstance(array, DecayedSums)
+        }
+        sums |= {"user.stats": encoder.stats["user"], "user.values": encoder.values.users}
+        return dict(sorted(sums.items()))
+
+    def _own_decay(self) -> None:
+        """Fold the decay since last looked (this worker's own samples) into its interval's.
+
+        Sums that renormalised meanwhile (once in ~300 half-lives) lose that interval's
+        change: their base starts again from now.
+        """
+        for name, sums in self._decayed().items():
+            if sums.scale > self._scales[name]:
+                table, key = name.split(".")
+                if table != "user":
+                    self._base[table][key] = sums.values.copy()
+            else:
+                self._own[name] *= sums.scale / self._scales[name]
+            self._scales[name] = sums.scale
 
     def _touched(self, name: str) -> tuple[np.ndarray, list[str]]:
         """Rows of ``name`` seen since the last take and held by an id, and their ids."""
@@ -423,8 +447,11 @@ class Replica:
         so :meth:`take` does not send them back."""
         learner = self.learner
         rows, new = self._insert(delta)
+        self._own_decay()
+        for (name, sums), aging in zip(self._decayed().items(), delta.arrays["aging"], strict=True):
+            sums.scale *= float(aging)
+            self._scales[name] = sums.scale
         fields = self._fields()
-        self._rescaled(fields)
         for name in SHARED:
             if name in delta.ids:
                 self._apply_table(delta, name, rows[name], new[name], fields[name])
@@ -488,7 +515,7 @@ class Replica:
             starts = self._settle(delta, name, rows, new, known, ids[:count], fields)
         for key, array in fields.items():
             values = _values(array)
-            change = _stored(delta.arrays[f"{name}.{key}"], array)
+            change = self._stored(delta.arrays[f"{name}.{key}"], f"{name}.{key}", array)
             values[rows] += change
             base[key][rows[known]] += change[known]
             reference = np.zeros_like(change[~known])
@@ -570,9 +597,17 @@ class Replica:
         if rows is None or not fields:
             return
         for key, array in fields.items():
-            change = _stored(delta.arrays[f"{name}.{key}"], array)
+            change = self._stored(delta.arrays[f"{name}.{key}"], f"{table or name}.{key}", array)
             _values(array)[rows] += change
             self._base[table or name][key][rows] += change
+
+    def _stored(self, change: np.ndarray, name: str, array: Field) -> np.ndarray:
+        """A sender's change in ``array``'s stored units: decayed sums take it in real units,
+        aged by this worker's own samples of its last interval (as the sender's sums age by
+        them when it applies this worker's delta: both end equal)."""
+        if not isinstance(array, DecayedSums):
+            return change
+        return change * (self._aging[name] / array.scale)
 
     def _apply_users(self, delta: ModelDelta, rows: dict[str, np.ndarray]) -> None:
         """Overwrite the delta's users with the sender's state, its history mapped to rows here."""
@@ -584,7 +619,7 @@ class Replica:
         for key, array in self._embedding("user").items():
             array[users] = arrays[f"user.{key}"]
         for key, sums in (("stats", encoder.stats["user"]), ("values", encoder.values.users)):
-            sums.values[users] = arrays[f"user.{key}"] / sums.scale
+            sums.values[users] = self._stored(arrays[f"user.{key}"], f"user.{key}", sums)
         table, history = encoder.tables["user"], encoder.history
         table.counts[users] = arrays["user.counts"]
         table.interactions[users] = arrays["user.interactions"]
@@ -607,21 +642,6 @@ def _values(array: Field) -> np.ndarray:
 def _scale(array: Field) -> float | int:
     """What a field's stored values are multiplied by to be real."""
     return array.scale if isinstance(array, DecayedSums) else 1
-
-
-def _stored(change: np.ndarray, array: Field) -> np.ndarray:
-    """A real change in the field's stored units."""
-    return change / array.scale if isinstance(array, DecayedSums) else change
-
-
-def _scales(fields: dict[str, dict[str, Field]]) -> dict[tuple[str, str], float]:
-    """The scale of every decayed-sums field."""
-    return {
-        (name, key): array.scale
-        for name, table in fields.items()
-        for key, array in table.items()
-        if isinstance(array, DecayedSums)
-    }
 
 
 def _any_row(changes: dict[str, np.ndarray], rows: int) -> np.ndarray:

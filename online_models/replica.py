@@ -188,13 +188,16 @@ class Replica:
             for name, fields in self._fields().items()
         }
         self._scales = {name: sums.scale for name, sums in self._decayed().items()}
-        self._own = dict.fromkeys(self._scales, 1.0)
-        self._aging = dict.fromkeys(self._scales, 1.0)
+        self._own = dict.fromkeys(self._scales, 1.0)  # decay by own samples, this interval
+        self._since = dict.fromkeys(self._scales, 1.0)  # ... by others' deltas since the take
+        self._own_last = dict.fromkeys(self._scales, 1.0)  # ... by own samples, last interval
+        self._weights = dict.fromkeys(self._scales, 1.0)  # what a sender's change is aged by
         self._keys = {
             name: np.array(table.keys_of(np.arange(table.capacity)), dtype=object)
             for name, table in tables.items()
         }
         self._marks = {name: table.now_ms for name, table in tables.items()}
+        self._pending = {name: np.empty(0, np.int64) for name in tables}
         self._fingerprints = self._user_fingerprints(np.arange(tables["user"].capacity))
         self._dense = _flat(learner.net)
         self._version = learner.model_version
@@ -265,7 +268,8 @@ class Replica:
         delta = ModelDelta(steps)
         self._own_decay()
         delta.arrays["aging"] = np.array(list(self._own.values()))
-        self._aging, self._own = self._own, dict.fromkeys(self._own, 1.0)
+        self._own_last = dict(self._own)
+        self._own, self._since = dict.fromkeys(self._own, 1.0), dict.fromkeys(self._own, 1.0)
         fields = self._fields()
         for name in SHARED:
             self._take_table(delta, name, fields[name])
@@ -314,11 +318,15 @@ class Replica:
     def _touched(self, name: str) -> tuple[np.ndarray, list[str]]:
         """Rows of ``name`` seen since the last take and held by an id, and their ids."""
         table = self.learner.encoder.tables[name]
-        rows = np.flatnonzero(table.last_seen >= self._marks[name])
-        self._marks[name] = table.now_ms
+        rows = np.union1d(self._pending[name], self._seen_since_mark(name))
+        self._marks[name], self._pending[name] = table.now_ms, np.empty(0, np.int64)
         keys = table.keys_of(rows)
         held = np.fromiter((key is not None for key in keys), bool, len(keys))
         return rows[held], [key for key in keys if key is not None]
+
+    def _seen_since_mark(self, name: str) -> np.ndarray:
+        """Rows of ``name`` seen at or after its mark (the table's clock when last looked)."""
+        return np.flatnonzero(self.learner.encoder.tables[name].last_seen >= self._marks[name])
 
     def _take_table(self, delta: ModelDelta, name: str, fields: dict[str, Field]) -> None:
         """The changed rows of a shared table; a row new since the base changed from its init."""
@@ -449,7 +457,9 @@ class Replica:
         rows, new = self._insert(delta)
         self._own_decay()
         for (name, sums), aging in zip(self._decayed().items(), delta.arrays["aging"], strict=True):
+            self._weights[name] = self._own_last[name] * self._since[name]
             sums.scale *= float(aging)
+            self._since[name] *= float(aging)
             self._scales[name] = sums.scale
         fields = self._fields()
         for name in SHARED:
@@ -475,13 +485,18 @@ class Replica:
     def _insert(self, delta: ModelDelta) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The receiver's rows of every id of the delta, inserting those it lacks (and which of
         them are new), each seen at the later of its two ``last_seen``; rows evicted to make
-        room start afresh, as after a learning step."""
+        room start afresh, as after a learning step.
+
+        Rows seen here since the last take are set aside first and the mark moved past the
+        rows written now, so the next take does not look at every row applied again.
+        """
         learner = self.learner
         encoder = learner.encoder
         rows, new = {}, {}
         for name in (*SHARED, "user"):
             ids = delta.ids.get(name, [])
             table = encoder.tables[name]
+            self._pending[name] = np.union1d(self._pending[name], self._seen_since_mark(name))
             before = table.rows(ids, table.now_ms, insert=False)
             seen = np.where(before > 0, table.last_seen[before], NEVER)
             sent = delta.arrays.get(f"{name}.last_seen", np.empty(0, np.int64))
@@ -490,6 +505,7 @@ class Replica:
             rows[name] = table.rows(ids, clock, insert=True)
             new[name] = before == 0
             table.last_seen[rows[name]] = np.where(seen == NEVER, clock, seen)
+            self._marks[name] = table.now_ms  # what is seen here later is seen at this or later
         for name, released in encoder.take_released().items():
             if len(released):
                 learner.net.reset_rows(name, torch.from_numpy(released), learner.generator)
@@ -602,12 +618,18 @@ class Replica:
             self._base[table or name][key][rows] += change
 
     def _stored(self, change: np.ndarray, name: str, array: Field) -> np.ndarray:
-        """A sender's change in ``array``'s stored units: decayed sums take it in real units,
-        aged by this worker's own samples of its last interval (as the sender's sums age by
-        them when it applies this worker's delta: both end equal)."""
+        """A sender's change in ``array``'s stored units.
+
+        Decayed sums age by every worker's samples: a delta carries the decay its sender's
+        own samples caused in its interval, by which every receiver ages all its sums; and
+        a receiver ages the sender's change (in real units) by its own samples of its last
+        interval and by the other deltas applied since its take, which the change missed.
+        In rounds (every worker takes, then applies everyone else's) all end equal; out of
+        step, they differ by the decay of a few intervals' samples on those intervals' changes.
+        """
         if not isinstance(array, DecayedSums):
             return change
-        return change * (self._aging[name] / array.scale)
+        return change * (self._weights[name] / array.scale)
 
     def _apply_users(self, delta: ModelDelta, rows: dict[str, np.ndarray]) -> None:
         """Overwrite the delta's users with the sender's state, its history mapped to rows here."""

@@ -174,10 +174,29 @@ def test_ids_are_matched_across_different_row_numbers(stream):
     a.learner.learn(later_a)
     b.learner.learn(later_b)
     exchange(a, b)
-    rows_a, rows_b = (r.learner.encoder.tables["item"] for r in (a, b))
-    shared = set(rows_a.ids()) & set(rows_b.ids())
-    assert sum(rows_a.row(key) != rows_b.row(key) for key in shared) > len(shared) / 2
+    for table in ("item", "token", "brand"):  # tokens and brands start at random, per row
+        rows_a, rows_b = (r.learner.encoder.tables[table] for r in (a, b))
+        shared = set(rows_a.ids()) & set(rows_b.ids())
+        assert sum(rows_a.row(key) != rows_b.row(key) for key in shared) > len(shared) / 2
     assert_consistent(a.learner, b.learner, probe_of(stream))
+
+
+def test_three_workers_in_rounds_hold_one_model(stream):
+    workers = [Replica(MultiTaskLearner(CONFIG)) for _ in range(3)]
+    for start in range(0, 2400, 800):
+        for k, worker in enumerate(workers):
+            worker.learner.learn(
+                [s for s in stream[start : start + 800] if int(s.user_id[1:]) % 3 == k]
+            )
+        sent = [ModelDelta.from_bytes(worker.take().to_bytes()) for worker in workers]
+        for k, worker in enumerate(workers):
+            for j, delta in enumerate(sent):
+                if j != k:
+                    worker.apply(delta)
+    probe = probe_of(stream)
+    assert_consistent(workers[0].learner, workers[1].learner, probe)
+    assert_consistent(workers[0].learner, workers[2].learner, probe)
+    assert len({worker.learner.model_version for worker in workers}) == 1
 
 
 def test_an_erased_user_is_not_sent():

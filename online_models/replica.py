@@ -16,7 +16,8 @@ Shared state travels as changes, summed over workers:
   their Adagrad sums, and the price-bucket rows (the same on every worker);
 - the label statistics of items, brands and categories, the shop's, the
   categories' price moments and the departments' and shop's order residuals,
-  in real (decayed, unscaled) units;
+  in real (decayed, unscaled) units; every worker's sums age by the samples
+  of all (a delta carries the decay its sender's samples caused);
 - the items' sample and interaction counts (the cold gate);
 - ``last_seen`` of every row sent (the receiver keeps the later one).
 
@@ -37,7 +38,7 @@ compared, so a delta costs what changed, not what the tables hold; a row
 changed without being touched (the demand head's steps) is sent with its next
 touch, as the difference to the base does not forget it. Tracking touched rows
 by hand would need a hook in every place that writes a table; the base costs
-memory (about 95 MB at the default capacities) and a 262,144-row scan of
+memory (about 110 MB at the default capacities) and a 262,144-row scan of
 ``last_seen`` per table per take (a fraction of a millisecond).
 
 A category token, brand or device new to a worker starts from a random
@@ -325,8 +326,10 @@ class Replica:
         return rows[held], [key for key in keys if key is not None]
 
     def _seen_since_mark(self, name: str) -> np.ndarray:
-        """Rows of ``name`` seen at or after its mark (the table's clock when last looked)."""
-        return np.flatnonzero(self.learner.encoder.tables[name].last_seen >= self._marks[name])
+        """Rows of ``name`` seen at or after its mark (the table's clock when last looked;
+        ``NEVER`` before anything was learned: then every row held)."""
+        mark = max(self._marks[name], NEVER + 1)
+        return np.flatnonzero(self.learner.encoder.tables[name].last_seen >= mark)
 
     def _take_table(self, delta: ModelDelta, name: str, fields: dict[str, Field]) -> None:
         """The changed rows of a shared table; a row new since the base changed from its init."""

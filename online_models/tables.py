@@ -216,6 +216,16 @@ class IdTable:
         """Sample counts of ``keys`` (0 for unknown ids)."""
         return self.counts[self.rows(keys, now_ms=self.now_ms, insert=False)]
 
+    def keys_of(self, rows: np.ndarray) -> list[str | None]:
+        """The id holding each of ``rows`` (``None`` for a free row or row 0).
+
+        >>> table = IdTable("item", capacity=4)
+        >>> table.keys_of(table.rows(["a", "b"], now_ms=1)[::-1]), table.keys_of(np.array([3]))
+        (['b', 'a'], [None])
+        """
+        keys = self._keys
+        return [keys[row] for row in rows.tolist()]
+
     def row(self, key: str | None) -> int:
         """The row of one id (0 if unknown), as :meth:`rows` without inserting."""
         return self._index.get(key, 0)

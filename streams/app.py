@@ -46,6 +46,9 @@ RETRY_DEAD_LETTERS_S = 5.0
 """How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 DEMAND_ROUND_S = 1.0
 """How often item demand forecasts that changed are sent, a bounded round at a time."""
+CATCH_UP_TIMEOUT_S = 60.0
+"""How long an assignment waits to have applied the updates on ``sync`` (a restart replays
+the updates after its checkpoint; a takeover needs its previous owner's last one)."""
 EXIT_BATCH_FAILED = 70
 """Exit status when applying a batch raised: the state may hold part of the batch."""
 EXIT_CHECKPOINT_FAILED = 74  # EX_IOERR: the shutdown checkpoint could not be written
@@ -78,12 +81,56 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     scores = app.topic(names.scores, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(names.dlq, key_serializer="raw", value_serializer="raw")
     demand = app.topic(names.demand, key_serializer="raw", value_serializer="raw")
+    sync = app.topic(names.sync, key_serializer="raw", value_serializer="raw")
+    group = service.group
     event_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     catalog_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     control_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
+    sync_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
     # a batch is applied and published under this lock: an erased user's tombstone is never
     # followed by a score computed before the erasure
     publishing = asyncio.Lock()
+
+    async def send_update(leaving: list[int] | tuple[int, ...] = ()) -> None:
+        """Publish this worker's model update (:mod:`streams.sync`) and wait for the broker.
+
+        Called holding ``publishing``: no batch is half-applied while it is taken.
+        """
+        if group is None:
+            return
+        chunks = group.take_update(leaving)
+        if chunks:
+            key = group.worker.encode()
+            sends = [await sync.send(key=key, value=chunk) for chunk in chunks]
+            await asyncio.gather(*sends)
+
+    async def revoked(partitions: list[int]) -> None:
+        """The group takes ``partitions`` away: hand them over in one last update."""
+        if group is None:
+            return
+        async with publishing:
+            group.revoked(partitions)
+            await send_update(leaving=partitions)
+            group.dropped(partitions)
+
+    async def caught_up() -> None:
+        """Apply every update on ``sync`` so far, before taking partitions on."""
+        if group is None:
+            return
+        end = await sync_reader.end_offset()
+        deadline = asyncio.get_running_loop().time() + CATCH_UP_TIMEOUT_S
+        while group.state.position < end:
+            if asyncio.get_running_loop().time() > deadline:
+                log.error(
+                    "sync not caught up after %.0f s (at %d of %d): taking partitions on from "
+                    "the state held",
+                    CATCH_UP_TIMEOUT_S,
+                    group.state.position,
+                    end,
+                )
+                return
+            await asyncio.sleep(0.02)
+
     events = EventReader(
         settings,
         bootstrap,
@@ -91,6 +138,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         on_assigned=service.assigned,
         on_reset=service.events_reset,
         matches=service.log_matches,
+        on_revoked=revoked,
+        before_assigned=caught_up,
     )
     catalog = WholeTopicReader(
         settings,
@@ -105,6 +154,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         names.control,
         next_offset=service.next_control_offset,
         on_reset=service.control_reset,
+    )
+    sync_reader = WholeTopicReader(
+        settings,
+        bootstrap,
+        names.sync,
+        next_offset=service.next_sync_offset,
+        on_reset=service.sync_reset,
     )
 
     async def deliver(letters: dict[int, Letter]) -> None:
@@ -138,10 +194,16 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         async for batch in stream:
             await publish(_or_stop(service.catalog_batch, batch))
 
-    async def checkpoint_if_due() -> None:
-        if service.checkpoint_due():
+    async def checkpoint_now() -> None:
+        """A checkpoint right after an update: it holds nothing the group's ``sync`` lacks."""
+        async with publishing:
+            await send_update()
             await app.producer.flush()
             service.checkpoint(background=True)
+
+    async def checkpoint_if_due() -> None:
+        if service.checkpoint_due():
+            await checkpoint_now()
 
     @app.agent(control_batches, name="control")
     async def apply_control(stream: faust.StreamT) -> None:
@@ -150,9 +212,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 outgoing = _or_stop(service.control_batch, batch)
                 await publish(outgoing)
             if outgoing.tombstones:  # users erased: the next checkpoint is written without them
-                await app.producer.flush()
                 await asyncio.to_thread(service.wait_for_checkpoint)  # one forked before
-                service.checkpoint(background=True)
+                await checkpoint_now()
 
     @app.agent(event_batches, name="learn")
     async def learn(stream: faust.StreamT) -> None:
@@ -186,6 +247,23 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     async def read_control() -> None:
         await forward(control, control_batches)
 
+    if group is not None:
+
+        @app.agent(sync_batches, name="sync")
+        async def apply_sync(stream: faust.StreamT) -> None:
+            async for batch in stream:
+                async with publishing:
+                    _or_stop(service.sync_batch, batch)
+
+        @app.task
+        async def read_sync() -> None:
+            await forward(sync_reader, sync_batches)
+
+        @app.timer(settings.sync_interval_s)
+        async def publish_update() -> None:
+            async with publishing:
+                await send_update()
+
     @app.timer(1.0)
     async def refresh_metrics() -> None:
         service.observe_lag(events.lag())
@@ -205,7 +283,12 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:
         await deliver(service.dead_letters.retry())
-        await app.producer.flush()
+        async with publishing:  # the last update hands every partition over
+            if group is not None:
+                leaving = sorted(group.owned or ())
+                group.revoked(leaving)
+                await send_update(leaving=leaving)
+            await app.producer.flush()
         try:
             service.checkpoint(background=False)
         except OSError as err:  # a full disk, say: the older checkpoints stand
@@ -216,7 +299,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             )
             service.exit_status = EXIT_CHECKPOINT_FAILED
         await events.commit(service.take_saved_offsets())  # only offsets of checkpoints written
-        for reader in (events, catalog, control):
+        for reader in (events, catalog, control, sync_reader):
             await reader.stop()
 
     return app

@@ -399,6 +399,18 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="checkpoints kept on disk, the rollback targets (default 3)",
     )
+    parser.add_argument(
+        "--sync-interval",
+        dest="sync_interval_s",
+        type=float,
+        help="seconds between this worker's model updates to its peers (default 3)",
+    )
+    parser.add_argument(
+        "--snapshot-interval",
+        dest="snapshot_interval_s",
+        type=float,
+        help="seconds between model snapshots for joining workers (default 300)",
+    )
     parser.add_argument("--top-k", dest="top_k", type=int, help="items per score record")
     parser.add_argument(
         "--batch-size",

@@ -78,6 +78,17 @@ class ApplyLedger:
             counted.update(range(start, stop))
         return counted
 
+    def export(self, partition: int) -> list[list[int]]:
+        """``partition``'s epochs of flat runs, for :meth:`load` on another worker."""
+        return [list(flat) for flat in self._epochs.get(partition, ())]
+
+    def load(self, partition: int, epochs: list[list[int]]) -> None:
+        """Replace ``partition``'s runs with those :meth:`export` gave (a partition moved)."""
+        if epochs:
+            self._epochs[partition] = [[int(o) for o in flat] for flat in epochs]
+        else:
+            self._epochs.pop(partition, None)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain lists: ``{"partitions": [[partition, [flat runs of each epoch]], ...]}``."""
         return {

@@ -25,6 +25,7 @@ from streams.control import COMMANDS
 CONTROL_RESULTS = ("applied", "refused")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+SYNC_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0)
 UPDATE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -207,6 +208,38 @@ class Metrics:
             "its rate is the share of a core the model path uses.",
             registry=r,
         )
+        self.sync_sent = Counter(
+            "recstream_sync_deltas_sent",
+            "Model updates this worker published to its peers on the sync topic.",
+            registry=r,
+        )
+        self.sync_applied = Counter(
+            "recstream_sync_deltas_applied",
+            "Peers' model updates this worker applied.",
+            registry=r,
+        )
+        self.sync_bytes = Counter(
+            "recstream_sync_bytes_sent",
+            "Bytes of model updates this worker published (compressed record values).",
+            registry=r,
+        )
+        self.sync_lag = Histogram(
+            "recstream_sync_lag_seconds",
+            "Age of a peer's model update when this worker applied it: how stale the "
+            "peers' learning is here.",
+            buckets=SYNC_BUCKETS,
+            registry=r,
+        )
+        self.partitions_taken_over = Counter(
+            "recstream_partitions_taken_over",
+            "Partitions this worker took over with the state their previous owner published.",
+            registry=r,
+        )
+        self.snapshots_published = Counter(
+            "recstream_model_snapshots_published",
+            "Model snapshots published for joining workers.",
+            registry=r,
+        )
         self.checkpoints = Counter("recstream_checkpoints", "Checkpoints written.", registry=r)
         self.last_checkpoint = Gauge(
             "recstream_last_checkpoint_timestamp_seconds",
@@ -223,7 +256,7 @@ class Metrics:
             self.invalid_events.labels(reason=reason)
         for feature in FEATURES:
             self.feature_psi.labels(feature=feature)
-        for topic in ("events", "items", "control"):
+        for topic in ("events", "items", "control", "sync"):
             self.offset_resets.labels(topic=topic)
         for command in COMMANDS:
             for result in CONTROL_RESULTS:
@@ -272,6 +305,30 @@ class Metrics:
             counter = counters.get(name)
             for labels, value in series if counter is not None else ():
                 (counter.labels(**labels) if labels else counter).inc(value)
+
+    def raise_counters_to(self, values: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+        """Bring each counter up to the value saved by :meth:`counter_values` where it is lower
+        (a restart replaying updates it sent after its checkpoint).
+
+        >>> metrics, later = Metrics(), Metrics()
+        >>> later.events.labels(type="click").inc(5)
+        >>> metrics.events.labels(type="click").inc(2)
+        >>> metrics.raise_counters_to(later.counter_values())
+        >>> metrics.registry.get_sample_value("recstream_events_total", {"type": "click"})
+        5.0
+        """
+        counters = {
+            counter.describe()[0].name: counter
+            for counter in vars(self).values()
+            if isinstance(counter, Counter)
+        }
+        for name, series in values.items():
+            counter = counters.get(name)
+            for labels, value in series if counter is not None else ():
+                child = counter.labels(**labels) if labels else counter
+                now = self.registry.get_sample_value(f"{name}_total", labels) or 0.0
+                if value > now:
+                    child.inc(value - now)
 
     def exposition(self) -> bytes:
         """The text exposition format, as served on /metrics."""

@@ -155,6 +155,7 @@ class Pipeline:
         self.erasures = Erasures()
         self.frozen = False  # scoring and labels go on, nothing is learned
         self.applied: Counter[str] = Counter()
+        self.applied_in: Counter[int] = Counter()  # events applied per partition
         self.rejected: Counter[str] = Counter()
         self.position = 0
 
@@ -195,6 +196,7 @@ class Pipeline:
         new: list[TrackedSample] = []
         learnable: list[TrackedSample] = []
         triggers: dict[str, int] = {}
+        sequence: dict[str, int] = {}  # user -> offset of the user's last event
         for message in messages:
             if message.offset < self.offsets.get(message.partition, 0):
                 continue  # applied before the checkpoint this run restored
@@ -215,10 +217,12 @@ class Pipeline:
             sent_ts = event.ts  # the score record's event_ts: the time its producer gave it
             event = resolution.event  # its ts clamped when far ahead of event time
             out.events.append(event)
+            self.applied_in[message.partition] += 1
             new += resolution.new
             learnable += resolution.to_learn()
             if event.type != "impression":
                 triggers[event.user_id] = sent_ts
+                sequence[event.user_id] = message.offset
         self.applied.update(event.type for event in out.events)
         self.position += len(out.events)
         sampled = self.labels.close_batch()  # without impressions: clicks and their negatives
@@ -243,6 +247,8 @@ class Pipeline:
         self.pool.observe(out.events)
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
+        for record in out.scores:  # newer records of a user carry a higher seq
+            record["seq"] = sequence[record["user_id"]]
         if self.demand is not None:
             self.demand.observe(out.events)
         return out
@@ -312,6 +318,7 @@ class Pipeline:
             "features": self.features.state_dict(),
             "pool": self.pool.state_dict(),
             "applied": dict(self.applied),
+            "applied_in": [[p, n] for p, n in self.applied_in.items()],
             "rejected": dict(self.rejected),
             "position": self.position,
             "erasures": self.erasures.state_dict(),
@@ -328,6 +335,7 @@ class Pipeline:
         self.features.load_state_dict(state["features"])
         self.pool.load_state_dict(state["pool"])
         self.applied = Counter(state["applied"])
+        self.applied_in = Counter({int(p): int(n) for p, n in state.get("applied_in", [])})
         self.rejected = Counter(state["rejected"])
         self.position = int(state["position"])
         self.offsets = dict(offsets)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -117,6 +117,8 @@ class EventReader(_PartitionReader):
         on_assigned: Callable[[list[int]], None] = lambda partitions: None,
         on_reset: Callable[..., None] = lambda partition, offset, read_ahead=False: None,
         matches: Matches | None = None,
+        on_revoked: Callable[[list[int]], Awaitable[None]] | None = None,
+        before_assigned: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         config = dict(
             bootstrap_servers=bootstrap,
@@ -135,6 +137,8 @@ class EventReader(_PartitionReader):
         self.settings = settings
         self.topic = settings.topics.events
         self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._before_assigned = before_assigned
 
     async def start(self) -> None:
         """Connect and join the group."""
@@ -169,13 +173,22 @@ class _SeekOnAssign(ConsumerRebalanceListener):
         self.reader = reader
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        return None
+        """Hand the partitions over (the group waits for this before assigning them)."""
+        if self.reader._on_revoked is not None:
+            await self.reader._on_revoked(sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Catch up with the group's state, take the partitions on from it, then seek."""
         partitions = sorted(tp.partition for tp in assigned)
+        if self.reader._before_assigned is not None:
+            consumer = self.reader.consumer
+            for tp in assigned:  # a position, and no fetch, while the state catches up
+                consumer.seek(tp, self.reader._next_offset(tp.partition))
+            consumer.pause(*assigned)
+            await self.reader._before_assigned()
+        self.reader._on_assigned(partitions)
         await self.reader._position(assigned)
         log.info("assigned %s partitions %s", self.reader.topic, partitions)
-        self.reader._on_assigned(partitions)
 
 
 class WholeTopicReader(_PartitionReader):
@@ -202,10 +215,12 @@ class WholeTopicReader(_PartitionReader):
             enable_auto_commit=False,
             auto_offset_reset="none",
             fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1024 * 1024,  # sync records are up to ~1 MB
             **aiokafka_security(settings),
         )
         super().__init__(config, next_offset, on_reset)
         self.topic = topic
+        self.started = asyncio.Event()
 
     async def start(self) -> None:
         """Connect, take every partition and go to where the restored state stops."""
@@ -215,6 +230,13 @@ class WholeTopicReader(_PartitionReader):
         assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         await self._position(assigned)
+        self.started.set()
+
+    async def end_offset(self, partition: int = 0) -> int:
+        """The end of ``partition`` as the broker reports it now (once started)."""
+        await self.started.wait()
+        tp = TopicPartition(self.topic, partition)
+        return (await self.consumer.end_offsets([tp]))[tp]
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to 1,000 records, waiting at most a second for one."""

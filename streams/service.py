@@ -21,10 +21,11 @@ Example
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from streams.checkpoint import (
 from streams.control import Command, parse_command
 from streams.faults import FaultPlan, FullDiskStore
 from streams.gc_freeze import GcFreezer
+from streams.group import GroupMember
 from streams.ledger import ApplyLedger
 from streams.metrics import Metrics
 from streams.model_ops import find_model
@@ -53,6 +55,8 @@ from streams.outbox import DeadLetterOutbox, Letter
 from streams.pipeline import BatchResult, Pipeline, RawMessage
 from streams.prediction_log import PredictionLog
 from streams.settings import Settings
+from streams.snapshots import latest_snapshot, publish_snapshot
+from streams.sync import SyncState
 
 log = logging.getLogger("recstream.worker")
 
@@ -96,6 +100,8 @@ class WorkerService:
         self._saving: threading.Thread | None = None
         self._model_version = 0
         self.restored_from: str | None = None
+        self._sync_state: SyncState | None = None
+        self._last_snapshot = -math.inf  # the first checkpoint is published at once
         self.initialised_from: str | None = None
         self._saved_offsets: dict[int, int] = {}
         self._saved_lock = threading.Lock()
@@ -104,6 +110,11 @@ class WorkerService:
         if self.restored_from is None and settings.init_from is not None:
             self._init_from(settings.init_from)
         self.predictions_log = PredictionLog.attach(self.pipeline.quality, settings.predictions_log)
+        self.group = (
+            GroupMember(self.pipeline, self.metrics, self.ledger, self._marks, self._sync_state)
+            if settings.sync_interval_s > 0
+            else None
+        )
         self.refresh_slow_metrics()
 
     # ------------------------------------------------------------ start
@@ -125,7 +136,7 @@ class WorkerService:
         incompatible state): then the pipeline is built afresh, so nothing of
         the half-loaded state stays, and the next older one is tried.
         """
-        for found in self.store.newest_first():
+        for found in self._checkpoints():
             if isinstance(found, CheckpointError):
                 log.error("refused checkpoint %s", found)
                 continue
@@ -140,6 +151,9 @@ class WorkerService:
                 }
                 ledger = _restored_ledger(self.settings.ledger, found.state)
                 marks = {int(p): (int(o), int(c)) for p, o, c in found.state.get("log_marks", [])}
+                sync_state = SyncState.from_state(found.state.get("sync"))
+                if found.path.parent != self.store.directory:  # the group's snapshot
+                    sync_state.worker = None  # its writer's id is not this worker's
             except Exception as err:  # any mismatch in a state we wrote ourselves
                 log.error(
                     "refused checkpoint %s: its state does not load (%r)", found.path.name, err
@@ -150,8 +164,22 @@ class WorkerService:
             self.control_offsets = control_offsets
             self.ledger = ledger
             self._marks = marks
+            self._sync_state = sync_state
             self._restored(found, outbox)
             return
+
+    def _checkpoints(self) -> Iterator[Checkpoint | CheckpointError]:
+        """This worker's checkpoints, newest first; without any, the group's latest snapshot
+        (a worker that joins starts from the model its peers hold, :mod:`streams.snapshots`)."""
+        found_any = False
+        for found in self.store.newest_first():
+            found_any = True
+            yield found
+        if not found_any and self.settings.broker and self.settings.sync_interval_s > 0:
+            snapshot = latest_snapshot(self.settings)
+            if snapshot is not None:
+                log.warning("no checkpoint of its own: starting from the group's model snapshot")
+                yield snapshot
 
     def _init_from(self, path: Path) -> None:
         """A new shop: start the learner from another worker's checkpoint's shared parts.
@@ -172,6 +200,7 @@ class WorkerService:
         if "counters" in found.state:  # counters continue from what the restored state saw
             self.metrics.continue_counters(found.state["counters"])
         self._model_version = self.pipeline.learner.model_version
+        self.metrics.model_version.set(self._model_version)
         self.metrics.model_frozen.set(self.pipeline.frozen)
         log.warning("restored %s: events up to offsets %s", found.path.name, found.offsets)
 
@@ -213,6 +242,25 @@ class WorkerService:
         self.control_offsets[partition] = 0
         self.metrics.offset_resets.labels(topic="control").inc()
 
+    def next_sync_offset(self, partition: int) -> int:
+        """The next ``sync`` offset not yet read (0: from the start)."""
+        return self.group.state.position if self.group is not None else 0
+
+    def sync_reset(self, partition: int, offset: int, read_ahead: bool = False) -> None:
+        """``sync`` no longer holds ``offset`` (broker restarted empty): read it from its start;
+        the updates held are known by their workers' sequence numbers and not applied twice."""
+        log.error("sync has no offset %d any more: reading it again", offset)
+        if self.group is not None:
+            self.group.state.position = 0
+        self.metrics.offset_resets.labels(topic="sync").inc()
+
+    def sync_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
+        """Apply the peers' model updates in ``messages`` (:mod:`streams.group`)."""
+        if self.group is not None and self.group.sync_batch(messages):
+            self._model_version = self.pipeline.learner.model_version  # peers' steps: not ours
+            self.metrics.model_version.set(self._model_version)
+        return Outgoing()
+
     def next_control_offset(self, partition: int) -> int:
         """The next ``control`` offset of ``partition`` not yet applied (0: from the start)."""
         return self.control_offsets.get(partition, 0)
@@ -235,7 +283,10 @@ class WorkerService:
         return self.pipeline.offsets.get(partition, 0)
 
     def assigned(self, partitions: Sequence[int]) -> None:
-        """The ``events`` partitions this worker owns after a rebalance."""
+        """The ``events`` partitions this worker owns after a rebalance (positions are taken
+        from the group's latest state of each: see :mod:`streams.group`)."""
+        if self.group is not None:
+            self.group.assigned(partitions)
         self.metrics.assigned_partitions.set(len(partitions))
         for gauge in (self.metrics.consumer_lag, self.metrics.consumer_lag_seconds):
             gauge.clear()  # no series left behind for partitions now owned elsewhere
@@ -277,6 +328,8 @@ class WorkerService:
         """Apply one batch of ``events`` messages; return what to send."""
         if self._stale_from:
             messages = self._without_stale(messages)
+        if self.group is not None and self.group.owned is not None:  # read before a revoke
+            messages = [m for m in messages if m.partition in self.group.owned]
         if self.faults:
             self.faults.check_batch((m.partition, m.offset) for m in messages)
         before = dict(self.pipeline.offsets) if self.ledger is not None else None
@@ -381,6 +434,8 @@ class WorkerService:
             )
             return False
         self.pipeline.replace_model(learner)
+        if self.group is not None:
+            self.group.rebased(self.pipeline)
         self._model_version = self.pipeline.learner.model_version
         self.metrics.model_version.set(self._model_version)
         log.warning("rolled back to model version %d of %s", version, found.path.name)
@@ -515,6 +570,8 @@ class WorkerService:
             "counters": self.metrics.counter_values(),
         }
         state["log_marks"] = [[p, o, crc] for p, (o, crc) in self._marks.items()]
+        if self.group is not None:
+            state["sync"] = self.group.state.state_dict()
         if self.ledger is not None:
             state["ledger"] = self.ledger.state_dict()
         return state
@@ -533,6 +590,24 @@ class WorkerService:
         self.metrics.checkpoints.inc()
         self.metrics.last_checkpoint.set(time.time())
         log.info("checkpoint %s at offsets %s", path.name, offsets)
+        self._publish_snapshot(path)
+
+    def _publish_snapshot(self, path: Path) -> None:
+        """Send the checkpoint at ``path`` to ``model`` for joining workers, when due: from the
+        owner of ``events`` partition 0 only, every ``snapshot_interval_s``."""
+        group = self.group
+        if group is None or not self.settings.broker or not group.owns(0):
+            return
+        if time.monotonic() - self._last_snapshot < self.settings.snapshot_interval_s:
+            return
+        self._last_snapshot = time.monotonic()
+        try:
+            size = publish_snapshot(self.settings, path)
+        except Exception as err:  # joiners replay more of sync: nothing is lost
+            log.error("model snapshot not published: %r", err)
+            return
+        self.metrics.snapshots_published.inc()
+        log.info("model snapshot %s published (%d bytes)", path.name, size)
 
 
 def record_applied(

@@ -74,8 +74,27 @@ class TopicNames:
         """Item demand forecasts (:mod:`online_models.demand`)."""
         return f"{self.prefix}demand"
 
+    @property
+    def sync(self) -> str:
+        """The workers' model updates (:mod:`streams.sync`)."""
+        return f"{self.prefix}sync"
+
+    @property
+    def model(self) -> str:
+        """Snapshots of the group's model, for a worker that joins (:mod:`streams.snapshots`)."""
+        return f"{self.prefix}model"
+
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.items, self.scores, self.dlq, self.control, self.demand)
+        return (
+            self.events,
+            self.items,
+            self.scores,
+            self.dlq,
+            self.control,
+            self.demand,
+            self.sync,
+            self.model,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,8 @@ _ENV = {
     "checkpoint_dir": "RECSTREAM_CHECKPOINT_DIR",
     "checkpoint_interval_s": "RECSTREAM_CHECKPOINT_INTERVAL_S",
     "keep_checkpoints": "RECSTREAM_KEEP_CHECKPOINTS",
+    "sync_interval_s": "RECSTREAM_SYNC_INTERVAL_S",
+    "snapshot_interval_s": "RECSTREAM_SNAPSHOT_INTERVAL_S",
     "top_k": "RECSTREAM_TOP_K",
     "batch_size": "RECSTREAM_BATCH_SIZE",
     "batch_wait_ms": "RECSTREAM_BATCH_WAIT_MS",
@@ -161,6 +182,12 @@ class Settings:
     checkpoint_dir: Path = Path("checkpoints")
     checkpoint_interval_s: float = 30.0
     keep_checkpoints: int = 3  # the newest on disk; older models cannot be rolled back to
+    # Workers of one prefix share one model: each publishes its update this often
+    # (streams.sync); the staleness of a peer's learning is about this long.
+    sync_interval_s: float = 3.0
+    # A snapshot of the model for workers that join goes to the model topic this often (from
+    # the worker owning events partition 0): a joiner replays at most this much of sync.
+    snapshot_interval_s: float = 300.0
     top_k: int = 20
     batch_size: int = 1000
     batch_wait_ms: int = 100

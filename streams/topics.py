@@ -23,8 +23,8 @@ COMPACTED = {"cleanup.policy": "compact"}
 
 def topic_specs(names: TopicNames, partitions: int) -> list[tuple[str, int, dict[str, str]]]:
     """(name, partitions, config) of each topic: items, scores and demand are compacted;
-    control has one partition (commands apply in the order they were sent) and keeps every
-    record."""
+    control, sync and model have one partition (read in the order written) and keep every
+    record (sync is the log of model updates a restore replays; model holds snapshots)."""
     return [
         (names.events, partitions, {}),
         (names.items, partitions, dict(COMPACTED)),
@@ -32,6 +32,8 @@ def topic_specs(names: TopicNames, partitions: int) -> list[tuple[str, int, dict
         (names.dlq, partitions, {}),
         (names.control, 1, {}),
         (names.demand, partitions, dict(COMPACTED)),
+        (names.sync, 1, {}),
+        (names.model, 1, {}),
     ]
 
 

@@ -1,0 +1,200 @@
+"""This worker as one member of a group that learns one model: partitions in and out, updates.
+
+:class:`GroupMember` is the worker service's side of :mod:`streams.sync`:
+
+- :meth:`~GroupMember.take_update` builds this worker's next update (its
+  learner's changes, and the offsets, applied counts, ledger and label state
+  of each partition it owns) as ``sync`` records;
+- :meth:`~GroupMember.sync_batch` applies peers' updates read from ``sync``;
+- :meth:`~GroupMember.assigned` and :meth:`~GroupMember.revoked` follow the
+  consumer group: a partition taken over continues from the latest state
+  published for it; a partition lost is dropped (its open labels, dedup
+  window, offsets), after a last update that hands it over;
+- :meth:`~GroupMember.owns` tells which messages and scores are this worker's.
+
+Everything here runs in the worker's event loop, between batches.
+
+Example
+-------
+>>> member = GroupMember(pipeline, metrics, ledger=None)        # doctest: +SKIP
+>>> records = member.take_update()                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from online_models.replica import ModelDelta, Replica
+from streams.ledger import ApplyLedger
+from streams.metrics import Metrics
+from streams.pipeline import Pipeline, RawMessage
+from streams.sync import Assembler, SyncState, Update
+
+log = logging.getLogger("recstream.worker")
+
+
+class GroupMember:
+    """Partition ownership and model updates of one worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        ledger: ApplyLedger | None,
+        marks: dict[int, tuple[int, int]],
+        state: SyncState | None = None,
+    ) -> None:
+        self.state = state or SyncState()
+        # a restart keeps its id: its updates after the restored checkpoint are its own
+        self.worker = self.state.worker = self.state.worker or uuid.uuid4().hex[:12]
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.ledger = ledger
+        self.marks = marks  # the service's: partition -> last message (offset, crc)
+        self.owned: set[int] | None = None  # None until the group first assigns partitions
+        self.replica = Replica(pipeline.learner)
+        self._assembler = Assembler()
+        self._seq = self.state.vector.get(self.worker, 0)
+        self._sent_offsets: dict[int, int] = {}
+
+    def owns(self, partition: int) -> bool:
+        """Whether this worker applies ``partition`` (all of them until the first assignment)."""
+        return self.owned is None or partition in self.owned
+
+    def rebased(self, pipeline: Pipeline) -> None:
+        """The learner was replaced (a rollback): its state is the base of the next update."""
+        self.pipeline = pipeline
+        self.replica = Replica(pipeline.learner)
+
+    # ---------------------------------------------------------------- updates out
+
+    def take_update(self, leaving: Collection[int] = ()) -> list[bytes]:
+        """This worker's update since its last, as ``sync`` record values; [] when nothing
+        changed. ``leaving``: partitions being revoked, handed over in this update."""
+        owned = set(self.owned or ()) | set(leaving)
+        offsets = {p: self.pipeline.offsets.get(p, 0) for p in owned}
+        delta = self.replica.take()
+        if delta.steps == 0 and offsets == self._sent_offsets and not leaving:
+            return []
+        partitions = {p: self._partition_record(p) for p in sorted(owned)}
+        self._seq += 1
+        update = Update(
+            self.worker,
+            self._seq,
+            int(time.time() * 1000),
+            delta.to_bytes(),
+            partitions,
+            self.pipeline.pool.take_user_changes(),
+            self.metrics.counter_values(),
+        )
+        self.state.record(update)
+        self._sent_offsets = offsets
+        chunks = update.to_chunks()
+        self.metrics.sync_sent.inc()
+        self.metrics.sync_bytes.inc(sum(len(c) for c in chunks))
+        return chunks
+
+    def _partition_record(self, partition: int) -> dict[str, Any]:
+        pipeline = self.pipeline
+        record: dict[str, Any] = {
+            "offset": pipeline.offsets.get(partition, 0),
+            "applied": pipeline.applied_in.get(partition, 0),
+            "labels": pipeline.labels.export_partition(partition),
+            "mark": list(self.marks.get(partition, ())),
+        }
+        if self.ledger is not None:
+            record["ledger"] = self.ledger.export(partition)
+        return record
+
+    # ---------------------------------------------------------------- updates in
+
+    def sync_batch(self, messages: Sequence[RawMessage]) -> int:
+        """Apply the peers' updates completed by ``messages``; return how many."""
+        applied = 0
+        for message in messages:
+            if message.offset < self.state.position:
+                continue
+            self.state.position = message.offset + 1
+            update = self._assembler.add(message.value or b"")
+            if update is None or self.state.holds(update):
+                continue  # a chunk, or this worker's own, or applied before a restore
+            self._apply(update)
+            applied += 1
+        return applied
+
+    def _apply(self, update: Update) -> None:
+        self.replica.apply(ModelDelta.from_bytes(update.model))
+        self.pipeline.pool.apply_user_changes(update.users)
+        self.state.record(update)
+        if update.worker == self.worker:  # sent after the checkpoint this run restored
+            self._seq = max(self._seq, update.seq)
+            self.metrics.raise_counters_to(update.counters)
+        for partition in update.partitions:
+            if self.owned is not None and partition in self.owned:
+                log.warning(
+                    "worker %s published events partition %d, which this worker owns: "
+                    "taking its state over (the model already holds what it applied)",
+                    update.worker,
+                    partition,
+                )
+                self._take_over(partition)
+        self.metrics.sync_applied.inc()
+        self.metrics.sync_lag.observe(max(0.0, time.time() - update.ts_ms / 1000))
+
+    # ---------------------------------------------------------------- ownership
+
+    def assigned(self, partitions: Collection[int]) -> None:
+        """The group gave this worker ``partitions`` (after :meth:`sync_batch` caught up)."""
+        now = set(partitions)
+        before = self.owned if self.owned is not None else set(self.pipeline.offsets)
+        for partition in before - now:
+            self._drop(partition)
+        for partition in now - (self.owned or set()):
+            self._take_over(partition)
+        self.owned = now
+
+    def revoked(self, partitions: Collection[int]) -> None:
+        """``partitions`` are no longer this worker's: nothing of them is applied from now."""
+        if self.owned is not None:
+            self.owned -= set(partitions)
+
+    def dropped(self, partitions: Collection[int]) -> None:
+        """``partitions`` were handed over (their last update is sent): forget their state."""
+        for partition in partitions:
+            if self.owned is None or partition not in self.owned:
+                self._drop(partition)
+
+    def _take_over(self, partition: int) -> None:
+        """Continue ``partition`` from the latest state published for it, if any is newer."""
+        record = self.state.partitions.get(partition)
+        pipeline = self.pipeline
+        if record is None or record["offset"] < pipeline.offsets.get(partition, 0):
+            return  # nobody published it after what this worker holds
+        pipeline.offsets[partition] = int(record["offset"])
+        pipeline.applied_in[partition] = int(record["applied"])
+        pipeline.labels.import_partition(partition, record["labels"])
+        if record.get("mark"):
+            offset, crc = record["mark"]
+            self.marks[partition] = (int(offset), int(crc))
+        else:
+            self.marks.pop(partition, None)
+        if self.ledger is not None:
+            self.ledger.load(partition, record.get("ledger", []))
+        if record["worker"] != self.worker:
+            self.metrics.partitions_taken_over.inc()
+            log.warning(
+                "took over events partition %d at offset %d from worker %s",
+                partition,
+                record["offset"],
+                record["worker"],
+            )
+
+    def _drop(self, partition: int) -> None:
+        pipeline = self.pipeline
+        pipeline.quality.forget(pipeline.labels.drop_partition(partition))
+        pipeline.offsets.pop(partition, None)
+        self.marks.pop(partition, None)

@@ -1,0 +1,203 @@
+"""Several workers, one model: updates exchanged over the ``sync`` topic, Kafka all they share.
+
+The workers of a topic prefix form one consumer group on ``events`` and
+split its partitions. Each learns from the partitions it owns and, every
+``sync_interval_s``, publishes an :class:`Update` on ``sync``:
+
+- what its learner changed since its last update
+  (:class:`online_models.replica.ModelDelta`: shared rows and dense layers as
+  deltas that every worker adds, its users' rows as values);
+- for each partition it owns, the next offset not applied, the events
+  applied, and the partition's state outside the learner (labels in
+  flight, the dedup window: :meth:`online_models.label_stage.LabelStage.export_partition`);
+- the per-user candidate state that changed.
+
+**One update, one unit.** Its model changes and its offsets travel in the
+same record(s), so whoever takes a partition over (after a rebalance, or
+after its owner was SIGKILLed) resumes from offsets that match the model it
+holds: what the dead owner applied after its last update is neither in the
+model nor behind the offsets, and is applied again, once. An update larger
+than a Kafka message is cut into chunks under 1 MB and counts only when
+all its chunks have been read (:class:`Assembler`): a worker killed halfway
+leaves nothing half-applied.
+
+**Which updates a state holds** is a version vector, ``{worker: last
+seq}`` (:class:`SyncState`). Every checkpoint carries it with the ``sync``
+offset it had read up to, and a checkpoint is only taken right after an
+update was published, so restoring one and applying the updates after that
+offset that it does not hold rebuilds the group's model exactly. A worker
+skips its own updates when they come back.
+
+Example
+-------
+>>> update = Update("w1", seq=1, ts_ms=5, model=b"delta", partitions={0: {"offset": 7}})
+>>> chunks = update.to_chunks(max_bytes=64)
+>>> assembler, state = Assembler(), SyncState()
+>>> [assembler.add(c) for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+True
+>>> whole = assembler.add(chunks[-1])
+>>> whole.model, whole.partitions, state.holds(whole)
+(b'delta', {0: {'offset': 7}}, False)
+>>> state.record(whole); state.holds(whole), state.partitions[0]["offset"]
+(True, 7)
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+MAX_CHUNK_BYTES = 900_000
+"""Payload per ``sync`` record: under the 1 MB a Kafka message may carry by default."""
+_SEPARATOR = b"\n"
+
+
+@dataclass
+class Update:
+    """One worker's contribution since its previous update (see the module docstring).
+
+    ``partitions``: ``{partition: {"offset", "applied", "labels", ...}}`` for the
+    partitions the sender owned; ``users``: per-user candidate state changed.
+    """
+
+    worker: str
+    seq: int
+    ts_ms: int
+    model: bytes
+    partitions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    users: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)  # the sender's metrics counters
+
+    def to_chunks(self, max_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
+        """The update as record values of at most ``max_bytes`` of payload each."""
+        meta = zlib.compress(
+            orjson.dumps(
+                {"partitions": self.partitions, "users": self.users, "counters": self.counters},
+                option=orjson.OPT_NON_STR_KEYS,
+            ),
+            1,
+        )
+        body = len(meta).to_bytes(8, "big") + meta + self.model
+        pieces = [body[i : i + max_bytes] for i in range(0, len(body), max_bytes)] or [b""]
+        return [
+            orjson.dumps(
+                {
+                    "worker": self.worker,
+                    "seq": self.seq,
+                    "ts": self.ts_ms,
+                    "chunk": n,
+                    "chunks": len(pieces),
+                }
+            )
+            + _SEPARATOR
+            + piece
+            for n, piece in enumerate(pieces)
+        ]
+
+    @classmethod
+    def from_body(cls, header: dict[str, Any], body: bytes) -> Update:
+        size = int.from_bytes(body[:8], "big")
+        meta = orjson.loads(zlib.decompress(body[8 : 8 + size]))
+        return cls(
+            worker=header["worker"],
+            seq=int(header["seq"]),
+            ts_ms=int(header["ts"]),
+            model=body[8 + size :],
+            partitions={int(p): value for p, value in meta["partitions"].items()},
+            users=meta["users"],
+            counters=meta.get("counters", {}),
+        )
+
+
+class Assembler:
+    """Collects chunks into whole updates; a worker's unfinished update is dropped when a
+    later one of that worker starts (its sender died or gave up halfway)."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[str, tuple[int, list[bytes]]] = {}
+
+    def add(self, value: bytes) -> Update | None:
+        """The whole update once ``value`` completes one, else None."""
+        head, _, piece = value.partition(_SEPARATOR)
+        header = orjson.loads(head)
+        worker, seq, chunk = header["worker"], int(header["seq"]), int(header["chunk"])
+        held = self._pieces.get(worker)
+        if held is None or held[0] != seq or chunk == 0:
+            held = (seq, [])
+            self._pieces[worker] = held
+        if chunk != len(held[1]):  # a gap: a chunk of it never came
+            del self._pieces[worker]
+            return None
+        held[1].append(piece)
+        if len(held[1]) < int(header["chunks"]):
+            return None
+        del self._pieces[worker]
+        return Update.from_body(header, b"".join(held[1]))
+
+
+@dataclass
+class SyncState:
+    """What of the group's updates a state holds, and the latest word on every partition.
+
+    ``vector``: ``{worker: last seq held}``; ``position``: the next ``sync``
+    offset to read; ``partitions``: the latest update's record of each
+    partition, with its ``worker`` and ``seq``; ``worker``: the id of the
+    worker whose checkpoint this is (it keeps it across restarts; None in a
+    snapshot another worker starts from).
+    """
+
+    vector: dict[str, int] = field(default_factory=dict)
+    position: int = 0
+    partitions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    worker: str | None = None
+
+    def holds(self, update: Update) -> bool:
+        """Whether ``update`` is in the state already (its own, or applied before)."""
+        return update.seq <= self.vector.get(update.worker, 0)
+
+    def record(self, update: Update) -> None:
+        """``update`` is now in the state."""
+        self.vector[update.worker] = max(update.seq, self.vector.get(update.worker, 0))
+        for partition, record in update.partitions.items():
+            self.partitions[partition] = {**record, "worker": update.worker, "seq": update.seq}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "vector": dict(self.vector),
+            "position": self.position,
+            "partitions": [[p, orjson.dumps(r).decode()] for p, r in self.partitions.items()],
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> SyncState:
+        if not state:
+            return cls()
+        return cls(
+            vector={str(w): int(s) for w, s in state["vector"].items()},
+            position=int(state["position"]),
+            partitions={int(p): orjson.loads(r) for p, r in state["partitions"]},
+            worker=state.get("worker"),
+        )
+
+
+def replay(values: Iterable[bytes]) -> tuple[SyncState, list[Update]]:
+    """What the group's model holds, as ``sync`` read from its start (``values``) records it:
+    the latest word on every partition, and every whole update in order (model bytes kept).
+
+    >>> chunks = Update("w", 1, 0, b"", {2: {"offset": 9}}).to_chunks()
+    >>> state, updates = replay(chunks)
+    >>> state.partitions[2]["offset"], [u.worker for u in updates]
+    (9, ['w'])
+    """
+    state, assembler, updates = SyncState(), Assembler(), []
+    for value in values:
+        update = assembler.add(value)
+        if update is not None and not state.holds(update):
+            state.record(update)
+            updates.append(update)
+    return state, updates

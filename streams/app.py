@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from streams.outbox import Letter
 from streams.pipeline import RawMessage
 from streams.reader import EventReader, WholeTopicReader
+from streams.topics import ensure_topics
 
 if TYPE_CHECKING:
     from streams.service import Outgoing, WorkerService
@@ -46,6 +47,8 @@ RETRY_DEAD_LETTERS_S = 5.0
 """How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 DEMAND_ROUND_S = 1.0
 """How often item demand forecasts that changed are sent, a bounded round at a time."""
+RETRY_UPDATE_S = 1.0
+"""How long a model update that the broker refused waits before it is sent again."""
 CATCH_UP_TIMEOUT_S = 60.0
 """How long an assignment waits to have applied the updates on ``sync`` (a restart replays
 the updates after its checkpoint; a takeover needs its previous owner's last one)."""
@@ -91,27 +94,52 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     # followed by a score computed before the erasure
     publishing = asyncio.Lock()
 
-    async def send_update(leaving: list[int] | tuple[int, ...] = ()) -> None:
-        """Publish this worker's model update (:mod:`streams.sync`) and wait for the broker.
+    sending = asyncio.Lock()  # updates leave one at a time, in the order of their seqs
 
-        Called holding ``publishing``: no batch is half-applied while it is taken.
-        """
-        if group is None:
-            return
-        chunks = group.take_update(leaving)
-        if chunks:
-            key = group.worker.encode()
-            sends = [await sync.send(key=key, value=chunk) for chunk in chunks]
-            await asyncio.gather(*sends)
+    async def send_update(
+        leaving: list[int] | tuple[int, ...] = (), checkpoint: bool = False
+    ) -> None:
+        """Take this worker's model update between batches (:mod:`streams.sync`), then encode
+        and send it and wait for the broker. ``leaving``: partitions revoked, handed over in
+        it; ``checkpoint``: a checkpoint right after the update is taken, so it holds nothing
+        the group's ``sync`` lacks."""
+        async with sending:
+            async with publishing:
+                pending = None
+                if group is not None:
+                    group.revoked(leaving)
+                    pending = group.take_update(leaving)
+                if checkpoint:
+                    await app.producer.flush()
+                    service.checkpoint(background=True)
+            if pending is not None:
+                await deliver_update(await asyncio.to_thread(pending.chunks))
+            if group is not None:
+                group.dropped(leaving)
+
+    async def deliver_update(chunks: list[bytes]) -> None:
+        """Send an update's chunks until the broker has them all (a resend repeats whole
+        chunks; a receiver assembles the last full run of them)."""
+        key = group.worker.encode()
+        while True:
+            try:
+                sends = [await sync.send(key=key, value=chunk) for chunk in chunks]
+                await asyncio.gather(*sends)
+                return
+            except KafkaError as err:  # the broker is away or lost the topic: wait, again
+                log.error("model update %r not delivered: sending it again", err)
+                await asyncio.sleep(RETRY_UPDATE_S)
+                await asyncio.to_thread(
+                    ensure_topics,
+                    bootstrap,
+                    settings.topics,
+                    settings.partitions,
+                    **settings.kafka_client_config(),
+                )
 
     async def revoked(partitions: list[int]) -> None:
         """The group takes ``partitions`` away: hand them over in one last update."""
-        if group is None:
-            return
-        async with publishing:
-            group.revoked(partitions)
-            await send_update(leaving=partitions)
-            group.dropped(partitions)
+        await send_update(leaving=partitions)
 
     async def caught_up() -> None:
         """Apply every update on ``sync`` so far, before taking partitions on."""
@@ -194,16 +222,9 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         async for batch in stream:
             await publish(_or_stop(service.catalog_batch, batch))
 
-    async def checkpoint_now() -> None:
-        """A checkpoint right after an update: it holds nothing the group's ``sync`` lacks."""
-        async with publishing:
-            await send_update()
-            await app.producer.flush()
-            service.checkpoint(background=True)
-
     async def checkpoint_if_due() -> None:
         if service.checkpoint_due():
-            await checkpoint_now()
+            await send_update(checkpoint=True)
 
     @app.agent(control_batches, name="control")
     async def apply_control(stream: faust.StreamT) -> None:
@@ -213,7 +234,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 await publish(outgoing)
             if outgoing.tombstones:  # users erased: the next checkpoint is written without them
                 await asyncio.to_thread(service.wait_for_checkpoint)  # one forked before
-                await checkpoint_now()
+                await send_update(checkpoint=True)
 
     @app.agent(event_batches, name="learn")
     async def learn(stream: faust.StreamT) -> None:
@@ -261,7 +282,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
 
         @app.timer(settings.sync_interval_s)
         async def publish_update() -> None:
-            async with publishing:
+            if not group.alone(events.partition_count()):  # alone: with each checkpoint
                 await send_update()
 
     @app.timer(1.0)
@@ -283,12 +304,9 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:
         await deliver(service.dead_letters.retry())
-        async with publishing:  # the last update hands every partition over
-            if group is not None:
-                leaving = sorted(group.owned or ())
-                group.revoked(leaving)
-                await send_update(leaving=leaving)
-            await app.producer.flush()
+        if group is not None:  # the last update hands every partition over
+            await send_update(leaving=sorted(group.owned or ()))
+        await app.producer.flush()
         try:
             service.checkpoint(background=False)
         except OSError as err:  # a full disk, say: the older checkpoints stand

@@ -266,13 +266,14 @@ class CandidatePool:
             self._refresh()
 
     def forget_user(self, user_id: str) -> None:
-        """Forget the user's recent items (an erasure)."""
-        if self._user_items.pop(user_id, None) is not None:
-            self._changed.add(user_id)
+        """Forget the user's recent items (an erasure; every worker reads it from ``control``,
+        so it is not among the changes sent to others, and the id is kept nowhere)."""
+        self._user_items.pop(user_id, None)
+        self._changed.discard(user_id)
 
-    def take_user_changes(self) -> dict[str, list[str] | None]:
+    def take_user_changes(self) -> dict[str, list[str]]:
         """The recent items (oldest first) of each user whose own state changed since the last
-        take, None for a user forgotten; for the worker that takes over the users' partition.
+        take; for the worker that takes over the users' partition.
 
         Bounded by the users changed (one dropped by the ``max_users`` cap is
         not sent). What is not per user stays: popularity, the newest items
@@ -289,16 +290,15 @@ class CandidatePool:
         {}
         """
         items = self._user_items
-        changes = {u: list(items[u]) if u in items else None for u in sorted(self._changed)}
+        changes = {u: list(items[u]) for u in sorted(self._changed) if u in items}
         self._changed.clear()
         return changes
 
-    def apply_user_changes(self, changes: Mapping[str, list[str] | None]) -> None:
+    def apply_user_changes(self, changes: Mapping[str, list[str]]) -> None:
         """Give these users the recent items another pool's :meth:`take_user_changes` sent."""
         for user_id, recent in changes.items():
             self._user_items.pop(user_id, None)
-            if recent is not None:
-                self._user_items[user_id] = deque(recent, maxlen=self.config.recent_items)
+            self._user_items[user_id] = deque(recent, maxlen=self.config.recent_items)
         self._cap_users()
 
     def _cap_users(self) -> None:

@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from online_models.replica import ModelDelta, Replica
@@ -35,6 +36,22 @@ from streams.pipeline import Pipeline, RawMessage
 from streams.sync import Assembler, SyncState, Update
 
 log = logging.getLogger("recstream.worker")
+
+
+@dataclass
+class PendingUpdate:
+    """An update taken between batches, still to be encoded (tens of ms: in a thread)."""
+
+    update: Update
+    delta: ModelDelta
+    metrics: Metrics
+
+    def chunks(self) -> list[bytes]:
+        """The ``sync`` record values, counted in the metrics."""
+        chunks = replace(self.update, model=self.delta.to_bytes()).to_chunks()
+        self.metrics.sync_sent.inc()
+        self.metrics.sync_bytes.inc(sum(len(c) for c in chunks))
+        return chunks
 
 
 class GroupMember:
@@ -72,31 +89,32 @@ class GroupMember:
 
     # ---------------------------------------------------------------- updates out
 
-    def take_update(self, leaving: Collection[int] = ()) -> list[bytes]:
-        """This worker's update since its last, as ``sync`` record values; [] when nothing
-        changed. ``leaving``: partitions being revoked, handed over in this update."""
+    def take_update(self, leaving: Collection[int] = ()) -> PendingUpdate | None:
+        """This worker's update since its last (None when nothing changed), to encode and
+        send in that order. ``leaving``: partitions being revoked, handed over in it."""
         owned = set(self.owned or ()) | set(leaving)
         offsets = {p: self.pipeline.offsets.get(p, 0) for p in owned}
         delta = self.replica.take()
         if delta.steps == 0 and offsets == self._sent_offsets and not leaving:
-            return []
+            return None
         partitions = {p: self._partition_record(p) for p in sorted(owned)}
         self._seq += 1
         update = Update(
             self.worker,
             self._seq,
             int(time.time() * 1000),
-            delta.to_bytes(),
+            b"",
             partitions,
             self.pipeline.pool.take_user_changes(),
             self.metrics.counter_values(),
         )
         self.state.record(update)
         self._sent_offsets = offsets
-        chunks = update.to_chunks()
-        self.metrics.sync_sent.inc()
-        self.metrics.sync_bytes.inc(sum(len(c) for c in chunks))
-        return chunks
+        return PendingUpdate(update, delta, self.metrics)
+
+    def alone(self, partitions: int) -> bool:
+        """Whether this worker owns all ``partitions`` (no peer learns: updates can wait)."""
+        return self.owned is not None and len(self.owned) >= partitions > 0
 
     def _partition_record(self, partition: int) -> dict[str, Any]:
         pipeline = self.pipeline

@@ -158,6 +158,11 @@ class EventReader(_PartitionReader):
         if mine:
             await self.consumer.commit(mine)
 
+    def partition_count(self) -> int:
+        """Partitions of ``events`` as last known (0 before the first metadata)."""
+        partitions = self.consumer.partitions_for_topic(self.topic) if self.consumer else None
+        return len(partitions or ())
+
     def lag(self) -> dict[int, int]:
         """Messages between the next offset to read and the end of each owned partition."""
         lags: dict[int, int] = {}

@@ -87,7 +87,8 @@ def test_an_erased_user_is_gone_from_the_next_checkpoint_and_scores_even_after_a
         assert scores and scores[0] is not None and scores[-1] is None  # then the tombstone
 
         # SIGKILL right after the erasure, and the checkpoint written since lost with it:
-        # the restart restores the one from before, which still holds the user
+        # the restart restores the one from before, which still holds the user, and replays
+        # the model updates sent after it (streams.sync); the erasure is applied again
         worker.signal(signal.SIGKILL)
         for path in set(worker.checkpoint_dir.glob("checkpoint-*.pt")) - before_erasure:
             path.unlink()
@@ -97,7 +98,7 @@ def test_an_erased_user_is_gone_from_the_next_checkpoint_and_scores_even_after_a
         metrics = worker.wait_for(
             lambda m: (
                 applied(m) + m.get(erased, 0) >= len(events)
-                and m.get(control_applied("erase_user")) == 2
+                and m.get(control_applied("erase_user")) >= 2
             ),
             60,
             "the stream read again and the erasure applied again",
@@ -105,8 +106,9 @@ def test_an_erased_user_is_gone_from_the_next_checkpoint_and_scores_even_after_a
         worker.signal(signal.SIGTERM)
     finally:
         worker.stop()
-    assert metrics[erased] == theirs_later  # their events read again were not applied
-    assert applied(metrics) == len(events) - theirs_later
+    # nothing applied twice: their events, if read again, were skipped
+    assert metrics[erased] in (0, theirs_later)
+    assert applied(metrics) + metrics[erased] == len(events)
     assert user not in set(strings(newest_state(worker.checkpoint_dir, topics.events)))
 
 

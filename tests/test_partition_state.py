@@ -189,9 +189,9 @@ def test_a_pool_hands_its_changed_users_recent_items_to_another():
     a.observe([Event("e99", 99, "cart", "u1", "i3")])
     a.forget_user("u2")
     changes = a.take_user_changes()
-    assert changes == {"u1": a.state_dict()["user_items"]["u1"], "u2": None}
-    b.apply_user_changes(orjson.loads(orjson.dumps(changes)))
-    assert "u2" not in b.state_dict()["user_items"]
+    assert changes == {"u1": a.state_dict()["user_items"]["u1"]}  # an erasure is not sent:
+    b.apply_user_changes(orjson.loads(orjson.dumps(changes)))  # every worker reads control
+    assert "u2" not in a.state_dict()["user_items"] and "u2" not in a.state_dict()["changed"]
 
 
 def test_a_lagging_partition_taken_over_still_closes_its_windows_on_its_own_time():

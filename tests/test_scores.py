@@ -16,7 +16,7 @@ from tests.worker_harness import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.slow
 
-FIELDS = {"schema", "user_id", "ts", "event_ts", "model_version", "items"}
+FIELDS = {"schema", "user_id", "ts", "event_ts", "model_version", "seq", "items"}
 ITEM_FIELDS = {"item_id", "p_click", "p_cart", "p_purchase", "score", "cold", "expected_value"}
 
 

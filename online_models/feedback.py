@@ -303,9 +303,39 @@ class ProvisionalNegatives:
         self._forget_slots(slots)
         return tracked
 
-    def export_keys(self, keys: Iterable[int]) -> dict[str, Any]:
-        """What :meth:`state_dict` holds of these samples (those tracked), without the clock."""
-        return self._rows(self._tracked_slots(keys))
+    def export_keys(
+        self, keys: Iterable[int], like: Callable[[int], Sample | None] | None = None
+    ) -> dict[str, Any]:
+        """What :meth:`state_dict` holds of these samples (those tracked), without the clock.
+
+        With ``like``: a waiting sample equal in every field to ``like(key)``
+        (the sample a receiver holds already) is written short, under
+        ``waiting_like``, as its stage, due time and key (:func:`waiting_row_like`
+        writes it out again).
+
+        >>> from online_models.labels import TrackedSample
+        >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
+        >>> shown = TrackedSample("u1", "i1", ts=0, key=1)
+        >>> waits.scored([shown, TrackedSample("u1", "i2", ts=0, key=2)])
+        >>> rows = waits.export_keys([1, 2], like={1: shown}.get)
+        >>> rows["waiting_like"], [row[WAITING_ROW_KEY] for row in rows["waiting"]]
+        ([[0, 1000, 1]], [2])
+        >>> whole = waits.export_keys([1])["waiting"][0]
+        >>> waiting_row_like(rows["waiting_like"][0], {1: shown}.get) == whole
+        True
+        """
+        rows = self._rows(self._tracked_slots(keys))
+        if like is None:
+            return rows
+        waiting, short = [], []
+        for row in rows["waiting"]:
+            stage, due, key = row[0], row[1], row[WAITING_ROW_KEY]
+            sample = like(key)
+            if sample is not None and row == waiting_row(stage, due, sample):
+                short.append([stage, due, key])
+            else:
+                waiting.append(row)
+        return {**rows, "waiting": waiting, "waiting_like": short}
 
     def import_rows(self, rows: dict[str, Any], keys: Mapping[int, int]) -> None:
         """Track the samples of another's :meth:`export_keys`, each under the key ``keys`` maps
@@ -362,8 +392,7 @@ class ProvisionalNegatives:
         assumed = slots[self._assumed[slots] != NONE]
         return {
             "waiting": [
-                [int(self._waiting[slot]), int(self._due[slot])]
-                + [getattr(self._sample[slot], f) for f in _FIELDS]
+                waiting_row(int(self._waiting[slot]), int(self._due[slot]), self._sample[slot])
                 for slot in waiting.tolist()
             ],
             "assumed": [[int(self._key[slot]), int(self._assumed[slot])] for slot in assumed],
@@ -406,6 +435,19 @@ class ProvisionalNegatives:
         was called)."""
         if self._changed is not None:
             self._changed.append(keys)
+
+
+def waiting_row(stage: int, due: int, sample: Sample) -> list[Any]:
+    """A sample waiting for ``stage`` until ``due``, as :meth:`ProvisionalNegatives.export_keys`
+    writes it."""
+    return [stage, due, *[getattr(sample, name) for name in _FIELDS]]
+
+
+def waiting_row_like(short: list[Any], like: Callable[[int], Sample]) -> list[Any]:
+    """The whole row of a waiting sample :meth:`ProvisionalNegatives.export_keys` wrote short,
+    given ``like``, the samples (by key) it was written short against."""
+    stage, due, key = short
+    return waiting_row(stage, due, like(key))
 
 
 def _objects(items: list[Any]) -> np.ndarray:

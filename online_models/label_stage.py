@@ -57,7 +57,7 @@ Example
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,6 +122,7 @@ class LabelStage:
         self._held_partitions: list[int] = []  # each held sample's partition
         self._batch_partitions: dict[int, int] = {}  # while holding: the batch's keys' partitions
         self._noting = False  # whether partition_changes was asked for: waits' changes noted
+        self._held_sent: dict[int, int] = {}  # per partition: its held labels changes carried
 
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event (see :meth:`LabelResolver.observe`)."""
@@ -210,9 +211,12 @@ class LabelStage:
         ``resolver``: samples opened or changed (their rows, as :meth:`export_partition`
         writes them), samples gone (their keys), event ids remembered and forgotten, and
         the times and batch clicks whole (:meth:`LabelResolver.partition_changes`);
-        ``waits``: the waits and assumed stages of the samples in ``resolver["open"]``;
-        ``held`` and ``held_reasons`` whole (only the balanced start holds any). The
-        first call for a partition, and the first after :meth:`import_partition`,
+        ``waits``: the waits and assumed stages of the samples in ``resolver["open"]``
+        (a waiting sample equal to its open one written short, under ``waiting_like``:
+        :meth:`ProvisionalNegatives.export_keys`);
+        ``held`` and ``held_reasons``: the labels held back by the balanced start from
+        the ``held_from``-th of the partition on (0: all of them; before, the receiver's).
+        The first call for a partition, and the first after :meth:`import_partition`,
         :meth:`drop_partition` or :meth:`load_state_dict`, is :meth:`export_partition`
         with ``"full": True``; the others carry ``"full": False``. Its cost is that of
         what changed: changes are noted as the state changes, open samples are not
@@ -226,25 +230,43 @@ class LabelStage:
         (True, 1, 1)
         >>> again = stage.partition_changes(2)
         >>> again["full"], again["resolver"]["open"], again["waits"]
-        (False, [], {'waiting': [], 'assumed': []})
+        (False, [], {'waiting': [], 'assumed': [], 'waiting_like': []})
         """
         self._noting = True
         self._note_waits()
         resolver = self.resolver.partition_changes(partition)
         if resolver.pop("full"):
             keys = self.resolver.partition_keys(partition)
-            return {"full": True, **self._partition_state(partition, resolver, keys)}
+            changes = {"full": True, **self._partition_state(partition, resolver, keys)}
+            self._held_sent[partition] = len(changes["held"])
+            return changes
         keys = [row[OPEN_ROW_KEY] for row in resolver["open"]]
-        return {"full": False, **self._partition_state(partition, resolver, keys)}
+        held_from = self._held_sent.get(partition, 0)
+        changes = {
+            "full": False,
+            "held_from": held_from,
+            **self._partition_state(
+                partition, resolver, keys, self.resolver.open_sample, held_from
+            ),
+        }
+        self._held_sent[partition] = held_from + len(changes["held"])
+        return changes
 
     def _partition_state(
-        self, partition: int, resolver: dict[str, Any], keys: list[int]
+        self,
+        partition: int,
+        resolver: dict[str, Any],
+        keys: list[int],
+        like: Callable[[int], TrackedSample | None] | None = None,
+        held_from: int = 0,
     ) -> dict[str, Any]:
-        """The resolver's part of ``partition``, the waits of ``keys`` and the held labels."""
-        held = [i for i, p in enumerate(self._held_partitions) if p == partition]
+        """The resolver's part of ``partition``, the waits of ``keys`` (short when ``like``
+        their open samples: :meth:`ProvisionalNegatives.export_keys`) and its held labels
+        from the ``held_from``-th on."""
+        held = [i for i, p in enumerate(self._held_partitions) if p == partition][held_from:]
         return {
             "resolver": resolver,
-            "waits": None if self.waits is None else self.waits.export_keys(keys),
+            "waits": None if self.waits is None else self.waits.export_keys(keys, like),
             "held": [sample_to_row(self.held.samples[i]) for i in held],
             "held_reasons": self.held.reason_codes[held].tolist(),
         }
@@ -294,6 +316,7 @@ class LabelStage:
 
     def _release_held(self, kept: list[bool]) -> set[int]:
         """Keep only the held samples ``kept`` says; return the keys of the others."""
+        self._held_sent.clear()  # the next changes carry the held labels whole
         samples = self.held.samples
         self.held = LabelBatch(
             [s for s, keep in zip(samples, kept, strict=True) if keep],
@@ -318,6 +341,7 @@ class LabelStage:
         if not self.held.samples:
             return batch
         held, self.held, self._held_partitions = self.held, LabelBatch(), []
+        self._held_sent.clear()
         codes = np.r_[held.reason_codes, batch.reason_codes]
         return LabelBatch(held.samples + batch.samples, codes)
 

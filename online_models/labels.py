@@ -652,6 +652,11 @@ class LabelResolver:
             if entry is not None:
                 self._changed(entry.partition, key)
 
+    def open_sample(self, key: int) -> TrackedSample | None:
+        """The open sample ``key`` as kept (without labels), None if it is not open."""
+        entry = self._open.get(key)
+        return None if entry is None else entry.sample
+
     def _newest_ids(self, partition: int, limit: int) -> list[str]:
         """The newest ``limit`` event ids of ``partition`` remembered, oldest first."""
         newest: list[str] = []
@@ -996,6 +1001,17 @@ def sample_from_row(row: list[Any]) -> TrackedSample:
     """The sample :func:`sample_to_row` wrote (rows of older checkpoints have no ``value``)."""
     names = _SAMPLE_FIELDS if len(row) == len(_SAMPLE_FIELDS) else _SAMPLE_FIELDS_BEFORE_VALUE
     return TrackedSample(**dict(zip(names, row, strict=True)))
+
+
+def open_row_sample(row: list[Any]) -> TrackedSample:
+    """The sample (without labels) of an open sample's row (:meth:`LabelResolver.export_partition`).
+
+    >>> resolver = LabelResolver()
+    >>> _ = resolver.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=3)
+    >>> open_row_sample(resolver.export_partition(3)["open"][0]) == resolver.open_sample(0)
+    True
+    """
+    return _open_from_row(row).sample
 
 
 def _open_from_row(row: list[Any]) -> _Open:

@@ -42,8 +42,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from online_models.feedback import WAITING_ROW_KEY
-from online_models.labels import HANDOVER_IDS, OPEN_ROW_KEY
+from online_models.feedback import WAITING_ROW_KEY, waiting_row_like
+from online_models.labels import HANDOVER_IDS, OPEN_ROW_KEY, TrackedSample, open_row_sample
 
 
 @dataclass(slots=True)
@@ -94,10 +94,16 @@ class _Partition:
                 self.assumed.pop(key, None)
             for row in waits["waiting"]:
                 self.waiting[row[WAITING_ROW_KEY]] = row
+            for short in waits["waiting_like"]:  # like the open sample it changed with
+                row = waiting_row_like(short, self._open_sample)
+                self.waiting[row[WAITING_ROW_KEY]] = row
             for key, stage in waits["assumed"]:
                 self.assumed[key] = stage
-        self.held = changes["held"]
-        self.held_reasons = changes["held_reasons"]
+        self.held = self.held[: changes["held_from"]] + changes["held"]
+        self.held_reasons = self.held_reasons[: changes["held_from"]] + changes["held_reasons"]
+
+    def _open_sample(self, key: int) -> TrackedSample:
+        return open_row_sample(self.open[key])
 
     def export(self) -> dict[str, Any]:
         """The partition in :meth:`LabelStage.export_partition`'s format (samples by key)."""

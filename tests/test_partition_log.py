@@ -63,7 +63,7 @@ def test_the_log_of_a_partitions_changes_holds_what_its_owner_would_export(stage
         step(stage, batch)
         for partition in (0, 1):
             log.apply(partition, sent(stage.partition_changes(partition)))
-        if n % 25 == 0:
+        if n % 25 == 0 or n < 8:  # and while the balanced start holds labels back
             for partition in (0, 1):
                 assert log.export(partition) == sent(stage.export_partition(partition))
                 checked += bool(stage.export_partition(partition)["resolver"]["open"])
@@ -121,7 +121,7 @@ def test_changes_are_empty_when_nothing_changed_and_whole_after_an_import_or_a_d
     assert not nothing["full"]
     resolver = nothing["resolver"]
     assert resolver["open"] == resolver["gone"] == resolver["seen_ids"] == []
-    assert nothing["waits"] == {"waiting": [], "assumed": []}
+    assert nothing["waits"] == {"waiting": [], "waiting_like": [], "assumed": []}
     assert len(orjson.dumps(nothing)) < 300  # the times, and the names
     step(x, [(Event("e2", ORIGIN + SECOND, "click", "a1", "i1"), 0)])
     assert [row[0] for row in x.partition_changes(0)["resolver"]["open"]] == [0]

@@ -414,7 +414,7 @@ class ProvisionalNegatives:
 
     def changed_keys(self) -> list[int]:
         """The keys whose wait or assumed stage changed since the previous call (noted from
-        the first call on, which returns none), in order; some may be unchanged or untracked.
+        the first call on, which returns none), ascending; some may be unchanged or untracked.
 
         >>> from online_models.labels import TrackedSample
         >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))

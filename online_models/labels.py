@@ -608,7 +608,9 @@ class LabelResolver:
 
         The first call for a partition, and the first after :meth:`import_partition`,
         :meth:`drop_partition` or :meth:`load_state_dict`, is :meth:`export_partition`
-        with ``"full": True``; the others carry ``"full": False``.
+        with ``"full": True``; the others carry ``"full": False``. From the first call
+        on, the partition's changes are kept until the next: call it regularly (or drop
+        the partition).
 
         >>> resolver = LabelResolver()
         >>> _ = resolver.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=3)

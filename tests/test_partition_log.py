@@ -70,6 +70,10 @@ def test_the_log_of_a_partitions_changes_holds_what_its_owner_would_export(stage
     assert checked > 50
     restored = PartitionLog.from_state(sent(log.state_dict()))
     assert restored.export(0) == log.export(0) == sent(stage.export_partition(0))
+    log.drop(1)
+    assert 1 not in log and log.export(1) is None and 0 in log
+    with pytest.raises(KeyError):  # changes without the state they follow
+        log.apply(1, sent(stage.partition_changes(1)))
 
 
 def test_a_partition_taken_over_from_the_log_learns_as_its_old_owner_would_have():

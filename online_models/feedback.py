@@ -83,6 +83,9 @@ _FIELDS = (
     "key",
     "logit_offset",
 )
+WAITING_ROW_KEY = 2 + _FIELDS.index("key")
+"""Where a waiting sample's row (in :meth:`ProvisionalNegatives.export_keys`) holds its key:
+after the awaited stage and the due time, among the sample's fields."""
 STAGES = 3
 """Click, cart, purchase: a stage is the index of the label it waits for."""
 NONE = -1
@@ -143,6 +146,7 @@ class ProvisionalNegatives:
             raise ValueError("waits_ms needs one wait per funnel stage")
         self.waits_ms = tuple(waits_ms)
         self.capacity = capacity
+        self._changed: list[np.ndarray] | None = None  # noted from the first changed_keys() on
         self._reset()
 
     def _reset(self) -> None:
@@ -222,6 +226,7 @@ class ProvisionalNegatives:
         last = np.where(known[:, 2], 2, np.where(known[:, 1], 1, 0))
         label = labels[np.arange(len(samples)), last]
         keyed = np.flatnonzero((keys >= 0) & ~np.isnan(label))
+        self._note(keys[keyed])
         for occurrence in _occurrences(keys[keyed]):  # a key twice: in order
             rows = keyed[occurrence]
             slots = keys[rows] % self.capacity
@@ -261,6 +266,7 @@ class ProvisionalNegatives:
         )
         waits = waits.take(current)
         waits = waits.take(np.lexsort((waits.keys, waits.due)))
+        self._note(waits.keys)
         self._assumed[waits.slots] = waits.stages
         self._waiting[waits.slots] = NONE
         return self._sample[waits.slots].tolist(), _NEGATIVES[waits.stages]
@@ -297,9 +303,39 @@ class ProvisionalNegatives:
         self._forget_slots(slots)
         return tracked
 
-    def export_keys(self, keys: Iterable[int]) -> dict[str, Any]:
-        """What :meth:`state_dict` holds of these samples (those tracked), without the clock."""
-        return self._rows(self._tracked_slots(keys))
+    def export_keys(
+        self, keys: Iterable[int], like: Callable[[int], Sample | None] | None = None
+    ) -> dict[str, Any]:
+        """What :meth:`state_dict` holds of these samples (those tracked), without the clock.
+
+        With ``like``: a waiting sample equal in every field to ``like(key)``
+        (the sample a receiver holds already) is written short, under
+        ``waiting_like``, as its stage, due time and key (:func:`waiting_row_like`
+        writes it out again).
+
+        >>> from online_models.labels import TrackedSample
+        >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
+        >>> shown = TrackedSample("u1", "i1", ts=0, key=1)
+        >>> waits.scored([shown, TrackedSample("u1", "i2", ts=0, key=2)])
+        >>> rows = waits.export_keys([1, 2], like={1: shown}.get)
+        >>> rows["waiting_like"], [row[WAITING_ROW_KEY] for row in rows["waiting"]]
+        ([[0, 1000, 1]], [2])
+        >>> whole = waits.export_keys([1])["waiting"][0]
+        >>> waiting_row_like(rows["waiting_like"][0], {1: shown}.get) == whole
+        True
+        """
+        rows = self._rows(self._tracked_slots(keys))
+        if like is None:
+            return rows
+        waiting, short = [], []
+        for row in rows["waiting"]:
+            stage, due, key = row[0], row[1], row[WAITING_ROW_KEY]
+            sample = like(key)
+            if sample is not None and row == waiting_row(stage, due, sample):
+                short.append([stage, due, key])
+            else:
+                waiting.append(row)
+        return {**rows, "waiting": waiting, "waiting_like": short}
 
     def import_rows(self, rows: dict[str, Any], keys: Mapping[int, int]) -> None:
         """Track the samples of another's :meth:`export_keys`, each under the key ``keys`` maps
@@ -315,6 +351,7 @@ class ProvisionalNegatives:
         return slots[tracked]
 
     def _forget_slots(self, slots: np.ndarray) -> None:
+        self._note(self._key[slots])
         self._key[slots] = NONE  # their queued waits no longer match: skipped when due
         self._waiting[slots] = NONE
         self._assumed[slots] = NONE
@@ -326,6 +363,8 @@ class ProvisionalNegatives:
         """Make ``keys`` (taking over their slots) wait for ``stages`` until ``due``."""
         if len(slots) == 0:
             return
+        if self._changed is not None:  # and the keys whose slots they take over
+            self._changed += (keys, self._key[slots])
         self._key[slots] = keys
         self._waiting[slots] = stages
         self._assumed[slots] = NONE
@@ -353,8 +392,7 @@ class ProvisionalNegatives:
         assumed = slots[self._assumed[slots] != NONE]
         return {
             "waiting": [
-                [int(self._waiting[slot]), int(self._due[slot])]
-                + [getattr(self._sample[slot], f) for f in _FIELDS]
+                waiting_row(int(self._waiting[slot]), int(self._due[slot]), self._sample[slot])
                 for slot in waiting.tolist()
             ],
             "assumed": [[int(self._key[slot]), int(self._assumed[slot])] for slot in assumed],
@@ -371,7 +409,45 @@ class ProvisionalNegatives:
         for key, stage in rows["assumed"]:
             key = rekey(key)
             slot = key % self.capacity
+            self._note(np.array([key, self._key[slot]]))
             self._key[slot], self._assumed[slot] = key, stage
+
+    def changed_keys(self) -> list[int]:
+        """The keys whose wait or assumed stage changed since the previous call (noted from
+        the first call on, which returns none), ascending; some may be unchanged or untracked.
+
+        >>> from online_models.labels import TrackedSample
+        >>> waits = ProvisionalNegatives(waits_ms=(1_000, 5_000, 5_000))
+        >>> waits.changed_keys()
+        []
+        >>> waits.scored([TrackedSample("u1", "i1", 0, key=4), TrackedSample("u2", "i1", 0, key=2)])
+        >>> waits.changed_keys(), waits.changed_keys()
+        ([2, 4], [])
+        """
+        changed, self._changed = self._changed or [], []
+        if not changed:
+            return []
+        keys = np.unique(np.concatenate(changed))
+        return keys[keys != NONE].tolist()
+
+    def _note(self, keys: np.ndarray) -> None:
+        """Note that these keys' waits or assumed stages change (once :meth:`changed_keys`
+        was called)."""
+        if self._changed is not None:
+            self._changed.append(keys)
+
+
+def waiting_row(stage: int, due: int, sample: Sample) -> list[Any]:
+    """A sample waiting for ``stage`` until ``due``, as :meth:`ProvisionalNegatives.export_keys`
+    writes it."""
+    return [stage, due, *[getattr(sample, name) for name in _FIELDS]]
+
+
+def waiting_row_like(short: list[Any], like: Callable[[int], Sample]) -> list[Any]:
+    """The whole row of a waiting sample :meth:`ProvisionalNegatives.export_keys` wrote short,
+    given ``like``, the samples (by key) it was written short against."""
+    stage, due, key = short
+    return waiting_row(stage, due, like(key))
 
 
 def _objects(items: list[Any]) -> np.ndarray:

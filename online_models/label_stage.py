@@ -26,7 +26,11 @@ negatives; from then on both classes arrive at the same pace.
 A partition moves between workers with its pending labels
 (:meth:`LabelStage.export_partition`, :meth:`~LabelStage.import_partition`,
 :meth:`~LabelStage.drop_partition`): events are keyed by user, so a
-sample's later events and its deadlines belong to its partition.
+sample's later events and its deadlines belong to its partition. The other
+workers keep each partition's state up to date from what changed in it
+(:meth:`LabelStage.partition_changes`,
+:class:`~online_models.partition_log.PartitionLog`): a partition's whole
+state on the demo stream is megabytes, what changes in it in 3 s is not.
 
 Every model learns exactly this stream, the worker's and each one in
 ``recstream bench quality``, so differences between models are differences
@@ -53,7 +57,7 @@ Example
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,6 +66,7 @@ import numpy as np
 from online_models.catalog import Catalog
 from online_models.feedback import ProvisionalNegatives
 from online_models.labels import (
+    OPEN_ROW_KEY,
     UNKNOWN_PARTITION,
     LabelConfig,
     LabelResolver,
@@ -116,6 +121,8 @@ class LabelStage:
         self.held = LabelBatch()
         self._held_partitions: list[int] = []  # each held sample's partition
         self._batch_partitions: dict[int, int] = {}  # while holding: the batch's keys' partitions
+        self._noting = False  # whether partition_changes was asked for: waits' changes noted
+        self._held_sent: dict[int, int] = {}  # per partition: its held labels changes carried
 
     def observe(self, event: Event, partition: int = 0) -> Resolution:
         """Apply one event (see :meth:`LabelResolver.observe`)."""
@@ -152,6 +159,8 @@ class LabelStage:
             out = LabelBatch(samples, np.r_[codes, np.full(len(waited), _PROVISIONAL, np.int8)])
             out = self._balanced(out, now)
             self._batch_partitions.clear()
+            if self._noting:
+                self._note_waits()
         self.learned.update(out.counts())
         return out
 
@@ -189,14 +198,83 @@ class LabelStage:
         >>> new.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=2).duplicate
         True
         """
-        keys = self.resolver.partition_keys(partition)
-        held = [i for i, p in enumerate(self._held_partitions) if p == partition]
+        return self._partition_state(
+            partition,
+            self.resolver.export_partition(partition),
+            self.resolver.partition_keys(partition),
+        )
+
+    def partition_changes(self, partition: int) -> dict[str, Any]:
+        """What changed in ``partition``'s state since the previous call for it, as plain
+        values, for the workers that keep it (:class:`~online_models.partition_log.PartitionLog`).
+
+        ``resolver``: samples opened or changed (their rows, as :meth:`export_partition`
+        writes them), samples gone (their keys), event ids remembered and forgotten, and
+        the times and batch clicks whole (:meth:`LabelResolver.partition_changes`);
+        ``waits``: the waits and assumed stages of the samples in ``resolver["open"]``
+        (a waiting sample equal to its open one written short, under ``waiting_like``:
+        :meth:`ProvisionalNegatives.export_keys`);
+        ``held`` and ``held_reasons``: the labels held back by the balanced start from
+        the ``held_from``-th of the partition on (0: all of them; before, the receiver's).
+        The first call for a partition, and the first after :meth:`import_partition`,
+        :meth:`drop_partition` or :meth:`load_state_dict`, is :meth:`export_partition`
+        with ``"full": True``; the others carry ``"full": False``. Its cost is that of
+        what changed: changes are noted as the state changes, open samples are not
+        looked at. Call it between batches, like :meth:`export_partition`.
+
+        >>> stage = LabelStage()
+        >>> shown = stage.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=2)
+        >>> _ = stage.labels(shown.new, shown.to_learn())
+        >>> first = stage.partition_changes(2)
+        >>> first["full"], len(first["resolver"]["open"]), len(first["waits"]["waiting"])
+        (True, 1, 1)
+        >>> again = stage.partition_changes(2)
+        >>> again["full"], again["resolver"]["open"], again["waits"]
+        (False, [], {'waiting': [], 'assumed': [], 'waiting_like': []})
+        """
+        self._noting = True
+        self._note_waits()
+        resolver = self.resolver.partition_changes(partition)
+        if resolver.pop("full"):
+            keys = self.resolver.partition_keys(partition)
+            changes = {"full": True, **self._partition_state(partition, resolver, keys)}
+            self._held_sent[partition] = len(changes["held"])
+            return changes
+        keys = [row[OPEN_ROW_KEY] for row in resolver["open"]]
+        held_from = self._held_sent.get(partition, 0)
+        changes = {
+            "full": False,
+            "held_from": held_from,
+            **self._partition_state(
+                partition, resolver, keys, self.resolver.open_sample, held_from
+            ),
+        }
+        self._held_sent[partition] = held_from + len(changes["held"])
+        return changes
+
+    def _partition_state(
+        self,
+        partition: int,
+        resolver: dict[str, Any],
+        keys: list[int],
+        like: Callable[[int], TrackedSample | None] | None = None,
+        held_from: int = 0,
+    ) -> dict[str, Any]:
+        """The resolver's part of ``partition``, the waits of ``keys`` (short when ``like``
+        their open samples: :meth:`ProvisionalNegatives.export_keys`) and its held labels
+        from the ``held_from``-th on."""
+        held = [i for i, p in enumerate(self._held_partitions) if p == partition][held_from:]
         return {
-            "resolver": self.resolver.export_partition(partition),
-            "waits": None if self.waits is None else self.waits.export_keys(keys),
+            "resolver": resolver,
+            "waits": None if self.waits is None else self.waits.export_keys(keys, like),
             "held": [sample_to_row(self.held.samples[i]) for i in held],
             "held_reasons": self.held.reason_codes[held].tolist(),
         }
+
+    def _note_waits(self) -> None:
+        """Count samples whose waits changed as changed in their partitions."""
+        if self.waits is not None:
+            self.resolver.mark_changed(self.waits.changed_keys())
 
     def import_partition(self, partition: int, state: dict[str, Any]) -> dict[int, int]:
         """Replace what is held for ``partition`` with another stage's
@@ -238,6 +316,7 @@ class LabelStage:
 
     def _release_held(self, kept: list[bool]) -> set[int]:
         """Keep only the held samples ``kept`` says; return the keys of the others."""
+        self._held_sent.clear()  # the next changes carry the held labels whole
         samples = self.held.samples
         self.held = LabelBatch(
             [s for s, keep in zip(samples, kept, strict=True) if keep],
@@ -262,6 +341,7 @@ class LabelStage:
         if not self.held.samples:
             return batch
         held, self.held, self._held_partitions = self.held, LabelBatch(), []
+        self._held_sent.clear()
         codes = np.r_[held.reason_codes, batch.reason_codes]
         return LabelBatch(held.samples + batch.samples, codes)
 

@@ -75,7 +75,8 @@ recently updated items. The last ``negative_pool_items`` clicked items are kept.
 
 Open samples, remembered event ids and watermarks are tagged with their
 partition, so a partition's part moves to another worker on its own
-(:meth:`LabelResolver.export_partition`).
+(:meth:`LabelResolver.export_partition`), or goes to the other workers as it
+changes (:meth:`LabelResolver.partition_changes`).
 
 Example
 -------
@@ -100,7 +101,7 @@ import heapq
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -117,6 +118,9 @@ T = TypeVar("T")
 UNKNOWN_PARTITION = -1
 """The partition of samples restored from checkpoints that did not record it."""
 
+
+OPEN_ROW_KEY = 0
+"""Where an open sample's row (in :meth:`LabelResolver.export_partition`) holds its key."""
 
 HANDOVER_IDS = 5_000
 """Event ids of a partition handed over with it: a repeat sent within about this many of
@@ -208,6 +212,16 @@ class Resolution:
     def to_learn(self) -> list[TrackedSample]:
         """The samples carrying at least one label: new ones first, then updates."""
         return [s for s in self.new if (s.click, s.cart, s.purchase) != _NO_LABELS] + self.resolved
+
+
+@dataclass(slots=True)
+class _Changes:
+    """What changed in one partition since its last :meth:`LabelResolver.partition_changes`:
+    the keys of samples opened, changed or gone, and event ids remembered and forgotten."""
+
+    keys: set[int] = field(default_factory=set)
+    ids: list[str] = field(default_factory=list)
+    forgotten_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -404,6 +418,7 @@ class LabelResolver:
         self._recent_clicks: deque[str] = deque(maxlen=self.config.negative_pool_items)
         self._batch_clicks: list[TrackedSample] = []  # positives made when the batch closes
         self._batch_partitions: list[int] = []  # each batch click's partition
+        self._changes: dict[int, _Changes] = {}  # of partitions whose changes are asked for
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "duplicates",
@@ -493,6 +508,7 @@ class LabelResolver:
             entry = self._open.get(click.key)
             if entry is not None:  # its cart and purchase learn with the same correction
                 entry.sample = _bare(positive)
+                self._changed(entry.partition, click.key)
             out.append(positive)
             for item in self._negatives_for(click, drawn, k):
                 negative = self._new_sample_like(click, item, offsets[item])
@@ -581,6 +597,68 @@ class LabelResolver:
             "batch_clicks": [sample_to_row(s) for s, p in self._batch_items() if p == partition],
         }
 
+    def partition_changes(self, partition: int) -> dict[str, Any]:
+        """What changed in ``partition`` since the previous call for it, as plain values.
+
+        ``open``: the rows (as :meth:`export_partition` writes them) of samples
+        opened or changed; ``gone``: the keys of samples closed or forgotten;
+        ``seen_ids``: event ids remembered; ``forgotten_ids``: those that left
+        the deduplication window; ``clock`` and ``batch_clicks`` (small) whole.
+        Its size is that of what changed: open samples are not looked at.
+
+        The first call for a partition, and the first after :meth:`import_partition`,
+        :meth:`drop_partition` or :meth:`load_state_dict`, is :meth:`export_partition`
+        with ``"full": True``; the others carry ``"full": False``. From the first call
+        on, the partition's changes are kept until the next: call it regularly (or drop
+        the partition).
+
+        >>> resolver = LabelResolver()
+        >>> _ = resolver.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=3)
+        >>> resolver.partition_changes(3)["full"]
+        True
+        >>> _ = resolver.observe(Event("e2", 1_500, "click", "u1", "i1"), partition=3)
+        >>> changes = resolver.partition_changes(3)
+        >>> changes["full"], [row[0] for row in changes["open"]], changes["seen_ids"]
+        (False, [0], ['e2'])
+        >>> _ = resolver.advance(10_000_000)  # its conversion window closes
+        >>> changes = resolver.partition_changes(3)
+        >>> changes["open"], changes["gone"]
+        ([], [0])
+        """
+        changes = self._changes.get(partition)
+        self._changes[partition] = _Changes()
+        if changes is None:
+            return {"full": True, **self.export_partition(partition)}
+        opened, gone = [], []
+        for key in sorted(changes.keys):
+            entry = self._open.get(key)
+            if entry is not None and entry.partition == partition:
+                opened.append(_open_to_row(entry))
+            else:
+                gone.append(key)
+        return {
+            "full": False,
+            "open": opened,
+            "gone": gone,
+            "seen_ids": changes.ids,
+            "forgotten_ids": changes.forgotten_ids,
+            "clock": self._clock.export_partition(partition),
+            "batch_clicks": [sample_to_row(s) for s, p in self._batch_items() if p == partition],
+        }
+
+    def mark_changed(self, keys: Iterable[int]) -> None:
+        """Count these open samples as changed in their partitions' next
+        :meth:`partition_changes` (what is kept beside them elsewhere changed)."""
+        for key in keys:
+            entry = self._open.get(key)
+            if entry is not None:
+                self._changed(entry.partition, key)
+
+    def open_sample(self, key: int) -> TrackedSample | None:
+        """The open sample ``key`` as kept (without labels), None if it is not open."""
+        entry = self._open.get(key)
+        return None if entry is None else entry.sample
+
     def _newest_ids(self, partition: int, limit: int) -> list[str]:
         """The newest ``limit`` event ids of ``partition`` remembered, oldest first."""
         newest: list[str] = []
@@ -600,7 +678,7 @@ class LabelResolver:
         self.drop_partition(partition)
         heap = self._deadlines.setdefault(partition, [])
         for row in state["open"]:
-            entry = _open_from_row([keys[row[0]], *row[1:]])
+            entry = _open_from_row([keys[row[OPEN_ROW_KEY]], *row[1:]])
             entry.partition = partition
             key = entry.sample.key
             self._open[key] = entry
@@ -625,6 +703,7 @@ class LabelResolver:
         for key in keys:
             if key in self._open:
                 self._forget(key)
+        self._changes.pop(partition, None)  # the next changes of it are whole
         self._deadlines.pop(partition, None)
         kept = [p != partition for p in self._batch_partitions]
         self._batch_clicks = _kept(self._batch_clicks, kept)
@@ -664,6 +743,7 @@ class LabelResolver:
         self._clock = EventClock(self.config.max_skew_ms, self.config.idle_partition_ms)
         self._clock.load_state_dict(state.get("clock", {"marks": [], "now": state["watermark"]}))
         self._open, self._open_by_pair, self._deadlines = {}, {}, {}
+        self._changes = {}  # the next changes of every partition are whole
         for row in state["open"]:
             entry = _open_from_row(row)
             key = entry.sample.key
@@ -717,6 +797,7 @@ class LabelResolver:
                     heap = self._deadlines.setdefault(entry.partition, [])
                     heapq.heappush(heap, (entry.deadline, entry.sample.key))
                 entry.stage = stage
+                self._changed(entry.partition, entry.sample.key)
         elif pair in self._open_by_pair:
             self.counts["repeats"] += 1
         else:
@@ -777,6 +858,7 @@ class LabelResolver:
         self._open[key] = _Open(_bare(sample), stage, deadline, partition)
         self._open_by_pair.setdefault((sample.user_id, sample.item_id), []).append(key)
         heapq.heappush(self._deadlines.setdefault(partition, []), (deadline, key))
+        self._changed(partition, key)
         while len(self._open) > self.config.max_pending:
             self.counts["forced_closes"] += 1
             self._close_earliest(out.resolved)
@@ -808,6 +890,13 @@ class LabelResolver:
         keys.remove(key)
         if not keys:
             del self._open_by_pair[pair]
+        self._changed(entry.partition, key)
+
+    def _changed(self, partition: int, key: int) -> None:
+        """Note that the open sample ``key`` of ``partition`` opened, changed or went."""
+        changes = self._changes.get(partition)
+        if changes is not None:
+            changes.keys.add(key)
 
     # ------------------------------------------------------------ memory
 
@@ -820,8 +909,14 @@ class LabelResolver:
     def _remember_id(self, event_id: str, partition: int) -> None:
         self._seen_ids[event_id] = partition
         self._seen_order.append(event_id)
+        changes = self._changes.get(partition)
+        if changes is not None:
+            changes.ids.append(event_id)
         if len(self._seen_order) > self.config.dedupe_events:
-            del self._seen_ids[self._seen_order.popleft()]
+            oldest = self._seen_order.popleft()
+            changes = self._changes.get(self._seen_ids.pop(oldest))
+            if changes is not None:
+                changes.forgotten_ids.append(oldest)
 
 
 def _kept(items: list[T], keep: list[bool]) -> list[T]:
@@ -908,6 +1003,17 @@ def sample_from_row(row: list[Any]) -> TrackedSample:
     """The sample :func:`sample_to_row` wrote (rows of older checkpoints have no ``value``)."""
     names = _SAMPLE_FIELDS if len(row) == len(_SAMPLE_FIELDS) else _SAMPLE_FIELDS_BEFORE_VALUE
     return TrackedSample(**dict(zip(names, row, strict=True)))
+
+
+def open_row_sample(row: list[Any]) -> TrackedSample:
+    """The sample (without labels) of an open sample's row (:meth:`LabelResolver.export_partition`).
+
+    >>> resolver = LabelResolver()
+    >>> _ = resolver.observe(Event("e1", 1_000, "impression", "u1", "i1"), partition=3)
+    >>> open_row_sample(resolver.export_partition(3)["open"][0]) == resolver.open_sample(0)
+    True
+    """
+    return _open_from_row(row).sample
 
 
 def _open_from_row(row: list[Any]) -> _Open:

@@ -121,7 +121,7 @@ class GroupMember:
         record: dict[str, Any] = {
             "offset": pipeline.offsets.get(partition, 0),
             "applied": pipeline.applied_in.get(partition, 0),
-            "labels": pipeline.labels.export_partition(partition),
+            "labels": pipeline.labels.partition_changes(partition),
             "mark": list(self.marks.get(partition, ())),
         }
         if self.ledger is not None:
@@ -194,7 +194,14 @@ class GroupMember:
             return  # nobody published it after what this worker holds
         pipeline.offsets[partition] = int(record["offset"])
         pipeline.applied_in[partition] = int(record["applied"])
-        pipeline.labels.import_partition(partition, record["labels"])
+        labels = self.state.labels.export(partition)
+        if labels is not None:
+            pipeline.labels.import_partition(partition, labels)
+        else:  # its changes were never seen whole: its labels in flight are lost
+            log.error(
+                "no label state for events partition %d: its open labels start empty", partition
+            )
+            pipeline.quality.forget(pipeline.labels.drop_partition(partition))
         if record.get("mark"):
             offset, crc = record["mark"]
             self.marks[partition] = (int(offset), int(crc))

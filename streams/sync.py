@@ -51,6 +51,8 @@ from typing import Any
 
 import orjson
 
+from online_models.partition_log import PartitionLog
+
 MAX_CHUNK_BYTES = 900_000
 """Payload per ``sync`` record: under the 1 MB a Kafka message may carry by default."""
 _SEPARATOR = b"\n"
@@ -145,7 +147,9 @@ class SyncState:
 
     ``vector``: ``{worker: last seq held}``; ``position``: the next ``sync``
     offset to read; ``partitions``: the latest update's record of each
-    partition, with its ``worker`` and ``seq``; ``worker``: the id of the
+    partition, with its ``worker`` and ``seq``; ``labels``: each partition's
+    label state, rebuilt from the changes the updates carry (their
+    ``"labels"``, :class:`~online_models.partition_log.PartitionLog`); ``worker``: the id of the
     worker whose checkpoint this is (it keeps it across restarts; None in a
     snapshot another worker starts from).
     """
@@ -153,6 +157,7 @@ class SyncState:
     vector: dict[str, int] = field(default_factory=dict)
     position: int = 0
     partitions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    labels: PartitionLog = field(default_factory=PartitionLog)
     worker: str | None = None
 
     def holds(self, update: Update) -> bool:
@@ -163,6 +168,13 @@ class SyncState:
         """``update`` is now in the state."""
         self.vector[update.worker] = max(update.seq, self.vector.get(update.worker, 0))
         for partition, record in update.partitions.items():
+            record = dict(record)
+            changes = record.pop("labels", None)
+            if changes is not None:
+                try:
+                    self.labels.apply(partition, changes)
+                except KeyError:  # changes to a state never seen whole: unusable
+                    self.labels.drop(partition)
             self.partitions[partition] = {**record, "worker": update.worker, "seq": update.seq}
 
     def state_dict(self) -> dict[str, Any]:
@@ -170,6 +182,7 @@ class SyncState:
             "vector": dict(self.vector),
             "position": self.position,
             "partitions": [[p, orjson.dumps(r).decode()] for p, r in self.partitions.items()],
+            "labels": orjson.dumps(self.labels.state_dict()).decode(),
             "worker": self.worker,
         }
 
@@ -181,6 +194,7 @@ class SyncState:
             vector={str(w): int(s) for w, s in state["vector"].items()},
             position=int(state["position"]),
             partitions={int(p): orjson.loads(r) for p, r in state["partitions"]},
+            labels=PartitionLog.from_state(orjson.loads(state["labels"])),
             worker=state.get("worker"),
         )
 

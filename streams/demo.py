@@ -279,6 +279,8 @@ def worker_flags(settings: Settings, options: DemoOptions) -> list[str]:
         str(options.conversion_window_s),
         "--demand-horizon",
         str(options.demand_horizon_s),
+        "--sync-interval",
+        str(settings.sync_interval_s),
         *model_flags(settings),
     ]
     if not options.impressions:

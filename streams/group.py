@@ -29,6 +29,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
+from online_models.partition_log import PartitionLog
 from online_models.replica import ModelDelta, Replica
 from streams.ledger import ApplyLedger
 from streams.metrics import Metrics
@@ -108,7 +111,10 @@ class GroupMember:
             self.pipeline.pool.take_user_changes(),
             self.metrics.counter_values(),
         )
-        self.state.record(update)
+        self.state.record(update, labels=False)  # its own labels are live in the pipeline
+        for partition in leaving:  # ...until they leave it: kept whole, as a peer keeps them
+            whole = self.pipeline.labels.export_partition(partition)
+            self.state.labels.apply(partition, {"full": True, **whole})
         self._sent_offsets = offsets
         return PendingUpdate(update, delta, self.metrics)
 
@@ -127,6 +133,19 @@ class GroupMember:
         if self.ledger is not None:
             record["ledger"] = self.ledger.export(partition)
         return record
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sync state for a checkpoint, with the whole label state of the partitions this
+        worker owns (a checkpoint is taken right after an update: the updates it replays on
+        a restart continue from there)."""
+        state = self.state.state_dict()
+        labels = PartitionLog.from_state(orjson.loads(state["labels"]))
+        owned = self.owned if self.owned is not None else self.pipeline.offsets
+        for partition in owned:
+            whole = self.pipeline.labels.export_partition(partition)
+            labels.apply(partition, {"full": True, **whole})
+        state["labels"] = orjson.dumps(labels.state_dict()).decode()
+        return state
 
     # ---------------------------------------------------------------- updates in
 

@@ -571,7 +571,7 @@ class WorkerService:
         }
         state["log_marks"] = [[p, o, crc] for p, (o, crc) in self._marks.items()]
         if self.group is not None:
-            state["sync"] = self.group.state.state_dict()
+            state["sync"] = self.group.state_dict()
         if self.ledger is not None:
             state["ledger"] = self.ledger.state_dict()
         return state

@@ -82,7 +82,7 @@ def latest_snapshot(settings: Settings, timeout_s: float = 30.0) -> Checkpoint |
             return None
         consumer.assign([tp])
         end = consumer.end_offsets([tp])[tp]
-        index = _newest_index(consumer, tp, end)
+        index = _newest_index(consumer, tp, end) if end > 0 else None
         if index is None:
             return None
         data = _chunks(consumer, tp, index)

@@ -164,13 +164,13 @@ class SyncState:
         """Whether ``update`` is in the state already (its own, or applied before)."""
         return update.seq <= self.vector.get(update.worker, 0)
 
-    def record(self, update: Update) -> None:
-        """``update`` is now in the state."""
+    def record(self, update: Update, labels: bool = True) -> None:
+        """``update`` is now in the state (its label changes too, unless not ``labels``)."""
         self.vector[update.worker] = max(update.seq, self.vector.get(update.worker, 0))
         for partition, record in update.partitions.items():
             record = dict(record)
             changes = record.pop("labels", None)
-            if changes is not None:
+            if changes is not None and labels:
                 try:
                     self.labels.apply(partition, changes)
                 except KeyError:  # changes to a state never seen whole: unusable

@@ -23,9 +23,9 @@ What a run records (``runs`` in ``--report``):
     window, per event applied in it; ``cpu_seconds_per_event_with_startup``
     is all their CPU from launch (imports, torch, joining) over N.
 ``reapplied``
-    Events applied more than once: a partition that moves to another worker
-    before the group settles is read by its new owner from that worker's own
-    offsets (its checkpoints are its own).
+    Events the workers' counters show beyond N: events applied twice, or
+    applied again after a partition moved (0 when every event is in the
+    model once).
 ``tasks.<task>.auc``
     Prequential AUC pooled over every worker's predictions log, on samples
     in the second half of the stream by event time (the first half is warm-up).

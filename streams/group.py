@@ -2,9 +2,9 @@
 
 :class:`GroupMember` is the worker service's side of :mod:`streams.sync`:
 
-- :meth:`~GroupMember.take_update` builds this worker's next update (its
-  learner's changes, and the offsets, applied counts, ledger and label state
-  of each partition it owns) as ``sync`` records;
+- :meth:`~GroupMember.take_update` takes this worker's next update between
+  batches (its learner's changes, and the offsets, applied counts, ledger and
+  label changes of each partition it owns), to encode and send;
 - :meth:`~GroupMember.sync_batch` applies peers' updates read from ``sync``;
 - :meth:`~GroupMember.assigned` and :meth:`~GroupMember.revoked` follow the
   consumer group: a partition taken over continues from the latest state
@@ -16,8 +16,14 @@ Everything here runs in the worker's event loop, between batches.
 
 Example
 -------
->>> member = GroupMember(pipeline, metrics, ledger=None)        # doctest: +SKIP
->>> records = member.take_update()                              # doctest: +SKIP
+>>> from online_models.config import MultiTaskConfig
+>>> from online_models.learner import mtl
+>>> pipeline = Pipeline(mtl(MultiTaskConfig(user_rows=1024, item_rows=1024)))
+>>> member = GroupMember(pipeline, Metrics(), ledger=None, marks={})
+>>> member.assigned([0, 1])
+>>> pending = member.take_update()  # nothing learned yet, but the partitions are news
+>>> sorted(pending.update.partitions), len(pending.chunks())
+([0, 1], 1)
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from online_models.base import TASKS
@@ -296,15 +298,8 @@ class Metrics:
 
     def continue_counters(self, values: dict[str, list[tuple[dict[str, str], float]]]) -> None:
         """Add counter values saved by :meth:`counter_values` (unknown names are ignored)."""
-        counters = {
-            counter.describe()[0].name: counter
-            for counter in vars(self).values()
-            if isinstance(counter, Counter)
-        }
-        for name, series in values.items():
-            counter = counters.get(name)
-            for labels, value in series if counter is not None else ():
-                (counter.labels(**labels) if labels else counter).inc(value)
+        for _, child, value in self._saved_series(values):
+            child.inc(value)
 
     def raise_counters_to(self, values: dict[str, list[tuple[dict[str, str], float]]]) -> None:
         """Bring each counter up to the value saved by :meth:`counter_values` where it is lower
@@ -317,6 +312,14 @@ class Metrics:
         >>> metrics.registry.get_sample_value("recstream_events_total", {"type": "click"})
         5.0
         """
+        for now, child, value in self._saved_series(values):
+            if value > now:
+                child.inc(value - now)
+
+    def _saved_series(
+        self, values: dict[str, list[tuple[dict[str, str], float]]]
+    ) -> Iterator[tuple[float, Counter, float]]:
+        """(current value, counter child, saved value) of each saved series this registry has."""
         counters = {
             counter.describe()[0].name: counter
             for counter in vars(self).values()
@@ -325,10 +328,8 @@ class Metrics:
         for name, series in values.items():
             counter = counters.get(name)
             for labels, value in series if counter is not None else ():
-                child = counter.labels(**labels) if labels else counter
                 now = self.registry.get_sample_value(f"{name}_total", labels) or 0.0
-                if value > now:
-                    child.inc(value - now)
+                yield now, counter.labels(**labels) if labels else counter, value
 
     def exposition(self) -> bytes:
         """The text exposition format, as served on /metrics."""

@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 from aiokafka.errors import ConsumerStoppedError, KafkaError
@@ -40,6 +40,8 @@ from streams.topics import ensure_topics
 
 if TYPE_CHECKING:
     from streams.service import Outgoing, WorkerService
+
+T = TypeVar("T")
 
 BATCHES_IN_FLIGHT = 4
 """Batches read ahead of the one being applied (the reader waits when the channel is full)."""
@@ -329,7 +331,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     return app
 
 
-def _or_stop(apply: Callable[[list[RawMessage]], Outgoing], batch: list[RawMessage]) -> Outgoing:
+def _or_stop(apply: Callable[[list[RawMessage]], T], batch: list[RawMessage]) -> T:
     """``apply(batch)``, or stop the process at once if it raises (fail-stop).
 
     A batch that raised may have advanced offsets, labels and deduplication

@@ -254,12 +254,11 @@ class WorkerService:
             self.group.state.position = 0
         self.metrics.offset_resets.labels(topic="sync").inc()
 
-    def sync_batch(self, messages: Sequence[RawMessage]) -> Outgoing:
+    def sync_batch(self, messages: Sequence[RawMessage]) -> None:
         """Apply the peers' model updates in ``messages`` (:mod:`streams.group`)."""
         if self.group is not None and self.group.sync_batch(messages):
             self._model_version = self.pipeline.learner.model_version  # peers' steps: not ours
             self.metrics.model_version.set(self._model_version)
-        return Outgoing()
 
     def next_control_offset(self, partition: int) -> int:
         """The next ``control`` offset of ``partition`` not yet applied (0: from the start)."""

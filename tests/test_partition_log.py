@@ -14,11 +14,10 @@ from online_models.partition_log import PartitionLog
 from producers.contract import Event
 from tests.test_partition_state import (
     CONFIG,
-    HAND_OVER,
     ORIGIN,
     SECOND,
     batches,
-    learned,
+    hand_over,
     shop,
     step,
     stream,
@@ -77,24 +76,8 @@ def test_the_log_of_a_partitions_changes_holds_what_its_owner_would_export(stage
 
 
 def test_a_partition_taken_over_from_the_log_learns_as_its_old_owner_would_have():
-    events = stream()
-    before = [b for b in batches(events) if b[0][0].ts < HAND_OVER]
-    after = [b for b in batches(events) if b[0][0].ts >= HAND_OVER]
-    x, y, log = LabelStage(CONFIG), LabelStage(CONFIG), PartitionLog()
-    for batch in before:
-        step(x, batch)
-        step(y, [(event, partition) for event, partition in batch if partition == 1])
-        log.apply(0, sent(x.partition_changes(0)))
-    y.import_partition(0, log.export(0))
-    in_x, in_y = [], []
-    for batch in after:
-        in_x += learned(step(x, batch), "a")
-        in_y += learned(step(y, batch), "a")
-    assert in_y == in_x and len(in_x) > 100
-    reasons = {(user, labels, reason) for user, _, _, labels, reason in in_y}
-    assert ("a-fast", (None, 1.0, 1.0), "resolved") in reasons  # clicked before, bought after
-    assert ("a-slow", (None, 1.0, 1.0), "corrected") in reasons  # after its cart wait
-    assert ("a-late", (1.0, None, None), "corrected") in reasons  # learned as 0 before
+    log = PartitionLog()
+    hand_over(lambda x: log.export(0), lambda x: log.apply(0, sent(x.partition_changes(0))))
 
 
 def test_the_changes_of_a_batch_are_as_big_as_the_batch_not_as_the_open_samples():

@@ -98,7 +98,11 @@ def stream() -> list[tuple[Event, int]]:
     return sorted(pairs, key=lambda pair: (pair[0].ts, pair[1]))
 
 
-def test_the_new_owner_learns_a_partition_taken_over_as_the_old_one_would_have():
+def hand_over(carry, after_each=lambda x: None):
+    """Stage X sees partitions 0 and 1, Y only 1 until the hand-over, when it imports
+    ``carry(x)`` (``after_each(x)`` runs after each batch before it); both then see both.
+    Returns what each learns of partition 0 afterwards, the stages and the batches before.
+    The learning is checked the same (the funnels of an old owner's samples included)."""
     events = stream()
     before = [b for b in batches(events) if b[0][0].ts < HAND_OVER]
     after = [b for b in batches(events) if b[0][0].ts >= HAND_OVER]
@@ -106,7 +110,8 @@ def test_the_new_owner_learns_a_partition_taken_over_as_the_old_one_would_have()
     for batch in before:
         step(x, batch)
         step(y, [(event, partition) for event, partition in batch if partition == 1])
-    y.import_partition(0, orjson.loads(orjson.dumps(x.export_partition(0))))
+        after_each(x)
+    y.import_partition(0, carry(x))
     in_x, in_y = [], []
     for batch in after:
         in_x += learned(step(x, batch), "a")
@@ -116,6 +121,11 @@ def test_the_new_owner_learns_a_partition_taken_over_as_the_old_one_would_have()
     assert ("a-fast", (None, 1.0, 1.0), "resolved") in reasons  # clicked before, bought after
     assert ("a-slow", (None, 1.0, 1.0), "corrected") in reasons  # after its cart wait
     assert ("a-late", (1.0, None, None), "corrected") in reasons  # learned as 0 before
+    return in_y, x, y, before
+
+
+def test_the_new_owner_learns_a_partition_taken_over_as_the_old_one_would_have():
+    in_y, x, y, before = hand_over(lambda x: orjson.loads(orjson.dumps(x.export_partition(0))))
     assert any(labels == (0.0, 0.0, 0.0) for _, _, ts, labels, _ in in_y if ts < HAND_OVER)
     again = next(event for event, partition in before[-1] if partition == 0)
     assert y.observe(again, 0).duplicate and x.observe(again, 0).duplicate

@@ -91,8 +91,8 @@ def test_a_restarted_worker_appends_and_a_torn_last_record_is_left_out(tmp_path)
 def test_the_log_path_comes_from_the_flag_or_the_environment():
     from streams.cli import build_parser
 
-    env = Settings.from_env({"RECSTREAM_PREDICTIONS_LOG": "/tmp/p.bin"})
-    assert env.predictions_log == Path("/tmp/p.bin")
+    env = Settings.from_env({"RECSTREAM_PREDICTIONS_LOG": "logs/p.bin"})
+    assert env.predictions_log == Path("logs/p.bin")
     args = build_parser().parse_args(["worker", "--predictions-log", "q.bin"])
     assert env.with_args(args).predictions_log == Path("q.bin")
     assert Settings.from_env({}).predictions_log is None

@@ -35,8 +35,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
 from online_models.partition_log import PartitionLog
 from online_models.replica import ModelDelta, Replica
 from streams.ledger import ApplyLedger
@@ -119,8 +117,7 @@ class GroupMember:
         )
         self.state.record(update, labels=False)  # its own labels are live in the pipeline
         for partition in leaving:  # ...until they leave it: kept whole, as a peer keeps them
-            whole = self.pipeline.labels.export_partition(partition)
-            self.state.labels.apply(partition, {"full": True, **whole})
+            self.state.labels.apply(partition, self._whole_labels(partition))
         self._sent_offsets = offsets
         return PendingUpdate(update, delta, self.metrics)
 
@@ -144,14 +141,14 @@ class GroupMember:
         """The sync state for a checkpoint, with the whole label state of the partitions this
         worker owns (a checkpoint is taken right after an update: the updates it replays on
         a restart continue from there)."""
-        state = self.state.state_dict()
-        labels = PartitionLog.from_state(orjson.loads(state["labels"]))
-        owned = self.owned if self.owned is not None else self.pipeline.offsets
-        for partition in owned:
-            whole = self.pipeline.labels.export_partition(partition)
-            labels.apply(partition, {"full": True, **whole})
-        state["labels"] = orjson.dumps(labels.state_dict()).decode()
-        return state
+        labels = PartitionLog.from_state(self.state.labels.state_dict())
+        for partition in self.owned if self.owned is not None else list(self.pipeline.offsets):
+            labels.apply(partition, self._whole_labels(partition))
+        return self.state.state_dict(labels)
+
+    def _whole_labels(self, partition: int) -> dict[str, Any]:
+        """``partition``'s whole label state, as a change that replaces what a log holds."""
+        return {"full": True, **self.pipeline.labels.export_partition(partition)}
 
     # ---------------------------------------------------------------- updates in
 

@@ -177,12 +177,14 @@ class SyncState:
                     self.labels.drop(partition)
             self.partitions[partition] = {**record, "worker": update.worker, "seq": update.seq}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, labels: PartitionLog | None = None) -> dict[str, Any]:
+        """Plain values for a checkpoint; ``labels`` instead of this state's own, if given."""
+        labels = self.labels if labels is None else labels
         return {
             "vector": dict(self.vector),
             "position": self.position,
             "partitions": [[p, orjson.dumps(r).decode()] for p, r in self.partitions.items()],
-            "labels": orjson.dumps(self.labels.state_dict()).decode(),
+            "labels": orjson.dumps(labels.state_dict()).decode(),
             "worker": self.worker,
         }
 

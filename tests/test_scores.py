@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from producers.client import EventPublisher
-from producers.contract import SCHEMA_VERSION, CatalogItem, CatalogRemoval, Event
+from producers.contract import SCHEMA_VERSION, CatalogItem, CatalogRemoval, Event, ItemContent
 from tests.kafka_readers import read_all
 from tests.worker_harness import WorkerProcess, worker_env
 
@@ -27,7 +27,9 @@ def worker(tmp_path, cli_env):
     process.stop()
 
 
-def _warm_up(broker, topics, worker, events: int = 6_000) -> list[Event]:
+def _warm_up(broker, topics, worker, events: int = 6_000) -> list[Event | CatalogItem]:
+    """Publish a simulated shop's first ``events`` events with its catalog and wait until the
+    worker applied them; returns what was published."""
     from producers.simulator import Shop, ShopConfig
 
     records = list(
@@ -42,11 +44,24 @@ def _warm_up(broker, topics, worker, events: int = 6_000) -> list[Event]:
         180,
         "warm-up applied",
     )
+    return records
+
+
+def _events(records: list[Event | CatalogItem]) -> list[Event]:
     return [r for r in records if isinstance(r, Event)]
 
 
+def _content(records: list[Event | CatalogItem]) -> dict[str, ItemContent]:
+    """Every published item's content: from the catalog, or from an event that carried it."""
+    content = {e.item_id: e.item for e in _events(records) if e.item is not None}
+    for item in records:
+        if isinstance(item, CatalogItem):
+            content[item.item_id] = ItemContent(item.category, item.brand, item.price)
+    return content
+
+
 def test_librdkafka_reads_scores_that_match_the_contract(broker, topics, worker):
-    events = _warm_up(broker, topics, worker)
+    events = _events(_warm_up(broker, topics, worker))
     scored_users = {e.user_id for e in events if e.type != "impression"}
     records = [json.loads(value) for _, value in read_all(broker.bootstrap, topics.scores)]
     assert records, "no scores published"
@@ -65,7 +80,7 @@ def test_librdkafka_reads_scores_that_match_the_contract(broker, topics, worker)
 
 
 def test_a_new_catalog_item_is_scored_cold_before_anyone_interacts_with_it(broker, topics, worker):
-    events = _warm_up(broker, topics, worker)
+    events = _events(_warm_up(broker, topics, worker))
     clicks = [e for e in events if e.type == "click" and e.item is not None]
     user = Counter(e.user_id for e in clicks).most_common(1)[0][0]
     mine = [e for e in clicks if e.user_id == user]
@@ -136,12 +151,12 @@ def test_a_removed_or_withdrawn_item_is_in_no_list_ranked_after_it_and_available
     click it (its content in the event): none of the lists this triggers
     lists a removed or withdrawn item; once it is available again, it is back.
     """
-    events = _warm_up(broker, topics, worker, events=3_000)
+    records = _warm_up(broker, topics, worker, events=3_000)
     latest = _latest_lists(broker, topics)
     listed = Counter(item for items in latest.values() for item in items)
     (gone, gone_in), (paused, paused_in) = listed.most_common(2)
     assert gone_in >= 20 and paused_in >= 20, f"{len(latest)} lists: {listed.most_common(5)}"
-    content = {e.item_id: e.item for e in events}
+    content = _content(records)
 
     def clicks(item: str, ts: int) -> list[Event]:
         users = sorted(user for user, items in latest.items() if item in items)

@@ -11,7 +11,15 @@ the receiver's row of that id.
 
 Shared state travels as changes, summed over workers:
 
-- the dense parameters of the net (everything but the embedding tables);
+- the dense parameters of the net (everything but the embedding tables),
+  each worker's change weighted by its share of the stream (:meth:`Replica.take`'s
+  ``weight``: the partitions it owns over all of them), so the shared layers
+  move by the average of the workers' steps, as in federated averaging
+  (McMahan et al. 2017), not by their sum: N workers that each took Adam
+  steps from the same stale point in the same direction would otherwise
+  overshoot N-fold (measured in process, two workers exchanging every
+  3,000 events each: click AUC 0.747 summed, 0.764 averaged, 0.770 for one
+  worker). The demand head is learned by one worker and is summed;
 - the item, category token, brand and device rows of the embedding tables and
   their Adagrad sums, and the price-bucket rows (the same on every worker);
 - the label statistics of items, brands and categories, the shop's, the
@@ -201,6 +209,10 @@ class Replica:
         self._pending = {name: np.empty(0, np.int64) for name in tables}
         self._fingerprints = self._user_fingerprints(np.arange(tables["user"].capacity))
         self._dense = _flat(learner.net)
+        demand = {id(p) for p in learner.net.demand.parameters()}
+        self._averaged = torch.cat(  # 1 on the layers every worker learns, 0 on the demand head's
+            [torch.full((p.numel(),), float(id(p) not in demand)) for p in learner.net.parameters()]
+        )
         self._version = learner.model_version
         self._inits: dict[str, dict[str, _Init]] = {name: {} for name in RANDOM_INIT}
         self._takes = 0
@@ -261,8 +273,12 @@ class Replica:
 
     # -- take ---------------------------------------------------------------------
 
-    def take(self) -> ModelDelta:
-        """Everything changed since the last take (or rebase), marked as sent."""
+    def take(self, weight: float = 1.0) -> ModelDelta:
+        """Everything changed since the last take (or rebase), marked as sent.
+
+        ``weight``: this worker's share of the stream (1 alone). The shared dense layers keep
+        that share of their change here too, and the delta carries it.
+        """
         learner = self.learner
         self._takes += 1
         steps, self._version = learner.model_version - self._version, learner.model_version
@@ -278,9 +294,7 @@ class Replica:
         self._take_fixed(delta, "price", fields["price"])
         self._take_fixed(delta, "shop", fields["shop"])
         self._take_users(delta)
-        dense = _flat(learner.net)
-        change = dense - self._dense
-        self._dense = dense
+        change = self._take_dense(weight)
         if change.any():
             delta.arrays["dense"] = change.numpy()
         for name in RANDOM_INIT:
@@ -288,6 +302,19 @@ class Replica:
             for key in [k for k, init in inits.items() if init.take < self._takes - INIT_MEMORY]:
                 del inits[key]
         return delta
+
+    def _take_dense(self, weight: float) -> torch.Tensor:
+        """The dense parameters' change since the last take, ``weight`` of it on the layers
+        every worker learns (the rest taken back from the net here too)."""
+        dense = _flat(self.learner.net)
+        change = dense - self._dense
+        if weight < 1.0:
+            withdrawn = change * (1.0 - weight) * self._averaged
+            _add_dense(self.learner.net, -withdrawn)
+            change -= withdrawn
+            dense -= withdrawn
+        self._dense = dense
+        return change
 
     def _decayed(self) -> dict[str, DecayedSums]:
         """Every decayed-sums field, named ``table.field``, in a fixed order."""
@@ -475,12 +502,7 @@ class Replica:
         change = delta.arrays.get("dense")
         if change is not None:
             change = torch.from_numpy(change)
-            with torch.no_grad():
-                offset = 0
-                for parameter in learner.net.parameters():
-                    size = parameter.numel()
-                    parameter += change[offset : offset + size].view_as(parameter)
-                    offset += size
+            _add_dense(learner.net, change)
             self._dense += change
         learner.model_version += delta.steps
         self._version += delta.steps
@@ -681,6 +703,16 @@ def _any_row(changes: dict[str, np.ndarray], rows: int) -> np.ndarray:
 def _no_inits(fields: dict[str, Field]) -> np.ndarray:
     """An empty array of starts of a content table's rows."""
     return np.empty((0, 2 * fields["emb"].shape[1]), np.float32)
+
+
+def _add_dense(net: torch.nn.Module, change: torch.Tensor) -> None:
+    """Add ``change`` (laid out as :func:`_flat`'s vector) to the parameters of ``net``."""
+    with torch.no_grad():
+        offset = 0
+        for parameter in net.parameters():
+            size = parameter.numel()
+            parameter += change[offset : offset + size].view_as(parameter)
+            offset += size
 
 
 def _flat(net: torch.nn.Module) -> torch.Tensor:

@@ -112,7 +112,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 pending = None
                 if group is not None:
                     group.revoked(leaving)
-                    pending = group.take_update(leaving)
+                    pending = group.take_update(leaving, events.partition_count())
                 if checkpoint:
                     await app.producer.flush()
                     service.checkpoint(background=True)

@@ -96,12 +96,15 @@ class GroupMember:
 
     # ---------------------------------------------------------------- updates out
 
-    def take_update(self, leaving: Collection[int] = ()) -> PendingUpdate | None:
+    def take_update(
+        self, leaving: Collection[int] = (), partitions: int = 0
+    ) -> PendingUpdate | None:
         """This worker's update since its last (None when nothing changed), to encode and
-        send in that order. ``leaving``: partitions being revoked, handed over in it."""
+        send in that order. ``leaving``: partitions being revoked, handed over in it;
+        ``partitions``: how many ``events`` has (0: unknown), for this worker's share."""
         owned = set(self.owned or ()) | set(leaving)
         offsets = {p: self.pipeline.offsets.get(p, 0) for p in owned}
-        delta = self.replica.take()
+        delta = self.replica.take(self.share(owned, partitions))
         if delta.steps == 0 and offsets == self._sent_offsets and not leaving:
             return None
         partitions = {p: self._partition_record(p) for p in sorted(owned)}
@@ -120,6 +123,13 @@ class GroupMember:
             self.state.labels.apply(partition, self._whole_labels(partition))
         self._sent_offsets = offsets
         return PendingUpdate(update, delta, self.metrics)
+
+    def share(self, owned: Collection[int], partitions: int) -> float:
+        """The part of the stream ``owned`` is (1 before the first assignment or when the
+        partition count is unknown): what this worker's dense steps weigh in the model."""
+        if self.owned is None or partitions <= 0:
+            return 1.0
+        return min(1.0, len(owned) / partitions)
 
     def alone(self, partitions: int) -> bool:
         """Whether this worker owns all ``partitions`` (no peer learns: updates can wait)."""

@@ -23,9 +23,9 @@ def split_by_user(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
     return even, odd
 
 
-def exchange(a: Replica, b: Replica) -> tuple[ModelDelta, ModelDelta]:
+def exchange(a: Replica, b: Replica, weight: float = 1.0) -> tuple[ModelDelta, ModelDelta]:
     """One round: both take, each applies the other's (through bytes, as on the wire)."""
-    sent_a, sent_b = a.take(), b.take()
+    sent_a, sent_b = a.take(weight), b.take(weight)
     a.apply(ModelDelta.from_bytes(sent_b.to_bytes()))
     b.apply(ModelDelta.from_bytes(sent_a.to_bytes()))
     return sent_a, sent_b
@@ -122,6 +122,35 @@ def test_rounds_stay_consistent_and_nothing_applied_is_sent_back(stream):
         for replica in (a, b):
             again = ModelDelta.from_bytes(replica.take().to_bytes())
             assert (again.steps, again.size) == (0, 0) and "dense" not in again.arrays
+
+
+def flat(learner: MultiTaskLearner) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in learner.net.parameters()])
+
+
+def test_workers_with_half_the_stream_each_average_their_dense_steps(stream):
+    """Weight 1/2 each: the shared layers move by the mean of the two workers' changes; the
+    demand head, which one worker learns, by the sum."""
+    a, b = Replica(MultiTaskLearner(CONFIG)), Replica(MultiTaskLearner(CONFIG))
+    b.learner.net.load_state_dict(a.learner.net.state_dict())
+    b.rebase()
+    base = flat(a.learner)
+    mine, theirs = split_by_user(stream[:1200])
+    a.learner.learn(mine)
+    b.learner.learn(theirs)
+    with torch.no_grad():  # a demand step on a alone
+        for parameter in a.learner.net.demand.parameters():
+            parameter += 0.01
+    change_a, change_b = flat(a.learner) - base, flat(b.learner) - base
+    demand = {id(p) for p in a.learner.net.demand.parameters()}
+    summed = torch.cat(
+        [torch.full((p.numel(),), id(p) in demand) for p in a.learner.net.parameters()]
+    )
+    assert summed.any() and change_b[summed].abs().sum() == 0 and change_b.abs().sum() > 0
+    exchange(a, b, weight=0.5)
+    assert_consistent(a.learner, b.learner, probe_of(stream[:1200]))
+    expected = torch.where(summed, base + change_a + change_b, base + (change_a + change_b) / 2)
+    assert torch.allclose(flat(a.learner), expected, atol=1e-6)
 
 
 def test_model_version_counts_the_steps_of_every_worker(stream):

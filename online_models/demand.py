@@ -52,6 +52,18 @@ The model (:class:`DemandHead`, on the shared net): a total and shares
 A new item
     gets a forecast at the next point after its catalog record: its content
     gives ``v``, its age and (no) counts the rest.
+Several workers (:mod:`streams.group`)
+    Every worker counts every event: its own, and its peers' counts from
+    their updates on ``sync`` (:meth:`DemandForecaster.take_counts` and
+    :meth:`~DemandForecaster.add_counts`: per item and counted kind, in one
+    minute buckets of event time, negligible against a half-life of one
+    horizon). Only the *leader*, the owner of ``events`` partition 0 (the
+    one that publishes model snapshots), makes points, learns and queues
+    forecasts (:meth:`~DemandForecaster.lead`); the others only count, so a
+    new leader after a rebalance starts from complete counts, at the next
+    point time. A peer's counts arrive a sync interval late: the few
+    seconds of its events around a point's start and end count towards the
+    neighbouring horizon.
 
 Poisson deviance (:func:`poisson_deviance`): the mean over forecasts of
 ``2 * (y log(y / mu) - (y - mu))``, the ``y = 0`` term ``2 mu``. Every
@@ -105,6 +117,13 @@ FEATURE_SCALE = 0.25
 """The count features are ``log1p(rate per hour) * FEATURE_SCALE``."""
 _RATE_WINDOW_H = 0.05
 """Added to a young item's decayed lifetime (hours) before dividing its counts by it."""
+SHARE_BUCKET_MS = 60_000
+"""Counts shared with the group are summed over buckets of this much event time."""
+SHARE_BUCKETS = 120
+"""Buckets held between two takes at most: beyond that the oldest is merged into the next."""
+
+SharedCounts = dict[int, dict[str, list[int]]]
+"""``{bucket middle (ms): {item_id: [count per kind of COUNTED]}}``."""
 
 
 def deviances(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -331,6 +350,80 @@ class DemandForecaster:
         self.shop = TimeDecayed(1, len(TARGETS), config.horizon_ms / 2)
         self.shop_born_ms = 0
         self.rng = np.random.default_rng(config.seed)
+        self.leading = True  # makes points, learns, queues forecasts (:meth:`lead`)
+        self.sharing = False  # keeps its own counts for :meth:`take_counts` (a group member)
+        self._shared: SharedCounts = {}
+
+    # ---------------------------------------------------------------- several workers
+
+    def lead(self, leading: bool) -> None:
+        """Make points, learn and queue forecasts from the next point time on (``True``), or
+        only count (``False``: the waiting points, the queue, the deviance window and what
+        was published are dropped; another worker publishes meanwhile)."""
+        if leading == self.leading:
+            return
+        self.leading = leading
+        if not leading:
+            self.points.clear()
+            self.pending.clear()
+            self.window.clear()
+            self.published[:] = np.nan
+        elif self.clock_ms:
+            interval = self.config.interval_ms
+            self.next_point_ms = self.clock_ms - self.clock_ms % interval + interval
+
+    def take_counts(self) -> SharedCounts:
+        """What this worker counted of its own events since the last take (while
+        :attr:`sharing`), for its peers' :meth:`add_counts`."""
+        taken, self._shared = self._shared, {}
+        return taken
+
+    def add_counts(self, counts: dict[Any, dict[str, list[int]]]) -> None:
+        """Count a peer's events, as its :meth:`take_counts` gave them (bucket keys as ints or
+        strings); items not tracked yet are inserted."""
+        entries = [
+            (int(bucket), item_id, kind, n)
+            for bucket, items in sorted(counts.items(), key=lambda pair: int(pair[0]))
+            for item_id, per_kind in items.items()
+            for kind, n in enumerate(per_kind)
+            if n > 0
+        ]
+        if not entries:
+            return
+        times, item_ids, kinds, repeats = zip(*entries, strict=True)
+        rows = self._rows(list(item_ids), np.array(times, np.int64))
+        repeats_ = np.array(repeats, np.int64)
+        self._count(
+            np.repeat(rows, repeats_),
+            np.repeat(np.array(kinds, np.int64), repeats_),
+            np.repeat(np.array(times, np.int64), repeats_),
+        )
+
+    def _share(self, rows: np.ndarray, kinds: np.ndarray, times: np.ndarray) -> None:
+        """Keep counted events for :meth:`take_counts`, per bucket, item and kind."""
+        counted = kinds >= 0
+        if not self.sharing or not counted.any():
+            return
+        width, capacity = len(COUNTED), len(self.item_id)
+        keys = (times[counted] // SHARE_BUCKET_MS * capacity + rows[counted]) * width
+        unique, numbers = np.unique(keys + kinds[counted], return_counts=True)
+        cells, kinds_ = np.divmod(unique, width)
+        buckets, rows_ = np.divmod(cells, capacity)
+        middles = buckets * SHARE_BUCKET_MS + SHARE_BUCKET_MS // 2
+        columns = (middles, self.item_id[rows_], kinds_, numbers)
+        for bucket, item_id, kind, n in zip(*(c.tolist() for c in columns), strict=True):
+            items = self._shared.setdefault(bucket, {})
+            items.setdefault(item_id, [0] * width)[kind] += n
+        self._bound_shared()
+
+    def _bound_shared(self) -> None:
+        """At most :data:`SHARE_BUCKETS` buckets: the oldest merged into the next (a long wait
+        between takes moves the oldest counts up in time, and loses none)."""
+        while len(self._shared) > SHARE_BUCKETS:
+            oldest, next_ = sorted(self._shared)[:2]
+            for item_id, numbers in self._shared.pop(oldest).items():
+                held = self._shared[next_].setdefault(item_id, [0] * len(COUNTED))
+                held[:] = [a + b for a, b in zip(held, numbers, strict=True)]
 
     # ---------------------------------------------------------------- input
 
@@ -375,6 +468,7 @@ class DemandForecaster:
         kinds = np.fromiter(
             (COUNTED.index(e.type) if e.type in COUNTED else -1 for e in ordered), np.int64
         )
+        self._share(rows, kinds, times)
         resolved: list[Resolved] = []
         done = 0
         while True:
@@ -401,8 +495,9 @@ class DemandForecaster:
         return out
 
     def _next_due(self) -> int | None:
-        """The event time of the next resolution or point, or None if none is set."""
-        if self.clock_ms == 0 and self.next_point_ms == 0:
+        """The event time of the next resolution or point, or None if none is set (or this
+        worker does not lead)."""
+        if not self.leading or (self.clock_ms == 0 and self.next_point_ms == 0):
             return None
         candidates = [self.next_point_ms]
         if self.points:

@@ -10,7 +10,10 @@
   consumer group: a partition taken over continues from the latest state
   published for it; a partition lost is dropped (its open labels, dedup
   window, offsets), after a last update that hands it over;
-- :meth:`~GroupMember.owns` tells which messages and scores are this worker's.
+- :meth:`~GroupMember.owns` tells which messages and scores are this worker's;
+  :meth:`~GroupMember.leads` whether it publishes the group's model snapshots
+  and item demand (the owner of partition 0; every worker counts demand, its
+  own events' counts travel in its updates).
 
 Everything here runs in the worker's event loop, between batches.
 
@@ -84,10 +87,17 @@ class GroupMember:
         self._assembler = Assembler()
         self._seq = self.state.vector.get(self.worker, 0)
         self._sent_offsets: dict[int, int] = {}
+        if pipeline.demand is not None:  # its own counts go out in its updates
+            pipeline.demand.sharing = True
 
     def owns(self, partition: int) -> bool:
         """Whether this worker applies ``partition`` (all of them until the first assignment)."""
         return self.owned is None or partition in self.owned
+
+    def leads(self) -> bool:
+        """Whether this worker owns ``events`` partition 0 (or has no assignment yet): it
+        publishes the group's model snapshots and makes the item demand forecasts."""
+        return self.owns(0)
 
     def rebased(self, pipeline: Pipeline) -> None:
         """The learner was replaced (a rollback): its state is the base of the next update."""
@@ -117,6 +127,7 @@ class GroupMember:
             partitions,
             self.pipeline.pool.take_user_changes(),
             self.metrics.counter_values(),
+            demand={} if self.pipeline.demand is None else self.pipeline.demand.take_counts(),
         )
         self.state.record(update, labels=False)  # its own labels are live in the pipeline
         for partition in leaving:  # ...until they leave it: kept whole, as a peer keeps them
@@ -179,6 +190,8 @@ class GroupMember:
     def _apply(self, update: Update) -> None:
         self.replica.apply(ModelDelta.from_bytes(update.model))
         self.pipeline.pool.apply_user_changes(update.users)
+        if self.pipeline.demand is not None:
+            self.pipeline.demand.add_counts(update.demand)
         self.state.record(update)
         if update.worker == self.worker:  # sent after the checkpoint this run restored
             self._seq = max(self._seq, update.seq)
@@ -206,6 +219,10 @@ class GroupMember:
         for partition in now - (self.owned or set()):
             self._take_over(partition)
         self.owned = now
+        # leading is decided here only: every rebalance revokes first, and no event comes
+        # between (a leader that keeps partition 0 keeps its waiting points)
+        if self.pipeline.demand is not None:
+            self.pipeline.demand.lead(self.leads())
 
     def revoked(self, partitions: Collection[int]) -> None:
         """``partitions`` are no longer this worker's: nothing of them is applied from now."""

@@ -17,7 +17,8 @@ returns what must be sent: dead letters and score records. Per batch:
    refresh per user per batch: the debounce) and return the score records;
 6. count the batch's events for item demand (:mod:`online_models.demand`),
    resolve and learn the demand points its event time closes, and queue
-   the forecasts of the points it opens that changed (:meth:`Pipeline.take_demand`).
+   the forecasts of the points it opens that changed (:meth:`Pipeline.take_demand`;
+   in a group of workers, only the one that leads demand makes points).
 
 Everything it knows goes to and from one dict (:meth:`Pipeline.state_dict`),
 together with the next offset to read per partition, so a checkpoint covers

@@ -595,7 +595,7 @@ class WorkerService:
         """Send the checkpoint at ``path`` to ``model`` for joining workers, when due: from the
         owner of ``events`` partition 0 only, every ``snapshot_interval_s``."""
         group = self.group
-        if group is None or not self.settings.broker or not group.owns(0):
+        if group is None or not self.settings.broker or not group.leads():
             return
         if time.monotonic() - self._last_snapshot < self.settings.snapshot_interval_s:
             return

@@ -10,7 +10,10 @@ split its partitions. Each learns from the partitions it owns and, every
 - for each partition it owns, the next offset not applied, the events
   applied, and the partition's state outside the learner (labels in
   flight, the dedup window: :meth:`online_models.label_stage.LabelStage.export_partition`);
-- the per-user candidate state that changed.
+- the per-user candidate state that changed;
+- what it counted of its own events for item demand since its previous
+  update (:meth:`online_models.demand.DemandForecaster.take_counts`): every
+  worker counts every event, and the owner of partition 0 forecasts.
 
 **One update, one unit.** Its model changes and its offsets travel in the
 same record(s), so whoever takes a partition over (after a rebalance, or
@@ -63,7 +66,9 @@ class Update:
     """One worker's contribution since its previous update (see the module docstring).
 
     ``partitions``: ``{partition: {"offset", "applied", "labels", ...}}`` for the
-    partitions the sender owned; ``users``: per-user candidate state changed.
+    partitions the sender owned; ``users``: per-user candidate state changed;
+    ``demand``: the sender's own item demand counts, ``{bucket_ms: {item_id:
+    [count per kind]}}`` (empty in an update from before it was sent).
     """
 
     worker: str
@@ -73,12 +78,18 @@ class Update:
     partitions: dict[int, dict[str, Any]] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)  # the sender's metrics counters
+    demand: dict[int, dict[str, list[int]]] = field(default_factory=dict)
 
     def to_chunks(self, max_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
         """The update as record values of at most ``max_bytes`` of payload each."""
         meta = zlib.compress(
             orjson.dumps(
-                {"partitions": self.partitions, "users": self.users, "counters": self.counters},
+                {
+                    "partitions": self.partitions,
+                    "users": self.users,
+                    "counters": self.counters,
+                    "demand": self.demand,
+                },
                 option=orjson.OPT_NON_STR_KEYS,
             ),
             1,
@@ -112,6 +123,7 @@ class Update:
             partitions={int(p): value for p, value in meta["partitions"].items()},
             users=meta["users"],
             counters=meta.get("counters", {}),
+            demand={int(b): items for b, items in meta.get("demand", {}).items()},
         )
 
 

@@ -121,9 +121,11 @@ SHARE_BUCKET_MS = 60_000
 """Counts shared with the group are summed over buckets of this much event time."""
 SHARE_BUCKETS = 120
 """Buckets held between two takes at most: beyond that the oldest is merged into the next."""
+SHARE_PENDING = 200_000
+"""Own counted events kept one by one at most; beyond that they are summed per bucket."""
 
-SharedCounts = dict[int, dict[str, list[int]]]
-"""``{bucket middle (ms): {item_id: [count per kind of COUNTED]}}``."""
+SharedCounts = dict[str, list[Any]]
+"""Columns ``bucket`` (ms), ``item``, ``kind`` (index into :data:`COUNTED`), ``n``."""
 
 
 def deviances(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -352,7 +354,9 @@ class DemandForecaster:
         self.rng = np.random.default_rng(config.seed)
         self.leading = True  # makes points, learns, queues forecasts (:meth:`lead`)
         self.sharing = False  # keeps its own counts for :meth:`take_counts` (a group member)
-        self._shared: SharedCounts = {}
+        self._pending: list[np.ndarray] = []  # own counted events: bucket, row, kind
+        self._pending_count = 0
+        self._settled: list[tuple[np.ndarray, ...]] = []  # summed: bucket, item, kind, n
 
     # ---------------------------------------------------------------- several workers
 
@@ -374,56 +378,65 @@ class DemandForecaster:
 
     def take_counts(self) -> SharedCounts:
         """What this worker counted of its own events since the last take (while
-        :attr:`sharing`), for its peers' :meth:`add_counts`."""
-        taken, self._shared = self._shared, {}
-        return taken
+        :attr:`sharing`), for its peers' :meth:`add_counts`: columns ``bucket`` (the middle
+        of a bucket of event time, ms), ``item``, ``kind`` (index into :data:`COUNTED`) and
+        ``n``; empty when nothing was counted."""
+        self._settle_shared()
+        if not self._settled:
+            return {}
+        columns = [np.concatenate(parts) for parts in zip(*self._settled, strict=True)]
+        self._settled = []
+        buckets, items, kinds, numbers = columns
+        return {
+            "bucket": (buckets * SHARE_BUCKET_MS + SHARE_BUCKET_MS // 2).tolist(),
+            "item": items.tolist(),
+            "kind": kinds.tolist(),
+            "n": numbers.tolist(),
+        }
 
-    def add_counts(self, counts: dict[Any, dict[str, list[int]]]) -> None:
-        """Count a peer's events, as its :meth:`take_counts` gave them (bucket keys as ints or
-        strings); items not tracked yet are inserted."""
-        entries = [
-            (int(bucket), item_id, kind, n)
-            for bucket, items in sorted(counts.items(), key=lambda pair: int(pair[0]))
-            for item_id, per_kind in items.items()
-            for kind, n in enumerate(per_kind)
-            if n > 0
-        ]
-        if not entries:
+    def add_counts(self, counts: SharedCounts) -> None:
+        """Count a peer's events, as its :meth:`take_counts` gave them; items not tracked yet
+        are inserted."""
+        if not counts or not counts["n"]:
             return
-        times, item_ids, kinds, repeats = zip(*entries, strict=True)
-        rows = self._rows(list(item_ids), np.array(times, np.int64))
-        repeats_ = np.array(repeats, np.int64)
-        self._count(
-            np.repeat(rows, repeats_),
-            np.repeat(np.array(kinds, np.int64), repeats_),
-            np.repeat(np.array(times, np.int64), repeats_),
-        )
+        times = np.array(counts["bucket"], np.int64)
+        order = np.argsort(times, kind="stable")  # an item is born at its earliest bucket
+        times = times[order]
+        rows = self._rows([counts["item"][i] for i in order.tolist()], times)
+        repeats = np.array(counts["n"], np.int64)[order]
+        kinds = np.array(counts["kind"], np.int64)[order]
+        self._count(np.repeat(rows, repeats), np.repeat(kinds, repeats), np.repeat(times, repeats))
 
     def _share(self, rows: np.ndarray, kinds: np.ndarray, times: np.ndarray) -> None:
-        """Keep counted events for :meth:`take_counts`, per bucket, item and kind."""
+        """Keep counted events (their bucket, row and kind) for :meth:`take_counts`."""
         counted = kinds >= 0
         if not self.sharing or not counted.any():
             return
-        width, capacity = len(COUNTED), len(self.item_id)
-        keys = (times[counted] // SHARE_BUCKET_MS * capacity + rows[counted]) * width
-        unique, numbers = np.unique(keys + kinds[counted], return_counts=True)
-        cells, kinds_ = np.divmod(unique, width)
-        buckets, rows_ = np.divmod(cells, capacity)
-        middles = buckets * SHARE_BUCKET_MS + SHARE_BUCKET_MS // 2
-        columns = (middles, self.item_id[rows_], kinds_, numbers)
-        for bucket, item_id, kind, n in zip(*(c.tolist() for c in columns), strict=True):
-            items = self._shared.setdefault(bucket, {})
-            items.setdefault(item_id, [0] * width)[kind] += n
-        self._bound_shared()
+        self._pending.append(
+            np.stack([times[counted] // SHARE_BUCKET_MS, rows[counted], kinds[counted]])
+        )
+        self._pending_count += int(counted.sum())
+        if self._pending_count > SHARE_PENDING:
+            self._settle_shared()
 
-    def _bound_shared(self) -> None:
-        """At most :data:`SHARE_BUCKETS` buckets: the oldest merged into the next (a long wait
-        between takes moves the oldest counts up in time, and loses none)."""
-        while len(self._shared) > SHARE_BUCKETS:
-            oldest, next_ = sorted(self._shared)[:2]
-            for item_id, numbers in self._shared.pop(oldest).items():
-                held = self._shared[next_].setdefault(item_id, [0] * len(COUNTED))
-                held[:] = [a + b for a, b in zip(held, numbers, strict=True)]
+    def _settle_shared(self) -> None:
+        """Sum the kept events per bucket, row and kind and name their items (before a row is
+        released, so every count keeps its item); at most :data:`SHARE_BUCKETS` buckets, the
+        older ones merged into the oldest kept (their counts move up in time, none is lost)."""
+        if not self._pending:
+            return
+        buckets, rows, kinds = np.concatenate(self._pending, axis=1)
+        self._pending, self._pending_count = [], 0
+        first, width = int(buckets.min()), len(COUNTED)
+        keys = ((buckets - first) * len(self.item_id) + rows) * width + kinds
+        cells, numbers = np.unique(keys, return_counts=True)
+        cells, kinds = np.divmod(cells, width)
+        buckets, rows = np.divmod(cells, len(self.item_id))
+        self._settled.append((buckets + first, self.item_id[rows], kinds, numbers))
+        held = np.unique(np.concatenate([b for b, *_ in self._settled]))
+        if len(held) > SHARE_BUCKETS:
+            oldest_kept = held[-SHARE_BUCKETS]
+            self._settled = [(np.maximum(b, oldest_kept), *rest) for b, *rest in self._settled]
 
     # ---------------------------------------------------------------- input
 
@@ -523,6 +536,7 @@ class DemandForecaster:
         return rows
 
     def _clear(self, rows: np.ndarray) -> None:
+        self._settle_shared()  # the kept counts of these rows name their items first
         self.counts.clear(rows)
         self.totals[rows] = 0.0
         self.born_ms[rows] = 0

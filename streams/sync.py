@@ -67,8 +67,8 @@ class Update:
 
     ``partitions``: ``{partition: {"offset", "applied", "labels", ...}}`` for the
     partitions the sender owned; ``users``: per-user candidate state changed;
-    ``demand``: the sender's own item demand counts, ``{bucket_ms: {item_id:
-    [count per kind]}}`` (empty in an update from before it was sent).
+    ``demand``: the sender's own item demand counts, as columns ``bucket`` (ms),
+    ``item``, ``kind``, ``n`` (empty in an update from before it was sent).
     """
 
     worker: str
@@ -78,7 +78,7 @@ class Update:
     partitions: dict[int, dict[str, Any]] = field(default_factory=dict)
     users: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)  # the sender's metrics counters
-    demand: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    demand: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_chunks(self, max_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
         """The update as record values of at most ``max_bytes`` of payload each."""
@@ -123,7 +123,7 @@ class Update:
             partitions={int(p): value for p, value in meta["partitions"].items()},
             users=meta["users"],
             counters=meta.get("counters", {}),
-            demand={int(b): items for b, items in meta.get("demand", {}).items()},
+            demand=meta.get("demand", {}),
         )
 
 

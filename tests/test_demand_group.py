@@ -87,13 +87,26 @@ def test_counts_kept_for_the_group_are_bounded_and_none_is_lost():
     events = stream(600, every_s=30.0)  # five hours: 300 minute buckets
     demand.observe(events)
     shared = demand.take_counts()
-    assert len(shared) == SHARE_BUCKETS
+    assert len(set(shared["bucket"])) == SHARE_BUCKETS
     counted = sum(e.type in COUNTED for e in events)
-    assert sum(n for items in shared.values() for row in items.values() for n in row) == counted
+    assert sum(shared["n"]) == counted
     assert demand.take_counts() == {}
     alone = forecaster()  # not in a group: keeps nothing
     alone.observe(events)
     assert alone.take_counts() == {}
+
+
+def test_counts_kept_for_the_group_name_their_items_after_the_rows_are_reused():
+    demand = DemandForecaster(mtl(MultiTaskConfig().with_capacity(256)), DemandConfig(capacity=4))
+    demand.sharing = True
+    content = ItemContent("home.lamp", "acme", 20.0)
+    carts = [Event(f"c{k}", T0 + k * S, "cart", "u1", f"i{k}", content) for k in range(12)]
+    for cart in carts:  # 12 items through 4 rows: every row is released twice
+        demand.observe([cart])
+    shared = demand.take_counts()
+    assert sorted(zip(shared["item"], shared["n"], strict=True)) == sorted(
+        (f"i{k}", 1) for k in range(12)
+    )
 
 
 def test_a_worker_that_does_not_lead_counts_but_makes_no_points_and_queues_nothing():
@@ -121,7 +134,12 @@ def _later(event: Event, by_ms: int) -> Event:
 
 
 def test_an_update_carries_demand_counts_and_one_without_them_still_decodes():
-    counts = {T0 + 30 * S: {"i1": [3, 1, 0, 1]}, T0 + 90 * S: {"i2": [0, 0, 2, 0]}}
+    counts = {
+        "bucket": [T0 + 30 * S, T0 + 90 * S],
+        "item": ["i1", "i2"],
+        "kind": [0, 2],
+        "n": [3, 2],
+    }
     update = Update("w", 4, 9, b"model", {0: {"offset": 3}}, demand=counts)
     assembler = Assembler()
     results = [assembler.add(chunk) for chunk in update.to_chunks(max_bytes=40)]

@@ -38,9 +38,10 @@ What a run records (``--report``):
     which both own some and together all.
 ``join.assigned_s``, ``join.first_applied_s``
     Seconds from the joiner's start to its first scrape owning partitions,
-    and to the first scrape at which its applied count rose above the one
-    it first showed (it continues the counters of the group's model
-    snapshot it starts from).
+    and to the first later scrape at which its applied count rose above the
+    one that scrape showed (it continues the counters of the group's model
+    snapshot it starts from, so a rise before it owns partitions is not
+    applying).
 ``join.model_version_at_start``, ``join.others_version_at_start``
     The joiner's ``recstream_model_version`` at its first scrape owning
     partitions, and the survivor's at the same scrape.
@@ -370,7 +371,9 @@ def build_report(
     assert observed.killed is not None and observed.joined is not None
     window = join_window(joiner, options.join_clicks)
     first_score = first_score_ms(scores, user_partitions(acked), observed)
-    applying = first_rise(observed.at, [row[JOINER] for row in observed.applied])
+    applying = first_rise(
+        observed.at, [row[JOINER] for row in observed.applied], observed.join_assigned
+    )
     return {
         "events": {
             "produced": len(acked),
@@ -412,13 +415,18 @@ def _since(moment: float | None, start: float) -> float | None:
     return None if moment is None else round(moment - start, 2)
 
 
-def first_rise(at: Sequence[float], values: Sequence[float | None]) -> float | None:
-    """The time of the first value above the first one seen (None: it never rose).
+def first_rise(
+    at: Sequence[float], values: Sequence[float | None], since: float | None
+) -> float | None:
+    """The time of the first value above the one at ``since`` (None: it never rose, or no
+    ``since``).
 
-    >>> first_rise([1.0, 2.0, 3.0, 4.0], [None, 5.0, 5.0, 7.0])
-    4.0
+    >>> first_rise([1.0, 2.0, 3.0, 4.0, 5.0], [None, 0.0, 5.0, 5.0, 7.0], since=3.0)
+    5.0
     """
-    seen = [(t, v) for t, v in zip(at, values, strict=True) if v is not None]
+    if since is None:
+        return None
+    seen = [(t, v) for t, v in zip(at, values, strict=True) if v is not None and t >= since]
     return next((t for t, v in seen if v > seen[0][1]), None) if seen else None
 
 
@@ -539,9 +547,13 @@ def table(report: dict[str, Any]) -> str:
             f"{task:<9} {_pm(row['joiner_auc'], row['joiner_se']):>16} "
             f"{_pm(row['others_auc'], row['others_se']):>16} {_cell(row['ratio'], 3):>6} "
             f"{_pm(row['difference'], row['difference_se']):>16} "
-            f"{row['samples']['joiner']:>6,}/{row['samples']['others']:<7,}"
+            f"{_counts(row['samples']):>14}"
         )
     return "\n".join(lines)
+
+
+def _counts(samples: dict[str, int]) -> str:
+    return f"{samples['joiner']:,}/{samples['others']:,}"
 
 
 def _pm(value: float | None, se: float | None) -> str:

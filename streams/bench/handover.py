@@ -570,7 +570,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     timeline = report["timeline"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, (name, applied) in enumerate(
-        zip(("worker 1 (killed)", "worker 2", "worker 3 (joins)"), timeline["applied"], strict=True)
+        zip(
+            ("worker 1 (killed)", "worker 2", "worker 3 (joins; counters from the snapshot)"),
+            timeline["applied"],
+            strict=True,
+        )
     ):
         values = [np.nan if a is None else a for a in applied]
         ax.plot(timeline["s"], values, label=name, color=f"C{i}")

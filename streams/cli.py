@@ -343,6 +343,56 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--plot", type=Path, help="write a PNG of events/s and CPU per event here")
     add_model_arguments(scale)
     scale.set_defaults(run=run_bench_scale)
+    handover = benches.add_parser(
+        "handover",
+        help="SIGKILL one of two workers, then start a third, with the stream flowing: "
+        "takeover seconds, the joiner's model version and AUC",
+    )
+    handover.add_argument("--events", type=int, default=120_000, help="events of the stream")
+    handover.add_argument("--seed", type=int, default=7, help="simulator seed")
+    handover.add_argument(
+        "--rate", type=float, default=2_000.0, help="events produced per second (default 2000)"
+    )
+    handover.add_argument(
+        "--kill-at",
+        dest="kill_at",
+        type=int,
+        default=30_000,
+        metavar="N",
+        help="SIGKILL worker 1 when N events are produced (default 30000)",
+    )
+    handover.add_argument(
+        "--join-at",
+        dest="join_at",
+        type=int,
+        default=60_000,
+        metavar="N",
+        help="start worker 3 when N events are produced (default 60000)",
+    )
+    handover.add_argument(
+        "--join-clicks",
+        dest="join_clicks",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="the joiner's first N click samples are compared (default 10000)",
+    )
+    handover.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="seconds from the stream's start to every event applied (default 900)",
+    )
+    handover.add_argument(
+        "--workdir", type=Path, help="keep the workers' logs, checkpoints and predictions here"
+    )
+    handover.add_argument("--report", type=Path, help="write the JSON report here")
+    handover.add_argument(
+        "--plot", type=Path, help="write a PNG of each worker's applied events over time here"
+    )
+    add_model_arguments(handover)
+    handover.set_defaults(run=run_bench_handover)
     return parser
 
 
@@ -929,4 +979,29 @@ def run_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
     except (BrokerError, RuntimeError) as err:
         raise RecstreamError(str(err)) from err
     print(bench_scale.table(report), flush=True)
+    return 0
+
+
+def run_bench_handover(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import handover as bench_handover
+    from streams.broker import BrokerError
+
+    options = bench_handover.HandoverOptions(
+        events=args.events,
+        seed=args.seed,
+        rate=args.rate,
+        kill_at=args.kill_at,
+        join_at=args.join_at,
+        join_clicks=args.join_clicks,
+        timeout_s=args.timeout,
+        report=args.report,
+        plot=args.plot,
+        workdir=args.workdir,
+        settings=settings,
+    )
+    try:
+        report = bench_handover.run(options)
+    except (BrokerError, RuntimeError) as err:
+        raise RecstreamError(str(err)) from err
+    print(bench_handover.table(report), flush=True)
     return 0

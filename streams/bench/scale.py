@@ -153,7 +153,7 @@ def _run_count(
             assert broker.pid is not None
             rss_mb = vm_rss_mb(Path(f"/proc/{broker.pid}/status").read_text())
         finally:
-            _stop(workers)
+            stop_all(workers)
     figures = measure(samples, settings.partitions, len(stream), launched)
     rows = [read(path) for path in logs if path.exists()]
     return {
@@ -197,7 +197,7 @@ def _watch(
     raise RuntimeError(f"{len(workers)} worker(s) did not apply {events:,} events in time")
 
 
-def _stop(workers: list[WorkerProcess]) -> None:
+def stop_all(workers: Sequence[WorkerProcess]) -> None:
     """SIGTERM to all at once (one at a time, the others would take over the partitions); a
     second one would cut a worker's shutdown short, and with it its predictions log."""
     running = [w.process for w in workers if w.alive() and w.process is not None]

@@ -370,12 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start worker 3 when N events are produced (default 60000)",
     )
     handover.add_argument(
-        "--join-clicks",
-        dest="join_clicks",
+        "--join-events",
+        dest="join_events",
         type=int,
         default=10_000,
         metavar="N",
-        help="the joiner's first N click samples are compared (default 10000)",
+        help="the joiner's first N events are compared (default 10000)",
     )
     handover.add_argument(
         "--timeout",
@@ -992,7 +992,7 @@ def run_bench_handover(args: argparse.Namespace, settings: Settings) -> int:
         rate=args.rate,
         kill_at=args.kill_at,
         join_at=args.join_at,
-        join_clicks=args.join_clicks,
+        join_events=args.join_events,
         timeout_s=args.timeout,
         report=args.report,
         plot=args.plot,

@@ -49,13 +49,16 @@ def test_the_single_auc_standard_error_of_a_perfect_split_is_0_and_needs_two_of_
     assert math.isnan(auc_standard_error([0.1, 0.2, 0.9], [0, 0, 1]))
 
 
-def test_the_window_runs_from_the_first_sample_to_the_nth_click_sample_by_event_time():
+def test_the_window_runs_from_the_first_sample_to_the_nth_event_of_the_joiners_partitions():
     clicks = log_of(np.array([50, 20, 40, 30]), 0, np.zeros(4), np.zeros(4))
     cart = log_of(np.array([10]), 1, np.zeros(1), np.zeros(1))
     joiner = np.concatenate([clicks, cart])
-    assert join_window(joiner, 3) == (10, 40)
-    assert join_window(joiner, 99) == (10, 50)  # fewer clicks: up to the last
-    assert join_window(cart, 3) is None
+    produced = [(0, 5), (2, 12), (0, 15), (1, 16), (2, 30), (0, 41), (2, 60)]
+    acked = [TopicMessage(p, n, b'{"ts": %d}' % ts) for n, (p, ts) in enumerate(produced)]
+    assert join_window(joiner, acked, [0, 2], 3) == (10, 30)  # 12, 15, 30: not 5 nor 16
+    assert join_window(joiner, acked, [0, 2], 99) == (10, 60)  # fewer: up to the last
+    assert join_window(joiner, acked, [3], 3) is None  # nothing produced to its partitions
+    assert join_window(joiner[:0], acked, [0], 3) is None  # nothing logged
 
 
 def test_a_joiner_that_predicts_at_random_has_auc_near_half_and_a_ratio_well_below_1():
@@ -148,7 +151,7 @@ def test_the_cli_parses_the_handover_flags(tmp_path: Path):
             "2000",
             "--join-at",
             "4000",
-            "--join-clicks",
+            "--join-events",
             "500",
             "--seed",
             "3",
@@ -162,7 +165,7 @@ def test_the_cli_parses_the_handover_flags(tmp_path: Path):
             str(tmp_path),
         ]
     )
-    assert (args.events, args.rate, args.kill_at, args.join_at, args.join_clicks) == (
+    assert (args.events, args.rate, args.kill_at, args.join_at, args.join_events) == (
         9000,
         1500.0,
         2000,

@@ -47,8 +47,9 @@ What a run records (``--report``):
     partitions, and the survivor's at the same scrape.
 ``join.window``
     The joiner's first events, in event time (:func:`join_window`): from
-    the first sample in the joiner's predictions log to the ``--join-clicks``
-    th (10,000) click sample it logged, both ends included.
+    the first sample in the joiner's predictions log to the event time of
+    the ``--join-events``-th (10,000th) event produced to the partitions it
+    owns from then on, both ends included.
 ``join.tasks.<task>``
     Over the samples in that window, per task: the joiner's AUC on its
     samples (``joiner_auc``), the survivor's on its own (``others_auc``),
@@ -68,7 +69,7 @@ What a run records (``--report``):
 Example
 -------
 >>> report = run(HandoverOptions(events=20_000, kill_at=5_000, join_at=10_000,
-...                              join_clicks=1_000))                  # doctest: +SKIP
+...                              join_events=1_000))                  # doctest: +SKIP
 >>> report["failover"]["takeover_s"] < 20                             # doctest: +SKIP
 True
 """
@@ -115,7 +116,7 @@ class HandoverOptions:
     rate: float = 2_000.0
     kill_at: int = 30_000  # events produced when worker 1 is SIGKILLed
     join_at: int = 60_000  # events produced when worker 3 starts
-    join_clicks: int = 10_000  # the joiner's click samples in the compared window
+    join_events: int = 10_000  # the joiner's events in the compared window
     timeout_s: float = 900.0  # from the stream's start to every event applied
     report: Path | None = None
     plot: Path | None = None
@@ -135,6 +136,7 @@ class Observed:
     killed_wall_ms: int = 0
     killed_after: int = 0
     dead_partitions: list[int] = field(default_factory=list)
+    join_partitions: list[int] = field(default_factory=list)  # the joiner's, once settled
     took_over: float | None = None
     caught_up: float | None = None
     joined: float | None = None
@@ -310,6 +312,7 @@ def _note_join(
         )
     if observed.owned is None and settled([survivor, joiner], partitions):
         observed.owned = [int(m["recstream_assigned_partitions"]) for m in (survivor, joiner)]
+        observed.join_partitions = lag_partitions(joiner)
 
 
 def _finished(
@@ -369,7 +372,7 @@ def build_report(
     """The run's figures from its scrapes, the events and scores on the broker and the
     survivor's and joiner's predictions logs (see the module docstring)."""
     assert observed.killed is not None and observed.joined is not None
-    window = join_window(joiner, options.join_clicks)
+    window = join_window(joiner, acked, observed.join_partitions, options.join_events)
     first_score = first_score_ms(scores, user_partitions(acked), observed)
     applying = first_rise(
         observed.at, [row[JOINER] for row in observed.applied], observed.join_assigned
@@ -456,20 +459,29 @@ def first_score_ms(
     return min(after) if after else None
 
 
-def join_window(joiner: np.ndarray, clicks: int) -> tuple[int, int] | None:
-    """The joiner's first events in event time: from its first logged sample (any task) to
-    its ``clicks``-th click sample by event time (its last if fewer), both ends included;
-    None when it logged no click sample.
+def join_window(
+    joiner: np.ndarray, acked: Sequence[TopicMessage], partitions: Sequence[int], events: int
+) -> tuple[int, int] | None:
+    """The joiner's first ``events`` events in event time: from its first logged sample (any
+    task) to the ``events``-th event at or after it in ``partitions`` (the joiner's; its last
+    if fewer), both ends included; None when it logged nothing or owns no such event.
 
     >>> from streams.prediction_log import RECORD
-    >>> rows = np.array([(9, 0, 1, .5), (3, 1, 0, .5), (5, 0, 0, .5), (7, 0, 1, .5)], RECORD)
-    >>> join_window(rows, 2)
-    (3, 7)
+    >>> rows = np.array([(9, 0, 1, .5), (3, 1, 0, .5)], RECORD)
+    >>> acked = [TopicMessage(p, 0, b'{"ts": %d}' % t) for p, t in [(0, 2), (0, 4), (1, 5), (0, 8)]]
+    >>> join_window(rows, acked, [0], 2)
+    (3, 8)
     """
-    click_ts = np.sort(of_task(joiner, "click")["ts"])
-    if not len(click_ts):
+    if not len(joiner):
         return None
-    return int(joiner["ts"].min()), int(click_ts[min(clicks, len(click_ts)) - 1])
+    start = int(joiner["ts"].min())
+    owned = set(partitions)
+    times = sorted(
+        ts for m in acked if m.partition in owned and (ts := json.loads(m.value)["ts"]) >= start
+    )
+    if not times:
+        return None
+    return start, int(times[min(events, len(times)) - 1])
 
 
 def join_figures(

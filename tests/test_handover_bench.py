@@ -136,6 +136,12 @@ def test_the_join_notes_versions_at_the_joiners_first_partitions_and_the_settled
     assert observed.join_versions == (880.0, 900.0) and observed.owned is None
     _note_join({**survivor, "recstream_assigned_partitions": 2.0}, joiner, 4, 3.0, observed)
     assert observed.owned == [2, 2] and observed.join_assigned == 2.0
+    assert observed.join_partitions == []  # its lag series are not exported yet
+    lags = {"recstream_consumer_lag{partition=1}": 0.0, "recstream_consumer_lag{partition=3}": 0.0}
+    _note_join(
+        {**survivor, "recstream_assigned_partitions": 2.0}, {**joiner, **lags}, 4, 4.0, observed
+    )
+    assert observed.join_partitions == [1, 3]
 
 
 def test_the_cli_parses_the_handover_flags(tmp_path: Path):

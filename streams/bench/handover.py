@@ -312,6 +312,7 @@ def _note_join(
         )
     if observed.owned is None and settled([survivor, joiner], partitions):
         observed.owned = [int(m["recstream_assigned_partitions"]) for m in (survivor, joiner)]
+    if observed.owned is not None and not observed.join_partitions:  # its lag series come later
         observed.join_partitions = lag_partitions(joiner)
 
 

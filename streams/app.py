@@ -24,6 +24,7 @@ Example
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -99,6 +100,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     publishing = asyncio.Lock()
 
     sending = asyncio.Lock()  # updates leave one at a time, in the order of their seqs
+    update_due = asyncio.Event()  # this worker applied sync_events since its last update
 
     async def send_update(
         leaving: list[int] | tuple[int, ...] = (), checkpoint: bool = False
@@ -249,6 +251,12 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         async for batch in stream:
             async with publishing:
                 await publish(_or_stop(service.events_batch, batch))
+            if (
+                group is not None
+                and group.update_due(settings.sync_events)
+                and not group.alone(events.partition_count())
+            ):
+                update_due.set()
             await checkpoint_if_due()
             saved = service.take_saved_offsets()
             if saved:
@@ -288,10 +296,15 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         async def read_sync() -> None:
             await forward(sync_reader, sync_batches)
 
-        @app.timer(settings.sync_interval_s)
-        async def publish_update() -> None:
-            if not group.alone(events.partition_count()):  # alone: with each checkpoint
-                await send_update()
+        @app.task
+        async def publish_updates() -> None:
+            """An update every sync interval, or sooner once ``sync_events`` were applied."""
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(update_due.wait(), settings.sync_interval_s)
+                update_due.clear()
+                if not group.alone(events.partition_count()):  # alone: with each checkpoint
+                    await send_update()
 
     @app.timer(1.0)
     async def refresh_metrics() -> None:

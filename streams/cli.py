@@ -464,6 +464,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between this worker's model updates to its peers (default 3)",
     )
     parser.add_argument(
+        "--sync-events",
+        dest="sync_events",
+        type=_positive_int,
+        metavar="N",
+        help="an update sooner, once this worker applied N events since its last (default 10000)",
+    )
+    parser.add_argument(
         "--snapshot-interval",
         dest="snapshot_interval_s",
         type=float,

@@ -87,6 +87,7 @@ class GroupMember:
         self._assembler = Assembler()
         self._seq = self.state.vector.get(self.worker, 0)
         self._sent_offsets: dict[int, int] = {}
+        self._position_at_take = pipeline.position
         if pipeline.demand is not None:  # its own counts go out in its updates
             pipeline.demand.sharing = True
 
@@ -115,6 +116,7 @@ class GroupMember:
         owned = set(self.owned or ()) | set(leaving)
         offsets = {p: self.pipeline.offsets.get(p, 0) for p in owned}
         delta = self.replica.take(self.share(owned, partitions))
+        self._position_at_take = self.pipeline.position
         if delta.steps == 0 and offsets == self._sent_offsets and not leaving:
             return None
         partitions = {p: self._partition_record(p) for p in sorted(owned)}
@@ -134,6 +136,10 @@ class GroupMember:
             self.state.labels.apply(partition, self._whole_labels(partition))
         self._sent_offsets = offsets
         return PendingUpdate(update, delta, self.metrics)
+
+    def update_due(self, events: int) -> bool:
+        """Whether this worker applied ``events`` events since its last update was taken."""
+        return self.pipeline.position - self._position_at_take >= events
 
     def share(self, owned: Collection[int], partitions: int) -> float:
         """The part of the stream ``owned`` is (1 before the first assignment or when the

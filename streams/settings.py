@@ -122,6 +122,7 @@ _ENV = {
     "checkpoint_interval_s": "RECSTREAM_CHECKPOINT_INTERVAL_S",
     "keep_checkpoints": "RECSTREAM_KEEP_CHECKPOINTS",
     "sync_interval_s": "RECSTREAM_SYNC_INTERVAL_S",
+    "sync_events": "RECSTREAM_SYNC_EVENTS",
     "snapshot_interval_s": "RECSTREAM_SNAPSHOT_INTERVAL_S",
     "top_k": "RECSTREAM_TOP_K",
     "batch_size": "RECSTREAM_BATCH_SIZE",
@@ -185,6 +186,9 @@ class Settings:
     # Workers of one prefix share one model: each publishes its update this often
     # (streams.sync); the staleness of a peer's learning is about this long.
     sync_interval_s: float = 3.0
+    # ...or sooner, once it applied this many events since its last: a worker that reads fast
+    # (catching up, a replay) keeps its peers as many events behind as a live one does.
+    sync_events: int = 10_000
     # A snapshot of the model for workers that join goes to the model topic this often (from
     # the worker owning events partition 0): a joiner replays at most this much of sync.
     snapshot_interval_s: float = 300.0

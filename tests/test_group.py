@@ -69,3 +69,19 @@ def test_two_workers_hold_one_model_and_a_partition_moves_with_its_offsets_and_l
     b.events_batch(stream[half : half + 400])  # the events a applied after its update, again
     moved = [m for m in stream[half : half + 400] if m.partition in (0, 1)]
     assert sum(b.pipeline.applied_in[p] - before[p] for p in (0, 1)) == len(moved)
+
+
+def test_an_update_is_due_after_sync_events_applied_since_the_last_was_taken(tmp_path):
+    catalog, stream = demo_stream(1_200, seed=3)
+    stream = _partitioned(stream)
+    service = _service(tmp_path, "a")
+    service.catalog_batch(catalog)
+    service.assigned([0, 1])
+    group = service.group
+    mine = sum(m.partition in (0, 1) for m in stream[:600])
+    service.events_batch(stream[:600])
+    assert group.update_due(mine) and not group.update_due(mine + 1)
+    group.take_update(partitions=4)
+    assert not group.update_due(1)  # counted from the take
+    service.events_batch(stream[600:])
+    assert group.update_due(sum(m.partition in (0, 1) for m in stream[600:]))

@@ -20,6 +20,8 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from producers.contract import CatalogItem, Event
 from streams.control import Command
@@ -969,7 +971,6 @@ def run_bench_faults(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
     from streams.bench import scale as bench_scale
-    from streams.broker import BrokerError
 
     options = bench_scale.ScaleOptions(
         workers=args.workers,
@@ -981,17 +982,11 @@ def run_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
         workdir=args.workdir,
         settings=settings,
     )
-    try:
-        report = bench_scale.run(options)
-    except (BrokerError, RuntimeError) as err:
-        raise RecstreamError(str(err)) from err
-    print(bench_scale.table(report), flush=True)
-    return 0
+    return _run_workers_bench(bench_scale, options)
 
 
 def run_bench_handover(args: argparse.Namespace, settings: Settings) -> int:
     from streams.bench import handover as bench_handover
-    from streams.broker import BrokerError
 
     options = bench_handover.HandoverOptions(
         events=args.events,
@@ -1006,9 +1001,17 @@ def run_bench_handover(args: argparse.Namespace, settings: Settings) -> int:
         workdir=args.workdir,
         settings=settings,
     )
+    return _run_workers_bench(bench_handover, options)
+
+
+def _run_workers_bench(bench: ModuleType, options: Any) -> int:
+    """Run a bench that starts its own broker and workers (a module with ``run`` and
+    ``table``); print its table. A broker or worker that fails is a clear error."""
+    from streams.broker import BrokerError
+
     try:
-        report = bench_handover.run(options)
+        report = bench.run(options)
     except (BrokerError, RuntimeError) as err:
         raise RecstreamError(str(err)) from err
-    print(bench_handover.table(report), flush=True)
+    print(bench.table(report), flush=True)
     return 0

@@ -330,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the workers' --sync-interval (default 3; the stream is replayed ~10x faster than "
         "the demo's 2,000 events/s, so 3 s here is ~30 s of the demo's events)",
     )
+    scale.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        metavar="R",
+        help="run every count R times, in turn; the report has the medians (default 3)",
+    )
     scale.add_argument("--seed", type=int, default=7, help="simulator seed")
     scale.add_argument(
         "--timeout",
@@ -377,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=10_000,
         metavar="N",
-        help="the joiner's first N events are compared (default 10000)",
+        help="the joiner's first N events are compared (default 20000)",
     )
     handover.add_argument(
         "--timeout",
@@ -470,7 +477,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         dest="sync_events",
         type=_positive_int,
         metavar="N",
-        help="an update sooner, once this worker applied N events since its last (default 10000)",
+        help="an update sooner, once this worker applied N events since its last (default 20000)",
     )
     parser.add_argument(
         "--snapshot-interval",
@@ -975,6 +982,7 @@ def run_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
     options = bench_scale.ScaleOptions(
         workers=args.workers,
         events=args.events,
+        rounds=args.rounds,
         seed=args.seed,
         timeout_s=args.timeout,
         report=args.report,

@@ -188,7 +188,7 @@ class Settings:
     sync_interval_s: float = 3.0
     # ...or sooner, once it applied this many events since its last: a worker that reads fast
     # (catching up, a replay) keeps its peers as many events behind as a live one does.
-    sync_events: int = 10_000
+    sync_events: int = 20_000
     # A snapshot of the model for workers that join goes to the model topic this often (from
     # the worker owning events partition 0): a joiner replays at most this much of sync.
     snapshot_interval_s: float = 300.0

@@ -184,6 +184,8 @@ def test_bench_scale_runs_one_worker_on_the_embedded_broker_and_reports(tmp_path
         "scale",
         "--workers",
         "1",
+        "--rounds",
+        "1",
         "--events",
         "8000",
         "--report",
@@ -194,7 +196,10 @@ def test_bench_scale_runs_one_worker_on_the_embedded_broker_and_reports(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = json.loads(report_path.read_text())["runs"]
+    report = json.loads(report_path.read_text())
+    (run,) = report["runs"]
+    (median,) = report["medians"]
+    assert median["events_per_s"] == run["events_per_s"] and median["speedup"] == 1.0
     assert run["workers"] == 1 and run["applied"] == 8_000 and run["reapplied"] == 0
     assert run["events_per_s"] > 0 and run["cpu_seconds_per_event"] > 0
     assert run["tasks"]["click"]["labels"] > 0 and 0.5 < run["tasks"]["click"]["auc"] <= 1

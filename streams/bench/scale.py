@@ -35,6 +35,13 @@ What a run records (``runs`` in ``--report``):
 ``broker_rss_mb``
     VmRSS of the broker at the end (it keeps every message in memory).
 
+Each count runs ``--rounds`` times (default 3), the counts in turn (1, 2,
+1, 2, ...), each run with its ``round``; ``medians`` has, per count, the
+median of each figure over the rounds, and ``speedup`` and ``cpu_ratio``:
+the medians of its events/s and CPU per event over the first count's in the
+same round. CPU per event on a shared 2-core machine varies by about 10%
+from run to run; one round is not a result.
+
 Example
 -------
 >>> report = run(ScaleOptions(workers=(1,), events=3_000))       # doctest: +SKIP
@@ -79,6 +86,7 @@ class ScaleOptions:
 
     workers: tuple[int, ...] = (1, 2)
     events: int = 200_000
+    rounds: int = 3  # each count this many times, in turn; the report has the medians
     seed: int = 7
     timeout_s: float = 900.0  # per worker count, from launch to every event applied
     report: Path | None = None
@@ -98,7 +106,9 @@ class _Sample:
 
 
 def run(options: ScaleOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every worker count on its own broker; return (and write, if asked) the report."""
+    """Run every worker count on its own broker, ``rounds`` times in turn (1, 2, 1, 2, ...:
+    a machine that slows down meanwhile slows every count alike); return (and write, if
+    asked) the report."""
     catalog, stream = demo_stream(options.events, options.seed)
     split_ts = median_ts(stream)
     log = log or (lambda text: stderr.print(text, markup=False, highlight=False, soft_wrap=True))
@@ -106,15 +116,77 @@ def run(options: ScaleOptions, log: Callable[[str], None] | None = None) -> dict
     log(header())
     with tempfile.TemporaryDirectory(prefix="recstream-scale-") as tmp:
         root = options.workdir or Path(tmp)
-        for k in options.workers:
-            runs.append(_run_count(k, catalog, stream, split_ts, root / f"workers-{k}", options))
-            log(row(runs[-1]))
-    report = {"events": options.events, "seed": options.seed, "runs": runs}
+        for round_ in range(options.rounds):
+            for k in options.workers:
+                directory = root / f"round-{round_ + 1}" / f"workers-{k}"
+                runs.append(
+                    {"round": round_ + 1}
+                    | _run_count(k, catalog, stream, split_ts, directory, options)
+                )
+                log(row(runs[-1]))
+    report = {
+        "events": options.events,
+        "seed": options.seed,
+        "rounds": options.rounds,
+        "runs": runs,
+        "medians": medians(runs),
+    }
     if options.report:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
     if options.plot:
         plot(report, options.plot)
     return report
+
+
+def medians(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per worker count, the median of each figure over the rounds, and ``speedup`` and
+    ``cpu_ratio``: the medians over rounds of events/s and CPU per event against the first
+    count's in the same round.
+
+    >>> runs = [{"round": r, "workers": k, "events_per_s": e, "cpu_seconds_per_event": c,
+    ...          "tasks": {}} for r, k, e, c in [(1, 1, 10, 2.0), (1, 2, 15, 2.2),
+    ...                                          (2, 1, 12, 2.0), (2, 2, 20, 2.4)]]
+    >>> [(m["workers"], m["events_per_s"], m["speedup"], m["cpu_ratio"]) for m in medians(runs)]
+    [(1, 11.0, 1.0, 1.0), (2, 17.5, 1.58, 1.15)]
+    """
+    first = {r["round"]: r for r in runs if r["workers"] == runs[0]["workers"]}
+
+    def ratio(run: dict[str, Any], name: str) -> float | None:
+        base = first[run["round"]][name]
+        return None if run[name] is None or not base else run[name] / base
+
+    out = []
+    for k in dict.fromkeys(r["workers"] for r in runs):
+        mine = [r for r in runs if r["workers"] == k]
+        summary: dict[str, Any] = {"workers": k}
+        for name in MEDIAN_FIGURES:
+            summary[name] = _median([r.get(name) for r in mine])
+        summary["tasks"] = {
+            task: {"auc": _median([r["tasks"].get(task, {}).get("auc") for r in mine])}
+            for task in TASKS
+        }
+        summary["speedup"] = _median([ratio(r, "events_per_s") for r in mine], 2)
+        summary["cpu_ratio"] = _median([ratio(r, "cpu_seconds_per_event") for r in mine], 2)
+        out.append(summary)
+    return out
+
+
+MEDIAN_FIGURES = (
+    "events_per_s",
+    "cpu_seconds_per_event",
+    "sync_lag_p99_s",
+    "sync_bytes_per_min",
+    "broker_rss_mb",
+)
+"""The figures of a run that :func:`medians` summarises."""
+
+
+def _median(values: Sequence[float | None], digits: int | None = None) -> float | None:
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    if not known:
+        return None
+    value = float(np.median(known))
+    return value if digits is None else round(value, digits)
 
 
 def _run_count(
@@ -394,8 +466,17 @@ def header() -> str:
 
 
 def table(report: dict[str, Any]) -> str:
-    """The runs as a text table."""
-    return "\n".join([header(), *(row(run) for run in report["runs"])])
+    """The runs as a text table, then the medians over the rounds."""
+    lines = [header(), *(row(run) for run in report["runs"])]
+    lines.append(f"median of {report['rounds']} round(s):")
+    for summary in report["medians"]:
+        aucs = " ".join(_cell(summary["tasks"][task]["auc"], 3) for task in TASKS)
+        lines.append(
+            f"{summary['workers']:>7} {_cell(summary['events_per_s']):>10} "
+            f"{_cell(summary['cpu_seconds_per_event'], 1, 1e6):>10} {aucs:>39}   "
+            f"x{_cell(summary['speedup'], 2)} events/s, x{_cell(summary['cpu_ratio'], 2)} CPU/event"
+        )
+    return "\n".join(lines)
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -406,21 +487,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = [r for r in report["runs"] if r["events_per_s"] is not None]
-    counts = [r["workers"] for r in runs]
-    rates = [r["events_per_s"] for r in runs]
+    summaries = [m for m in report["medians"] if m["events_per_s"] is not None]
+    counts = [m["workers"] for m in summaries]
+    rates = [m["events_per_s"] for m in summaries]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(counts, rates, "o-", label="measured")
-    if runs:
+    left.plot(counts, rates, "o-", label="median")
+    left.plot([r["workers"] for r in runs], [r["events_per_s"] for r in runs], ".", color="grey")
+    if summaries:
         per_worker = rates[0] / counts[0]
         left.plot(counts, [per_worker * k for k in counts], "k--", lw=1, label="linear")
     left.set_xlabel("workers")
     left.set_ylabel("events/s")
     left.set_xticks(counts)
     left.legend()
-    right.plot(counts, [r["cpu_seconds_per_event"] * 1e6 for r in runs], "o-", color="tab:red")
+    cpu = [m["cpu_seconds_per_event"] * 1e6 for m in summaries]
+    right.plot(counts, cpu, "o-", color="tab:red", label="median")
+    right.plot(
+        [r["workers"] for r in runs],
+        [r["cpu_seconds_per_event"] * 1e6 for r in runs],
+        ".",
+        color="grey",
+        label="each round",
+    )
     right.set_xlabel("workers")
     right.set_ylabel("CPU µs per event (all workers)")
     right.set_xticks(counts)
+    right.legend()
     fig.suptitle(f"recstream bench scale: {report['events']:,} events on the embedded broker")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

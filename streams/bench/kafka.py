@@ -1,8 +1,9 @@
 """``recstream bench throughput --kafka``: the worker end to end, beside what bounds it.
 
 The demo's stream (``--events`` events of the simulated shop, ``--seed``) is
-put on the embedded broker once. Then each round measures, on that same
-topic:
+put on the embedded broker, on a topic prefix of each round's own (a worker
+would otherwise continue the previous round's model from ``sync``, as a
+worker that joins a group does). Then each round measures, on its topics:
 
 (a) ``in_process``: the worker's pipeline on the same messages without Kafka,
     in batches of the worker's ``--batch-size`` (what the worker receives from
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,20 @@ class KafkaBenchOptions:
 
 
 def run(options: KafkaBenchOptions) -> dict[str, Any]:
-    """Fill the topic once, run every runner ``options.runs`` times; return the medians."""
+    """Run every runner ``options.runs`` times, each round on freshly filled topics of its own
+    prefix (a worker on the previous round's prefix would continue that round's model from
+    ``sync``, as a worker joining a group does); return the medians."""
     settings = DemoOptions().worker_settings()
+    catalog, stream = demo_stream(options.events, options.seed)
     rounds: list[dict[str, dict[str, float]]] = []
     with EmbeddedBroker(binary=options.tansu_bin) as broker:
-        ensure_topics(broker.bootstrap, settings.topics, settings.partitions)
-        with stderr.status(f"putting {options.events:,} events on the embedded broker..."):
-            fill(broker.bootstrap, settings.topics, *demo_stream(options.events, options.seed))
         for number in range(options.runs):
             label = f"round {number + 1}/{options.runs}"
-            rounds.append(_round(broker.bootstrap, settings, options, number, label))
+            fresh = replace(settings, topic_prefix=f"round{number + 1}.")
+            ensure_topics(broker.bootstrap, fresh.topics, fresh.partitions)
+            with stderr.status(f"{label}: putting {options.events:,} events on the broker..."):
+                fill(broker.bootstrap, fresh.topics, catalog, stream)
+            rounds.append(_round(broker.bootstrap, fresh, options, number, label))
     report = _summarise(rounds, options, settings)
     if options.report:
         options.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -138,7 +143,11 @@ def _run_worker(bootstrap: str, settings: Settings, events: int) -> dict[str, fl
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     with tempfile.TemporaryDirectory(prefix="recstream-bench-") as tmp:
-        command = worker_command(bootstrap, settings, DemoOptions(), port, Path(tmp) / "ck")
+        command = [
+            *worker_command(bootstrap, settings, DemoOptions(), port, Path(tmp) / "ck"),
+            "--topic-prefix",
+            settings.topic_prefix,
+        ]
         with open(Path(tmp) / "worker.log", "wb") as log:
             worker = subprocess.Popen(command, stdout=log, stderr=log)
             try:

@@ -84,7 +84,6 @@ Example
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -95,6 +94,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from online_models.forecast_queue import ForecastQueue
 from online_models.layout import LOG_PRICE_SCALE
 from online_models.tables import IdTable
 
@@ -309,11 +309,33 @@ class Forecast:
 
 
 @dataclass
+class ForecastBatch:
+    """Forecasts of one point, as columns: ``values`` is ``(n, targets)`` for ``item_ids``."""
+
+    item_ids: np.ndarray
+    values: np.ndarray
+    horizon_s: float
+    model_version: int
+    ts: int
+
+    def forecasts(self) -> list[Forecast]:
+        return [
+            Forecast(item, self.horizon_s, float(p), float(c), self.model_version, self.ts)
+            for item, (p, c) in zip(self.item_ids.tolist(), self.values.tolist(), strict=True)
+        ]
+
+
+@dataclass
 class DemandRound:
     """What one :meth:`DemandForecaster.observe` produced."""
 
     resolved: Resolved = field(default_factory=Resolved)
-    forecasts: list[Forecast] = field(default_factory=list)  # changed, queued (:meth:`take`)
+    queued: list[ForecastBatch] = field(default_factory=list)  # changed (:meth:`take`)
+
+    @property
+    def forecasts(self) -> list[Forecast]:
+        """The forecasts that changed and were queued, as records."""
+        return [forecast for batch in self.queued for forecast in batch.forecasts()]
 
 
 class DemandForecaster:
@@ -348,7 +370,7 @@ class DemandForecaster:
         self.next_point_ms = 0
         self.position = 0
         self.window: deque[tuple[float, int]] = deque(maxlen=config.window_points)
-        self.pending: dict[str, Forecast] = {}  # changed forecasts not yet taken, by item
+        self.queue = ForecastQueue(capacity, len(TARGETS))  # changed, not taken yet
         self.shop = TimeDecayed(1, len(TARGETS), config.horizon_ms / 2)
         self.shop_born_ms = 0
         self.rng = np.random.default_rng(config.seed)
@@ -369,7 +391,7 @@ class DemandForecaster:
         self.leading = leading
         if not leading:
             self.points.clear()
-            self.pending.clear()
+            self.queue.clear()
             self.window.clear()
             self.published[:] = np.nan
         elif self.clock_ms:
@@ -502,7 +524,7 @@ class DemandForecaster:
             if latest > due:  # a gap in event time: one point, at its end
                 self.next_point_ms = latest
                 continue
-            out.forecasts += self._make_point(int(due), self.position + done)
+            out.queued.append(self._make_point(int(due), self.position + done))
         self.position += len(events)
         out.resolved = Resolved.concat(resolved)
         return out
@@ -547,6 +569,7 @@ class DemandForecaster:
         self.price[rows] = np.nan
         self.known[rows] = False
         self.published[rows] = np.nan
+        self.queue.drop(rows)
 
     def _describe(
         self,
@@ -604,13 +627,13 @@ class DemandForecaster:
         sample = self.rng.choice(len(rest), size=take, replace=False) if take > 0 else []
         return np.sort(np.concatenate([first, rest[sample]]))
 
-    def _make_point(self, at_ms: int, position: int) -> list[Forecast]:
+    def _make_point(self, at_ms: int, position: int) -> ForecastBatch:
         """Forecast the selected items at ``at_ms``, keep the point, hand out changed forecasts."""
         interval = self.config.interval_ms
         self.next_point_ms = max(self.next_point_ms + interval, at_ms - at_ms % interval + interval)
         rows = self._select()
         if len(rows) == 0:
-            return []
+            return self._changed(rows, np.zeros((0, len(TARGETS))), at_ms)
         x, rates = self._features(rows, at_ms)
         horizon_h = self.config.horizon_ms / HOUR_MS
         log_totals = self._log_totals(rows, rates, at_ms)
@@ -688,7 +711,7 @@ class DemandForecaster:
         vectors = items if isinstance(items, torch.Tensor) else net.item_representation(**items)
         return net.demand(vectors, torch.from_numpy(x), torch.from_numpy(log_totals))
 
-    def _changed(self, rows: np.ndarray, forecast: np.ndarray, at_ms: int) -> list[Forecast]:
+    def _changed(self, rows: np.ndarray, forecast: np.ndarray, at_ms: int) -> ForecastBatch:
         """Forecasts that moved enough since last published (largest moves first), queued."""
         config = self.config
         last = self.published[rows]
@@ -701,34 +724,29 @@ class DemandForecaster:
         chosen = np.flatnonzero(moved)
         chosen = chosen[np.argsort(-score[chosen], kind="stable")]
         version = self.learner.model_version
-        changed = [
-            Forecast(
-                self.item_id[rows[i]],
-                config.horizon_s,
-                float(forecast[i, 0]),
-                float(forecast[i, 1]),
-                version,
-                at_ms,
-            )
-            for i in chosen.tolist()
-        ]
-        for forecast_ in changed:
-            self.pending[forecast_.item_id] = forecast_
-        return changed
+        self.queue.put(rows[chosen], forecast[chosen], version, at_ms)
+        return ForecastBatch(
+            self.item_id[rows[chosen]], forecast[chosen], config.horizon_s, version, at_ms
+        )
 
     def take(self, limit: int | None = None) -> list[Forecast]:
         """Up to ``limit`` (``publish_per_round``) queued forecasts to publish, oldest first;
         they count as published from now on (the queue is not checkpointed: after a restart
         the next point queues again whatever the restored state has not published)."""
         limit = self.config.publish_per_round if limit is None else limit
-        taken = []
-        for item_id in list(itertools.islice(self.pending, limit)):
-            forecast = self.pending.pop(item_id)
-            row = self.items.row(item_id)
-            if row:
-                self.published[row] = (forecast.purchases, forecast.carts)
-            taken.append(forecast)
-        return taken
+        rows, values, versions, at_ms = self.queue.take(limit)
+        self.published[rows] = values
+        horizon_s = self.config.horizon_s
+        return [
+            Forecast(item, horizon_s, p, c, version, ts)
+            for item, (p, c), version, ts in zip(
+                self.item_id[rows].tolist(),
+                values.tolist(),
+                versions.tolist(),
+                at_ms.tolist(),
+                strict=True,
+            )
+        ]
 
     def _resolve(self, point: dict[str, Any]) -> Resolved:
         """The point's labels (what sold in its horizon), learned; its forecasts and baselines."""

@@ -126,7 +126,7 @@ def test_a_worker_that_does_not_lead_counts_but_makes_no_points_and_queues_nothi
 
     demand.observe([_later(events[-1], 40 * S)])
     demand.lead(False)  # its waiting points and queue go
-    assert not demand.points and not demand.pending and np.isnan(demand.published).all()
+    assert not demand.points and not len(demand.queue) and np.isnan(demand.published).all()
 
 
 def _later(event: Event, by_ms: int) -> Event:

@@ -171,6 +171,28 @@ def rows_bytes(delta: ModelDelta) -> int:
     )
 
 
+def test_a_delta_comes_back_from_its_bytes_exactly_mostly_zero_arrays_included():
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((50, 7), np.float32)
+    sparse[rng.integers(0, 50, 9), rng.integers(0, 7, 9)] = rng.normal(size=9)
+    arrays = {
+        "item.emb": sparse,
+        "dense": rng.normal(size=300).astype(np.float32),
+        "item.stats": np.where(rng.random((50, 6)) < 0.8, 0.0, rng.random((50, 6))),
+        "user.history": rng.integers(0, 3, (4, 5, 16)).astype(np.int32),
+        "item.rows": np.zeros(0, np.int64),
+        "item.fresh": rng.random(50) < 0.1,
+    }
+    delta = ModelDelta(3, {"item": ["a", "b"]}, {"item": 2}, arrays)
+    back = ModelDelta.from_bytes(delta.to_bytes())
+    assert (back.steps, back.ids, back.rows) == (3, {"item": ["a", "b"]}, {"item": 2})
+    assert back.arrays.keys() == arrays.keys()
+    for name, array in arrays.items():
+        assert back.arrays[name].dtype == array.dtype and back.arrays[name].shape == array.shape
+        assert np.array_equal(back.arrays[name], array), name
+    assert len(delta.to_bytes()) < sum(a.nbytes for a in arrays.values())
+
+
 def test_a_delta_grows_with_rows_changed_not_with_rows_held(stream):
     busy, fresh = Replica(MultiTaskLearner(CONFIG)), Replica(MultiTaskLearner(CONFIG))
     many, _ = ToyShop(seed=5, users=1000, items=1000, arrival_span=1).stream(5000)

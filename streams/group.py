@@ -84,7 +84,7 @@ class GroupMember:
         self.marks = marks  # the service's: partition -> last message (offset, crc)
         self.owned: set[int] | None = None  # None until the group first assigns partitions
         self.replica = Replica(pipeline.learner)
-        self._assembler = Assembler()
+        self._assembler = Assembler(self.state)
         self._seq = self.state.vector.get(self.worker, 0)
         self._sent_offsets: dict[int, int] = {}
         self._position_at_take = pipeline.position

@@ -129,16 +129,23 @@ class Update:
 
 class Assembler:
     """Collects chunks into whole updates; a worker's unfinished update is dropped when a
-    later one of that worker starts (its sender died or gave up halfway)."""
+    later one of that worker starts (its sender died or gave up halfway).
 
-    def __init__(self) -> None:
+    ``state``: chunks of updates it holds already (a worker's own, read back) are passed
+    over on their small header, neither kept nor decoded.
+    """
+
+    def __init__(self, state: SyncState | None = None) -> None:
         self._pieces: dict[str, tuple[int, list[bytes]]] = {}
+        self._state = state
 
     def add(self, value: bytes) -> Update | None:
         """The whole update once ``value`` completes one, else None."""
         head, _, piece = value.partition(_SEPARATOR)
         header = orjson.loads(head)
         worker, seq, chunk = header["worker"], int(header["seq"]), int(header["chunk"])
+        if self._state is not None and seq <= self._state.vector.get(worker, 0):
+            return None
         held = self._pieces.get(worker)
         if held is None or held[0] != seq or chunk == 0:
             held = (seq, [])

@@ -51,6 +51,15 @@ def test_a_missing_middle_chunk_drops_the_update() -> None:
     assert [assembler.add(c) for c in chunks[:1] + chunks[2:]] == [None] * (len(chunks) - 1)
 
 
+def test_chunks_of_an_update_the_state_holds_are_passed_over() -> None:
+    held, later = _update("w", 2, 3_000), _update("w", 3, 3_000)
+    state = SyncState()
+    state.record(held)
+    assembler = Assembler(state)
+    assert all(assembler.add(c) is None for c in held.to_chunks(1_000))
+    assert [assembler.add(c) for c in later.to_chunks(1_000)][-1] == later
+
+
 def test_the_state_holds_each_workers_updates_up_to_its_last_seq_and_survives_a_checkpoint() -> (
     None
 ):

@@ -48,6 +48,18 @@ def test_a_users_mean_leans_on_its_department_until_it_has_orders_of_its_own():
     assert features[1, 2] == pytest.approx(math.log1p(6.0), rel=0.01)
 
 
+def test_a_user_carries_its_excess_not_its_earlier_departments_volume_to_the_next():
+    stats = ValueStats(users=8, tops=8)
+    for _ in range(100):  # dept 2 sells in bulk (residual 2), dept 4 singly (0)
+        stats.add(np.array([0, 0]), np.array([2, 4]), np.array([2.0, 0.0]))
+    stats.add(np.array([1] * 4), np.array([2] * 4), np.full(4, 2.0))  # bulk, as all in dept 2
+    stats.add(np.array([3] * 4), np.array([2] * 4), np.full(4, 3.0))  # more than dept 2's
+    base, features = stats.features(np.array([1, 3, 6]), np.array([4, 4, 4]))
+    typical, heavy, fresh = base
+    assert typical == pytest.approx(fresh, abs=0.1)  # its bulk was its department's
+    assert heavy > fresh + 0.3 and features[1, 1] > 0.3
+
+
 def test_the_learner_learns_what_orders_of_a_department_and_a_user_are_worth():
     learner = MultiTaskLearner(SMALL)
     rng = np.random.default_rng(0)

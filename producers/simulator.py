@@ -493,6 +493,20 @@ class Shop:
             1.0 + self._user_volume[users] * self._department_volume[self._item_department[items]]
         )
 
+    def volume_blind_quantities(
+        self, item_ids: Sequence[str], draws: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """``(len(item_ids), draws)`` quantities of a purchase of each item by a user whose
+        volume is unknown: ``a_user`` drawn from its distribution, the department's true.
+
+        What knowing everything but the buyer's volume allows (the value bench's
+        ``volume_blind`` predictor).
+        """
+        items = np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
+        department = self._department_volume[self._item_department[items]]
+        users = rng.lognormal(0.0, self._model.quantity_user_sd, (len(items), draws))
+        return 1 + rng.poisson(users * department[:, None])
+
     def truth_many(
         self,
         user_ids: Sequence[str],

@@ -435,6 +435,17 @@ def test_purchases_carry_quantities_drawn_around_the_expected_quantity() -> None
     assert np.corrcoef(quantity, expected)[0, 1] > 0.4
 
 
+def test_volume_blind_quantities_average_over_users_with_the_department_kept() -> None:
+    shop = Shop(ShopConfig(events=2_000, users=400, drifts=()))
+    items = [e.item_id for e in shop.records() if isinstance(e, Event)][:30]
+    draws = shop.volume_blind_quantities(items, 4_000, np.random.default_rng(3))
+    assert draws.shape == (30, 4_000) and draws.min() >= 1
+    every_user = [f"u{n}" for n in range(400)]
+    for item, row in zip(items[:5], draws[:5], strict=True):  # the mean over the shop's users
+        expected = shop.expected_quantity(every_user, [item] * 400).mean()
+        assert abs(row.mean() - expected) < 0.1 * expected
+
+
 def test_quantities_leave_the_rest_of_the_stream_as_it_was() -> None:
     config = ShopConfig(events=20_000)
     without = [

@@ -11,7 +11,13 @@ micro-batch was learned:
   an item's first order falls back to its category's mean, then to the
   shop's (what a shop computes without a model);
 - ``oracle_mae_log1p`` (the simulator): ``log1p`` of the true expected value,
-  price times the shop's expected quantity for that user and item.
+  price times the shop's expected quantity for that user and item;
+- ``volume_blind_mae_log1p`` (the simulator): the best a predictor can do
+  knowing every price and each department's true volume but not the
+  buyer's: the median (which minimises absolute error) of ``log1p(price *
+  quantity)`` over :data:`VOLUME_DRAWS` quantities drawn with the user's
+  volume unknown (:meth:`~producers.simulator.Shop.volume_blind_quantities`).
+  Most users buy once or twice, so a model can hardly learn more.
 
 Each with its standard error (``*_se``: of the mean absolute error over
 orders). On the simulator ``revenue_at_k`` and ``price_only_revenue_at_k``
@@ -41,6 +47,9 @@ import numpy as np
 from online_models.base import Learner, Sample
 from streams.bench.topk import K, TopKEvaluation
 from streams.ranking import Ranker, RankingConfig, per_user
+
+VOLUME_DRAWS = 400
+"""Quantities drawn per order for the ``volume_blind`` predictor's median."""
 
 
 class RunningMeans:
@@ -76,7 +85,13 @@ class ValueEvaluation:
         self.topk = topk
         self.shop = shop
         self.means = RunningMeans()
-        self.errors: dict[str, list[float]] = {"mtl": [], "item_mean": [], "oracle": []}
+        self.errors: dict[str, list[float]] = {
+            "mtl": [],
+            "item_mean": [],
+            "oracle": [],
+            "volume_blind": [],
+        }
+        self.rng = np.random.default_rng(0)
         self.revenue: dict[str, list[float]] = {"value": [], "price_only": []}
         self.ranker = Ranker(RankingConfig(objective="revenue"))
 
@@ -103,6 +118,11 @@ class ValueEvaluation:
             )
             prices = np.array([s.price for s in orders])
             self.errors["oracle"] += np.abs(np.log1p(prices * quantity) - actual).tolist()
+            draws = self.shop.volume_blind_quantities(
+                [s.item_id for s in orders], VOLUME_DRAWS, self.rng
+            )
+            blind = np.median(np.log1p(prices[:, None] * draws), axis=1)
+            self.errors["volume_blind"] += np.abs(blind - actual).tolist()
 
     def _judge_lists(self, model: Learner, step: Any) -> None:
         served = self.topk._served.get(step.position)

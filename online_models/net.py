@@ -415,11 +415,9 @@ class MultiTaskNet(nn.Module):
         ``items`` are item rows, ``content`` the ``(H, PATH_TOKENS + 2)``
         token, brand and price-bucket rows, ``log_price`` the ``(H, 1)``
         log-price column, ``interactions`` the ``(H,)`` gate counts, as a
-        :class:`FeatureBatch` holds them. With autograd on, it looks its rows
-        up for learning (one lookup per table: learn it in a step of its own,
-        then :meth:`EmbeddingTable.step`), so the demand head
-        (:class:`~online_models.demand.DemandHead`) trains the same content
-        towers, embeddings and ID offsets as the funnel.
+        :class:`FeatureBatch` holds them. The demand head
+        (:class:`~online_models.demand.DemandHead`) reads them without
+        gradient: the funnel's labels train the item side.
         """
         c, d = self.config.content_dim, self.config.embedding_dim
         item_content = offset = None

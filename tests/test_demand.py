@@ -153,6 +153,33 @@ def test_learning_from_resolved_points_moves_forecasts_towards_what_sold():
     assert hot == pytest.approx(20.0, rel=0.3)  # 100 s / 5 s
 
 
+def test_learning_demand_moves_its_head_and_leaves_the_funnels_scores_as_they_were():
+    from online_models.base import Sample
+
+    demand = forecaster(horizon_s=100.0)
+    learner = demand.learner
+    learner.learn(  # the funnel has learned something first
+        [
+            Sample(f"u{n % 5}", f"i{n % 7}", T0, "home.lamp", "acme", 20.0, click=float(n % 2))
+            for n in range(200)
+        ]
+    )
+    probe = [Sample("u1", "i3", T0 + 1, "home.lamp", "acme", 20.0)]
+    before = learner.predict(probe)
+    head = [p.detach().clone() for p in learner.net.demand.parameters()]
+    start = T0 - T0 % (25 * S) + 25 * S
+    for n, second in enumerate(range(0, 600, 5)):  # i4 sells, i3 is only clicked
+        demand.observe(
+            [event(n, start + second * S, "purchase" if n % 2 else "click", f"i{3 + n % 2}")]
+        )
+    assert len(demand.window) > 0  # points were resolved and learned
+    moved = [
+        not torch.equal(a, b) for a, b in zip(head, learner.net.demand.parameters(), strict=True)
+    ]
+    assert any(moved)
+    assert np.array_equal(learner.predict(probe), before)
+
+
 def test_state_round_trip_resolves_the_same():
     demand = forecaster(horizon_s=100.0)
     demand.observe_catalog("i1", "home.lamp", "acme", 20.0, T0)

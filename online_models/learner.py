@@ -50,7 +50,7 @@ from online_models.config import MultiTaskConfig
 from online_models.demand import DEMAND_LR
 from online_models.features import FeatureEncoder
 from online_models.layout import FeatureBatch, label_matrix
-from online_models.net import LOSS_SAMPLES, MultiTaskNet, funnel_probabilities
+from online_models.net import LOSS_SAMPLES, VALUE_LOSS_WEIGHT, MultiTaskNet, funnel_probabilities
 
 
 class MultiTaskLearner(Learner):
@@ -163,7 +163,7 @@ class MultiTaskLearner(Learner):
         if ordered.any():  # the value head runs only for a batch with orders
             logits, predicted = self.net(batch, with_value=True)
             error = predicted[torch.from_numpy(ordered)] - torch.from_numpy(values[ordered]).float()
-            value_loss = (error**2).sum() / LOSS_SAMPLES
+            value_loss = VALUE_LOSS_WEIGHT * (error**2).sum() / LOSS_SAMPLES
         else:
             logits, value_loss = self.net(batch), 0.0
         total = self.net.loss(logits, labels, weights, offsets)[0] + value_loss

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -238,15 +237,15 @@ def _start_worker(
     log_path: Path,
 ) -> subprocess.Popen[bytes]:
     command = worker_command(bootstrap, settings, options, port, checkpoint_dir)
-    env = {**os.environ, "RECSTREAM_TOPIC_PREFIX": settings.topic_prefix}
     with open(log_path, "wb") as log:  # the child keeps its own copy
-        return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        return subprocess.Popen(command, stdout=log, stderr=log)
 
 
 def worker_command(
     bootstrap: str, settings: Settings, options: DemoOptions, port: int, checkpoint_dir: Path
 ) -> list[str]:
-    """``recstream worker`` as the demo runs it: its label windows and model settings.
+    """``recstream worker`` as the demo runs it: its topic prefix, label windows and model
+    settings.
 
     >>> worker_command("b:9092", Settings(), DemoOptions(), 9100, Path("ck"))[1:4]
     ['worker', '--broker', 'b:9092']
@@ -260,6 +259,8 @@ def worker_command(
         str(port),
         "--checkpoint-dir",
         str(checkpoint_dir),
+        "--topic-prefix",
+        settings.topic_prefix,
         *worker_flags(settings, options),
     ]
 

@@ -143,11 +143,7 @@ def _run_worker(bootstrap: str, settings: Settings, events: int) -> dict[str, fl
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     with tempfile.TemporaryDirectory(prefix="recstream-bench-") as tmp:
-        command = [
-            *worker_command(bootstrap, settings, DemoOptions(), port, Path(tmp) / "ck"),
-            "--topic-prefix",
-            settings.topic_prefix,
-        ]
+        command = worker_command(bootstrap, settings, DemoOptions(), port, Path(tmp) / "ck")
         with open(Path(tmp) / "worker.log", "wb") as log:
             worker = subprocess.Popen(command, stdout=log, stderr=log)
             try:

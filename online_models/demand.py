@@ -322,10 +322,14 @@ class ForecastBatch:
     ts: int
 
     def forecasts(self) -> list[Forecast]:
-        return [
-            Forecast(item, self.horizon_s, float(p), float(c), self.model_version, self.ts)
-            for item, (p, c) in zip(self.item_ids.tolist(), self.values.tolist(), strict=True)
-        ]
+        count = len(self.item_ids)
+        return _records(
+            self.item_ids,
+            self.values,
+            self.horizon_s,
+            np.full(count, self.model_version),
+            np.full(count, self.ts),
+        )
 
 
 @dataclass
@@ -642,7 +646,7 @@ class DemandForecaster:
         log_totals = self._log_totals(rows, rates, at_ms)
         items = self._item_side(rows)
         with torch.inference_mode():
-            log_mean = self._log_mean(items, x, log_totals)
+            log_mean = self._log_mean(self._vectors(items), x, log_totals)
         forecast = np.exp(log_mean.numpy().astype(np.float64))
         decayed = rates[:, COUNTED.index("purchase")] * horizon_h
         point = {
@@ -703,16 +707,17 @@ class DemandForecaster:
             "interactions": torch.from_numpy(table.interactions[item_rows].astype(np.float32)),
         }
 
+    def _vectors(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The item vectors of :meth:`_item_side`'s rows, as the funnel learned them (the
+        head reads them; it does not train them)."""
+        with torch.no_grad():
+            return self.learner.net.item_representation(**items)
+
     def _log_mean(
-        self,
-        items: dict[str, torch.Tensor] | torch.Tensor,
-        x: np.ndarray,
-        log_totals: np.ndarray,
+        self, vectors: torch.Tensor, x: np.ndarray, log_totals: np.ndarray
     ) -> torch.Tensor:
-        """Log means from the item side (or its vectors, already worked out)."""
-        net = self.learner.net
-        vectors = items if isinstance(items, torch.Tensor) else net.item_representation(**items)
-        return net.demand(vectors, torch.from_numpy(x), torch.from_numpy(log_totals))
+        """Log means of the items whose vectors are ``vectors``."""
+        return self.learner.net.demand(vectors, torch.from_numpy(x), torch.from_numpy(log_totals))
 
     def _changed(self, rows: np.ndarray, forecast: np.ndarray, at_ms: int) -> ForecastBatch:
         """Forecasts that moved enough since last published (largest moves first), queued."""
@@ -739,17 +744,7 @@ class DemandForecaster:
         limit = self.config.publish_per_round if limit is None else limit
         rows, values, versions, at_ms = self.queue.take(limit)
         self.published[rows] = values
-        horizon_s = self.config.horizon_s
-        return [
-            Forecast(item, horizon_s, p, c, version, ts)
-            for item, (p, c), version, ts in zip(
-                self.item_id[rows].tolist(),
-                values.tolist(),
-                versions.tolist(),
-                at_ms.tolist(),
-                strict=True,
-            )
-        ]
+        return _records(self.item_id[rows], values, self.config.horizon_s, versions, at_ms)
 
     def _resolve(self, point: dict[str, Any]) -> Resolved:
         """The point's labels (what sold in its horizon), learned; its forecasts and baselines."""
@@ -760,7 +755,7 @@ class DemandForecaster:
         items = self._item_side(rows[valid])  # rows now: an item learned since has its own
         items["interactions"] = torch.from_numpy(point["interactions"][valid])  # gate: as then
         if valid.any():
-            self._learn(items, keep["x"], point["log_totals"], actual)
+            self._learn(self._vectors(items), keep["x"], point["log_totals"], actual)
             deviance = deviances(actual[:, 0], keep["forecast"][:, 0])
             self.window.append((float(deviance.sum()), len(deviance)))
         return Resolved(
@@ -773,21 +768,15 @@ class DemandForecaster:
         )
 
     def _learn(
-        self,
-        items: dict[str, torch.Tensor],
-        x: np.ndarray,
-        log_totals: np.ndarray,
-        actual: np.ndarray,
+        self, vectors: torch.Tensor, x: np.ndarray, log_totals: np.ndarray, actual: np.ndarray
     ) -> None:
         """``passes`` Poisson steps of the head on the point's items, as one batch (the shares
-        are a softmax over the point), on their item vectors as the funnel learned them."""
+        are a softmax over the point)."""
         learner = self.learner
         loss_fn = nn.PoissonNLLLoss(log_input=True, full=False, reduction="mean")
         targets = torch.from_numpy(actual.astype(np.float32))
-        with torch.no_grad():
-            side = learner.net.item_representation(**items)
         for _ in range(self.config.passes):
-            loss = loss_fn(self._log_mean(side, x, log_totals), targets)
+            loss = loss_fn(self._log_mean(vectors, x, log_totals), targets)
             learner.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             learner.optimiser.step()
@@ -858,6 +847,22 @@ class DemandForecaster:
             ((float(s), int(n)) for s, n in state["window"]), maxlen=self.config.window_points
         )
         self.rng.bit_generator.state = state["rng"]
+
+
+def _records(
+    item_ids: np.ndarray,
+    values: np.ndarray,
+    horizon_s: float,
+    versions: np.ndarray,
+    at_ms: np.ndarray,
+) -> list[Forecast]:
+    """One :class:`Forecast` per item, from columns (``values``: purchases, carts)."""
+    return [
+        Forecast(item, horizon_s, purchases, carts, version, ts)
+        for item, (purchases, carts), version, ts in zip(
+            item_ids.tolist(), values.tolist(), versions.tolist(), at_ms.tolist(), strict=True
+        )
+    ]
 
 
 def _tensors(values: dict[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,7 @@ class Assembler:
         head, _, piece = value.partition(_SEPARATOR)
         header = orjson.loads(head)
         worker, seq, chunk = header["worker"], int(header["seq"]), int(header["chunk"])
-        if self._state is not None and seq <= self._state.vector.get(worker, 0):
+        if self._state is not None and self._state.holds_seq(worker, seq):
             return None
         held = self._pieces.get(worker)
         if held is None or held[0] != seq or chunk == 0:
@@ -181,7 +181,11 @@ class SyncState:
 
     def holds(self, update: Update) -> bool:
         """Whether ``update`` is in the state already (its own, or applied before)."""
-        return update.seq <= self.vector.get(update.worker, 0)
+        return self.holds_seq(update.worker, update.seq)
+
+    def holds_seq(self, worker: str, seq: int) -> bool:
+        """Whether ``worker``'s update number ``seq`` is in the state already."""
+        return seq <= self.vector.get(worker, 0)
 
     def record(self, update: Update, labels: bool = True) -> None:
         """``update`` is now in the state (its label changes too, unless not ``labels``)."""

@@ -160,27 +160,20 @@ class ModelDelta:
     def from_bytes(cls, data: bytes) -> ModelDelta:
         """Inverse of :meth:`to_bytes`."""
         (size,) = struct.unpack_from("<I", data)
-        compressed = zlib.decompress(data[4 : 4 + size])
-        (length,) = struct.unpack_from("<I", compressed)
-        header = orjson.loads(compressed[4 : 4 + length])
-        sections = {False: [compressed, 4 + length], True: [data, 4 + size]}  # bytes, offset
+        compressed = _Reader(zlib.decompress(data[4 : 4 + size]))
+        (length,) = compressed.read(np.dtype("<u4"), 1)
+        header = orjson.loads(compressed.read(np.dtype(np.uint8), int(length)).tobytes())
+        plain = _Reader(data, 4 + size)
         arrays = {}
         for name, dtype, shape, sparse in header["arrays"]:
-            kind = np.dtype(dtype)
-            count = int(np.prod(shape))
-            nonzero = None
+            kind, count = np.dtype(dtype), int(np.prod(shape))
+            values = plain if kind.kind == "f" else compressed
             if sparse:
-                raw, offset = sections[False]
-                bitmap = np.frombuffer(raw, np.uint8, (count + 7) // 8, offset)
-                nonzero = np.unpackbits(bitmap, count=count).view(bool)
-                sections[False][1] += len(bitmap)
-            section = sections[kind.kind == "f"]
-            stored = count if nonzero is None else int(np.count_nonzero(nonzero))
-            values = np.frombuffer(section[0], kind, stored, section[1])
-            section[1] += values.nbytes
-            array = values.copy() if nonzero is None else np.zeros(count, kind)
-            if nonzero is not None:
-                array[nonzero] = values
+                nonzero = compressed.bitmap(count)
+                array = np.zeros(count, kind)
+                array[nonzero] = values.read(kind, int(np.count_nonzero(nonzero)))
+            else:
+                array = values.read(kind, count).copy()
             arrays[name] = array.reshape(shape)
         return cls(header["steps"], header["ids"], header["rows"], arrays)
 
@@ -703,6 +696,24 @@ class Replica:
         history.entries[users] = entries
         self._keys["user"][users] = delta.ids["user"][:count]
         self._fingerprints[users] = self._user_fingerprints(users)
+
+
+class _Reader:
+    """Reads arrays one after another from ``data``, from ``offset`` on."""
+
+    def __init__(self, data: bytes, offset: int = 0) -> None:
+        self.data, self.offset = data, offset
+
+    def read(self, dtype: np.dtype, count: int) -> np.ndarray:
+        values = np.frombuffer(self.data, dtype, count, self.offset)
+        self.offset += values.nbytes
+        return values
+
+    def bitmap(self, count: int) -> np.ndarray:
+        """Which of ``count`` elements :func:`_pack` kept (not zero)."""
+        return np.unpackbits(self.read(np.dtype(np.uint8), (count + 7) // 8), count=count).view(
+            bool
+        )
 
 
 def _pack(array: np.ndarray) -> list[bytes]:

@@ -429,7 +429,8 @@ class FeatureEncoder:
         first, user_state = states or _user_states(history, rows.users, user_count)
         item_first, item_state = item_states or (slice(None), None)
         entry = _entry(rows.items, rows.content)
-        residual, value_dense = self.values.features(rows.users, entry[:, ENTRY["top"]])
+        log_quantity, value_dense = self.values.features(rows.users, entry[:, ENTRY["top"]])
+        typical_value = np.log1p(np.expm1(rows.log_prices) * np.exp(log_quantity))
         return FeatureBatch(
             user=torch.from_numpy(rows.users),
             item=torch.from_numpy(rows.items[item_first]),
@@ -446,9 +447,7 @@ class FeatureEncoder:
             history=torch.from_numpy(history[first].astype(np.int64)),
             history_fill=torch.from_numpy(dense[first, HISTORY_FILL]),
             base_logits=torch.from_numpy(_logit(self.shop_rates()).astype(np.float32)),
-            value_base=torch.from_numpy(
-                (np.nan_to_num(rows.log_prices) + residual).astype(np.float32)
-            ),
+            value_base=torch.from_numpy(np.nan_to_num(typical_value).astype(np.float32)),
             value_dense=torch.from_numpy(value_dense),
             entry=entry,
             released=released,
@@ -549,7 +548,7 @@ class FeatureEncoder:
         """After learning ``batch`` with ``labels`` (``(B, 3)``, NaN unknown) and order
         ``values`` (``(B,)`` log1p values, NaN where the sample is no order).
 
-        An order adds its residual over its price to the value statistics
+        An order adds its log quantity (``log(expm1(value) / price)``) to the value statistics
         (:class:`~online_models.order_value.ValueStats`) of its user and department.
 
         A sample with a known click label (or any positive) counts as one
@@ -595,8 +594,9 @@ class FeatureEncoder:
         self.history.append(users[clicked], batch.entry[clicked], self.tables["user"].now_ms)
         if values is not None:
             ordered = ~np.isnan(values) & (batch.entry[:, ENTRY["price"]] > 1)  # a known price
-            residuals = values[ordered] - log_prices[ordered]
-            self.values.add(users[ordered], batch.entry[ordered, ENTRY["top"]], residuals)
+            quantities = np.expm1(values[ordered]) / np.expm1(log_prices[ordered])
+            log_quantities = np.log(np.maximum(quantities, 1.0))
+            self.values.add(users[ordered], batch.entry[ordered, ENTRY["top"]], log_quantities)
 
     def table_stats(self) -> dict[str, int]:
         """Rows in use per table."""

@@ -131,7 +131,7 @@ class FeatureBatch:
     history: torch.Tensor  # (G, len(HISTORY_FIELDS), N): rows per field and slot, 0 = empty
     history_fill: torch.Tensor  # (G,) float32 share of filled slots
     base_logits: torch.Tensor  # (3,) log-odds of the shop's current funnel rates
-    value_base: torch.Tensor  # (B,) log1p(price) + the smoothed order residual (order_value)
+    value_base: torch.Tensor  # (B,) log1p(price * the typical quantity) (order_value)
     value_dense: torch.Tensor  # (B, len(VALUE_FEATURES)) the value head's own inputs
     entry: np.ndarray  # (B, len(HISTORY_FIELDS)) what a click appends to the history
     released: dict[str, np.ndarray] = field(default_factory=dict)  # learning: rows to reset

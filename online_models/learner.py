@@ -163,7 +163,7 @@ class MultiTaskLearner(Learner):
         if ordered.any():  # the value head runs only for a batch with orders
             logits, predicted = self.net(batch, with_value=True)
             error = predicted[torch.from_numpy(ordered)] - torch.from_numpy(values[ordered]).float()
-            value_loss = VALUE_LOSS_WEIGHT * (error**2).sum() / LOSS_SAMPLES
+            value_loss = VALUE_LOSS_WEIGHT * error.abs().sum() / LOSS_SAMPLES
         else:
             logits, value_loss = self.net(batch), 0.0
         total = self.net.loss(logits, labels, weights, offsets)[0] + value_loss

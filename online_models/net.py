@@ -60,8 +60,8 @@ Order value
     A fourth head on the same input as the towers (the user and item
     vectors, their product, the device and the dense features) plus the
     order statistics of :mod:`online_models.order_value` predicts an order's
-    ``log1p`` value as a correction to ``log1p(price)`` plus the expected
-    residual of the user and department: it learns, by squared error weighted
+    ``log1p`` value as a correction to ``log1p(price * q)``, ``q`` the
+    typical quantity of the user and department: it learns, by absolute error weighted
     :data:`VALUE_LOSS_WEIGHT`, only from order samples, and its gradients
     reach the shared embeddings and content towers like the funnel heads'.
     Its last layer starts at zero, so it predicts the statistics' estimate
@@ -126,7 +126,7 @@ PROBABILITY_FLOOR = 1e-9
 LOSS_SAMPLES = 1024
 """Samples whose summed losses make one unit of loss (see :meth:`MultiTaskNet.loss`)."""
 VALUE_LOSS_WEIGHT = 0.1
-"""Weight of the order-value head's squared error beside the funnel's losses. At 1 it
+"""Weight of the order-value head's error beside the funnel's losses. At 1 (squared error) it
 moved the shared layers enough to cost seed 7's click AUC 0.0011 (paired DeLong SE
 0.0002, mtl with against without order samples); at 0.1 every funnel task is within
 two SEs on seeds 7 and 11 and the value error is the same (MAE of log1p value 0.394

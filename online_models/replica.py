@@ -23,7 +23,7 @@ Shared state travels as changes, summed over workers:
 - the item, category token, brand and device rows of the embedding tables and
   their Adagrad sums, and the price-bucket rows (the same on every worker);
 - the label statistics of items, brands and categories, the shop's, the
-  categories' price moments and the departments' and shop's order residuals,
+  categories' price moments and the departments' and shop's order quantities,
   in real (decayed, unscaled) units; every worker's sums age by the samples
   of all (a delta carries the decay its sender's samples caused);
 - the items' sample and interaction counts (the cold gate);

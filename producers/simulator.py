@@ -140,6 +140,8 @@ _SESSION_OWN_DEVICE = 0.8
 _POPULARITY_DECAY = 0.97  # per block of sessions
 _CALIBRATION_PAIRS = 20_000
 _PRIOR_CLICKS = 3.0  # bestseller prior of the initial catalog, scaled by exp(appeal)
+PRIOR_VOLUME_DRAWS = 4_000
+"""Draws of a buyer's volume that :meth:`Shop.predicted_quantities` weighs by its orders."""
 
 
 @dataclass(frozen=True)
@@ -488,24 +490,47 @@ class Shop:
         An order's expected value is the item's price times this.
         """
         users = np.fromiter((self._user_index(u) for u in user_ids), np.int64, len(user_ids))
-        items = np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
+        items = self._item_indices(item_ids)
         return (
             1.0 + self._user_volume[users] * self._department_volume[self._item_department[items]]
         )
 
-    def volume_blind_quantities(
-        self, item_ids: Sequence[str], draws: int, rng: np.random.Generator
+    def predicted_quantities(
+        self,
+        item_ids: Sequence[str],
+        draws: int,
+        rng: np.random.Generator,
+        earlier: Sequence[Sequence[tuple[str, int]]] | None = None,
     ) -> np.ndarray:
-        """``(len(item_ids), draws)`` quantities of a purchase of each item by a user whose
-        volume is unknown: ``a_user`` drawn from its distribution, the department's true.
+        """``(len(item_ids), draws)`` quantities of a purchase of each item by a buyer
+        known only by ``earlier[n]``, the ``(item_id, quantity)`` of its earlier orders:
+        ``a_user`` drawn from its distribution given those orders (importance-resampled
+        from :data:`PRIOR_VOLUME_DRAWS` draws of its prior), the department's true.
 
-        What knowing everything but the buyer's volume allows (the value bench's
-        ``volume_blind`` predictor).
+        No earlier orders (``earlier`` ``None`` or an empty list): the buyer's volume is
+        drawn from the prior. What knowing everything but the buyer's volume allows,
+        with the buyer learned from its orders as well as anyone could (the value
+        bench's ``volume_blind`` and ``posterior`` predictors).
         """
-        items = np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
+        model = self._model
+        items = self._item_indices(item_ids)
         department = self._department_volume[self._item_department[items]]
-        users = rng.lognormal(0.0, self._model.quantity_user_sd, (len(items), draws))
-        return 1 + rng.poisson(users * department[:, None])
+        volumes = np.empty((len(items), draws))
+        for n in range(len(items)):
+            orders = earlier[n] if earlier is not None else ()
+            if not orders:
+                volumes[n] = rng.lognormal(0.0, model.quantity_user_sd, draws)
+                continue
+            prior = rng.lognormal(0.0, model.quantity_user_sd, PRIOR_VOLUME_DRAWS)
+            rates = self._department_volume[
+                self._item_department[self._item_indices([i for i, _ in orders])]
+            ]
+            extra = np.array([q for _, q in orders], dtype=np.float64) - 1.0
+            mean = prior[:, None] * rates[None, :]
+            log_likelihood = (extra * np.log(mean) - mean).sum(axis=1)  # Poisson, up to a constant
+            weights = np.exp(log_likelihood - log_likelihood.max())
+            volumes[n] = rng.choice(prior, draws, p=weights / weights.sum())
+        return 1 + rng.poisson(volumes * department[:, None])
 
     def truth_many(
         self,
@@ -520,7 +545,7 @@ class Shop:
         if len(user_ids) != len(item_ids):
             raise ValueError("user_ids and item_ids must pair up")
         users = np.fromiter((self._user_index(u) for u in user_ids), np.int64, len(user_ids))
-        items = np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
+        items = self._item_indices(item_ids)
         if devices is not None:
             if len(devices) != len(users):
                 raise ValueError("devices must pair up with user_ids")
@@ -805,6 +830,9 @@ class Shop:
         if not 0 <= index < self.config.users:
             raise KeyError(f"no user {user_id!r}")
         return index
+
+    def _item_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
 
     def _item_index(self, item_id: str) -> int:
         index = _parse_id(item_id, self._id_prefix("i"))

@@ -37,25 +37,35 @@ def test_each_priced_purchase_is_an_order_of_value_price_times_quantity():
     assert all(s.labels() == (None, None, None) for s in orders)
 
 
-def test_a_users_mean_leans_on_its_department_until_it_has_orders_of_its_own():
+def test_a_users_quantity_leans_on_its_department_until_it_has_orders_of_its_own():
     stats = ValueStats(users=8, tops=8)
-    stats.add(np.array([1] * 20), np.array([2] * 20), np.full(20, 1.0))  # dept 2: residual 1
-    stats.add(np.array([3] * 6), np.array([2] * 6), np.full(6, 2.0))  # user 3 buys more
-    base, features = stats.features(np.array([5, 3, 5]), np.array([2, 2, 4]))
-    fresh, heavy, elsewhere = base
-    assert heavy > fresh > elsewhere > 0
+    stats.add(np.array([1] * 20), np.array([2] * 20), np.full(20, math.log(3.0)))  # 3 units
+    stats.add(np.array([2] * 30), np.array([4] * 30), np.zeros(30))  # dept 4: single units
+    stats.add(np.array([3] * 6), np.array([2] * 6), np.full(6, math.log(9.0)))  # user 3: more
+    log_q, features = stats.features(np.array([5, 3, 5]), np.array([2, 2, 4]))
+    fresh, heavy, elsewhere = log_q
+    assert heavy > fresh > elsewhere >= 0
+    assert fresh == pytest.approx(math.log(3.0), abs=0.01)
     assert features[0, 0] > 0 and features[2, 0] == pytest.approx(0.0)  # dept 4: the shop's
     assert features[1, 2] == pytest.approx(math.log1p(6.0), rel=0.01)
 
 
+def test_a_department_is_expected_at_its_typical_quantity_not_its_mean():
+    stats = ValueStats(users=64, tops=8)
+    singles, bulk = np.zeros(60), np.full(40, math.log(20.0))  # mean log q 1.2: 3.3 units
+    stats.add(np.arange(100) % 50 + 1, np.full(100, 2), np.r_[singles, bulk])
+    log_q, _ = stats.features(np.array([60]), np.array([2]))
+    assert log_q[0] == pytest.approx(0.0, abs=0.05)  # most orders are of one unit
+
+
 def test_a_user_carries_its_excess_not_its_earlier_departments_volume_to_the_next():
     stats = ValueStats(users=8, tops=8)
-    for _ in range(100):  # dept 2 sells in bulk (residual 2), dept 4 singly (0)
+    for _ in range(100):  # dept 2 sells in bulk (log q 2), dept 4 singly (0)
         stats.add(np.array([0, 0]), np.array([2, 4]), np.array([2.0, 0.0]))
     stats.add(np.array([1] * 4), np.array([2] * 4), np.full(4, 2.0))  # bulk, as all in dept 2
     stats.add(np.array([3] * 4), np.array([2] * 4), np.full(4, 3.0))  # more than dept 2's
-    base, features = stats.features(np.array([1, 3, 6]), np.array([4, 4, 4]))
-    typical, heavy, fresh = base
+    log_q, features = stats.features(np.array([1, 3, 6]), np.array([4, 4, 4]))
+    typical, heavy, fresh = log_q
     assert typical == pytest.approx(fresh, abs=0.1)  # its bulk was its department's
     assert heavy > fresh + 0.3 and features[1, 1] > 0.3
 
@@ -81,11 +91,13 @@ def test_the_learner_learns_what_orders_of_a_department_and_a_user_are_worth():
         Sample("u99", "i1", 9_999, *_content(LAMP)),
         Sample("u99", "i2", 9_999, *_content(HOSE)),
         Sample("u7", "i3", 9_999, *_content(HOSE)),
+        Sample("u99", "i4", 9_999, "home.lamp", None, 1.0),  # a cheap lamp
     ]
-    lamp, hose, heavy = learner.predict_values(ask)
+    lamp, hose, heavy, cheap_lamp = learner.predict_values(ask)
     assert lamp > hose + 1.0  # a lamp order is about 6 units of 20, a hose order one
     assert heavy > hose + 0.5  # u7 buys three times as much
     assert abs(hose - math.log1p(20.0)) < 0.5
+    assert abs(cheap_lamp - math.log1p(6.0)) < 0.25  # 6 units of 1, not 6 of 20 scaled down
 
 
 def _content(content: ItemContent):

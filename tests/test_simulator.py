@@ -438,12 +438,26 @@ def test_purchases_carry_quantities_drawn_around_the_expected_quantity() -> None
 def test_volume_blind_quantities_average_over_users_with_the_department_kept() -> None:
     shop = Shop(ShopConfig(events=2_000, users=400, drifts=()))
     items = [e.item_id for e in shop.records() if isinstance(e, Event)][:30]
-    draws = shop.volume_blind_quantities(items, 4_000, np.random.default_rng(3))
+    draws = shop.predicted_quantities(items, 4_000, np.random.default_rng(3))
     assert draws.shape == (30, 4_000) and draws.min() >= 1
     every_user = [f"u{n}" for n in range(400)]
     for item, row in zip(items[:5], draws[:5], strict=True):  # the mean over the shop's users
         expected = shop.expected_quantity(every_user, [item] * 400).mean()
         assert abs(row.mean() - expected) < 0.1 * expected
+
+
+def test_predicted_quantities_learn_a_buyer_from_its_earlier_orders() -> None:
+    shop = Shop(ShopConfig(events=2_000, users=400, drifts=()))
+    items = [e.item_id for e in shop.records() if isinstance(e, Event)][:30]
+    users = [f"u{n}" for n in range(400)]
+    expected = np.array([shop.expected_quantity(users, [item] * 400) for item in items])
+    item, user = np.unravel_index(np.argmax(expected), expected.shape)  # the heaviest buyer
+    heavy = expected[item, user]
+    earlier = [(items[item], round(heavy))] * 30
+    rng = np.random.default_rng(5)
+    known, fresh = shop.predicted_quantities([items[item]] * 2, 4_000, rng, [earlier, []])
+    assert abs(known.mean() - heavy) < 0.15 * heavy
+    assert abs(fresh.mean() - expected[item].mean()) < 0.1 * expected[item].mean() < 0.5 * heavy
 
 
 def test_quantities_leave_the_rest_of_the_stream_as_it_was() -> None:

@@ -16,8 +16,12 @@ micro-batch was learned:
   knowing every price and each department's true volume but not the
   buyer's: the median (which minimises absolute error) of ``log1p(price *
   quantity)`` over :data:`VOLUME_DRAWS` quantities drawn with the user's
-  volume unknown (:meth:`~producers.simulator.Shop.volume_blind_quantities`).
-  Most users buy once or twice, so a model can hardly learn more.
+  volume unknown (:meth:`~producers.simulator.Shop.predicted_quantities`);
+- ``posterior_mae_log1p`` (the simulator): the same, with the buyer's volume
+  drawn given the quantities of its earlier orders (those of earlier
+  micro-batches, the whole replay's): the best any learner can do, knowing
+  the shop's parameters and learning each buyer from its orders as well as
+  anyone could. Most users buy once or twice, so it is far from the oracle.
 
 Each with its standard error (``*_se``: of the mean absolute error over
 orders). On the simulator ``revenue_at_k`` and ``price_only_revenue_at_k``
@@ -48,8 +52,8 @@ from online_models.base import Learner, Sample
 from streams.bench.topk import K, TopKEvaluation
 from streams.ranking import Ranker, RankingConfig, per_user
 
-VOLUME_DRAWS = 400
-"""Quantities drawn per order for the ``volume_blind`` predictor's median."""
+VOLUME_DRAWS = 4_000
+"""Quantities drawn per order for the ``volume_blind`` and ``posterior`` predictors' medians."""
 
 
 class RunningMeans:
@@ -90,7 +94,9 @@ class ValueEvaluation:
             "item_mean": [],
             "oracle": [],
             "volume_blind": [],
+            "posterior": [],
         }
+        self.earlier: dict[str, list[tuple[str, int]]] = {}  # the simulator: orders per user
         self.rng = np.random.default_rng(0)
         self.revenue: dict[str, list[float]] = {"value": [], "price_only": []}
         self.ranker = Ranker(RankingConfig(objective="revenue"))
@@ -102,6 +108,12 @@ class ValueEvaluation:
             self._judge_orders(model, orders)
         for order in orders:
             self.means.add(order.item_id, order.category, order.value)
+        if self.shop is not None:
+            for event in step.events:
+                if event.type == "purchase":
+                    self.earlier.setdefault(event.user_id, []).append(
+                        (event.item_id, event.quantity)
+                    )
         if self.topk is not None and self.shop is not None:
             self._judge_lists(model, step)
 
@@ -118,11 +130,12 @@ class ValueEvaluation:
             )
             prices = np.array([s.price for s in orders])
             self.errors["oracle"] += np.abs(np.log1p(prices * quantity) - actual).tolist()
-            draws = self.shop.volume_blind_quantities(
-                [s.item_id for s in orders], VOLUME_DRAWS, self.rng
-            )
-            blind = np.median(np.log1p(prices[:, None] * draws), axis=1)
-            self.errors["volume_blind"] += np.abs(blind - actual).tolist()
+            items = [s.item_id for s in orders]
+            earlier = [self.earlier.get(s.user_id, []) for s in orders]
+            for name, known in (("volume_blind", None), ("posterior", earlier)):
+                draws = self.shop.predicted_quantities(items, VOLUME_DRAWS, self.rng, known)
+                median = np.median(np.log1p(prices[:, None] * draws), axis=1)
+                self.errors[name] += np.abs(median - actual).tolist()
 
     def _judge_lists(self, model: Learner, step: Any) -> None:
         served = self.topk._served.get(step.position)

@@ -58,16 +58,18 @@ def test_a_department_is_expected_at_its_typical_quantity_not_its_mean():
     assert log_q[0] == pytest.approx(0.0, abs=0.05)  # most orders are of one unit
 
 
-def test_a_user_carries_its_excess_not_its_earlier_departments_volume_to_the_next():
+def test_a_user_carries_its_volume_not_its_earlier_departments_bulk_to_the_next():
     stats = ValueStats(users=8, tops=8)
-    for _ in range(100):  # dept 2 sells in bulk (log q 2), dept 4 singly (0)
-        stats.add(np.array([0, 0]), np.array([2, 4]), np.array([2.0, 0.0]))
-    stats.add(np.array([1] * 4), np.array([2] * 4), np.full(4, 2.0))  # bulk, as all in dept 2
-    stats.add(np.array([3] * 4), np.array([2] * 4), np.full(4, 3.0))  # more than dept 2's
-    log_q, features = stats.features(np.array([1, 3, 6]), np.array([4, 4, 4]))
-    typical, heavy, fresh = log_q
-    assert typical == pytest.approx(fresh, abs=0.1)  # its bulk was its department's
-    assert heavy > fresh + 0.3 and features[1, 1] > 0.3
+    bulk, pairs, single = math.log(8.0), math.log(2.0), 0.0
+    for _ in range(100):  # dept 2 sells 8 units an order, dept 4 two, dept 5 one
+        stats.add(np.array([0, 0, 0]), np.array([2, 4, 5]), np.array([bulk, pairs, single]))
+    stats.add(np.array([1] * 4), np.array([2] * 4), np.full(4, bulk))  # as all in dept 2
+    stats.add(np.array([3] * 4), np.array([2] * 4), np.full(4, math.log(22.0)))  # 3 x the extra
+    log_q, features = stats.features(np.array([1, 3, 6, 3]), np.array([4, 4, 4, 5]))
+    typical, heavy, fresh, heavy_single = log_q
+    assert typical == pytest.approx(fresh, abs=0.1) and fresh == pytest.approx(pairs, abs=0.05)
+    assert heavy > fresh + 0.3 and features[1, 1] > 0.5  # about 1 + 2.2 extra units
+    assert heavy_single == pytest.approx(0.0, abs=0.05)  # one unit is one unit
 
 
 def test_the_learner_learns_what_orders_of_a_department_and_a_user_are_worth():
@@ -78,8 +80,8 @@ def test_the_learner_learns_what_orders_of_a_department_and_a_user_are_worth():
         user = f"u{n % 40}"
         lamp = n % 2 == 0
         quantity = 6 if lamp else 1
-        if user == "u7":
-            quantity *= 3
+        if user == "u8":  # a lamp buyer who buys three times the extra units
+            quantity = 1 + 3 * (quantity - 1)
         content = LAMP if lamp else HOSE
         orders += order_samples(
             [purchase(n, user, f"i{rng.integers(50)}", content, quantity)], dict().get
@@ -90,12 +92,12 @@ def test_the_learner_learns_what_orders_of_a_department_and_a_user_are_worth():
     ask = [
         Sample("u99", "i1", 9_999, *_content(LAMP)),
         Sample("u99", "i2", 9_999, *_content(HOSE)),
-        Sample("u7", "i3", 9_999, *_content(HOSE)),
+        Sample("u8", "i3", 9_999, *_content(LAMP)),
         Sample("u99", "i4", 9_999, "home.lamp", None, 1.0),  # a cheap lamp
     ]
     lamp, hose, heavy, cheap_lamp = learner.predict_values(ask)
     assert lamp > hose + 1.0  # a lamp order is about 6 units of 20, a hose order one
-    assert heavy > hose + 0.5  # u7 buys three times as much
+    assert heavy > lamp + 0.5  # u8 buys 16 lamps an order
     assert abs(hose - math.log1p(20.0)) < 0.5
     assert abs(cheap_lamp - math.log1p(6.0)) < 0.25  # 6 units of 1, not 6 of 20 scaled down
 

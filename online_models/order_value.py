@@ -163,6 +163,10 @@ class ValueStats:
         return {name: getattr(self, name).state_dict() for name in ("users", "tops", "shop")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """What :meth:`state_dict` saved; older checkpoints kept log residuals over prices,
+        not quantities: then the statistics start again."""
+        if tuple(state["tops"]["values"].shape[1:]) != (_COLUMNS,):
+            return
         for name in ("users", "tops", "shop"):
             getattr(self, name).load_state_dict(state[name])
 

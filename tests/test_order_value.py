@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from online_models.base import Learner, Sample
 from online_models.config import MultiTaskConfig
@@ -155,3 +156,18 @@ def test_the_value_section_judges_each_order_before_it_is_learned():
     assert report["mtl_mae_log1p"] == pytest.approx((1.0 + 2.0) / 2)
     # i1's earlier order (1.0); i9 has none: its category's mean, of the order before (1.0)
     assert report["item_mean_mae_log1p"] == pytest.approx((2.0 + 3.0) / 2)
+
+
+def test_statistics_of_an_older_checkpoint_start_again():
+    older = {  # residuals over prices: a count and a sum per row
+        name: {"values": torch.ones(rows, 2), "scale": 1.0}
+        for name, rows in (("users", 8), ("tops", 8), ("shop", 1))
+    }
+    stats = ValueStats(users=8, tops=8)
+    stats.load_state_dict(older)
+    log_q, features = stats.features(np.array([1]), np.array([2]))
+    assert log_q[0] == 0.0 and features[0, 2] == 0.0  # no orders known
+    stats.add(np.array([1]), np.array([2]), np.array([math.log(4.0)]))
+    restored = ValueStats(users=8, tops=8)
+    restored.load_state_dict(stats.state_dict())
+    assert restored.features(np.array([1]), np.array([2]))[0][0] > 0

@@ -86,7 +86,8 @@ def test_the_report_has_every_list_task_metric_and_its_standard_error(sim_topk):
     assert set(sim_topk["comparisons"]) == {f"mtl-{name}" for name in LISTS if name != "mtl"}
     lines: list[str] = []
     print_summary(sim_topk, lines.append)
-    assert len(lines) == 2 + len(LISTS) and lines[2].split()[0] == "mtl"
+    assert len(lines) == 3 + len(LISTS) and lines[2].split()[0] == "mtl"
+    assert lines[-1].startswith("  mtl's candidates: click item among them")
 
 
 def test_the_oracle_list_is_the_ceiling_of_expected_clicks_and_purchases(sim_topk):
@@ -95,6 +96,9 @@ def test_the_oracle_list_is_the_ceiling_of_expected_clicks_and_purchases(sim_top
         for name in ("mtl", *SIMPLE_LISTS):
             other = sim_topk[name][task]
             assert oracle[task]["expected_at_10"] >= other["expected_at_10"], (name, task)
+        best = sim_topk["candidates"][task]["best_expected_at_10"]
+        assert sim_topk["mtl"][task]["expected_at_10"] <= best <= oracle[task]["expected_at_10"]
+        assert 0 < sim_topk["candidates"][task]["recall"] <= 1
     popular = sim_topk["popular_now"]["click"]
     margin = oracle["click"]["expected_at_10"] - popular["expected_at_10"]
     assert margin > 4 * max(oracle["click"]["expected_at_10_se"], popular["expected_at_10_se"])
@@ -115,6 +119,10 @@ def test_a_real_log_is_judged_by_hits_without_an_oracle():
             assert 0 <= entry["hit_rate_at_10"] <= 1
     assert topk["events"]["click"] > 4_000 and topk["events"]["purchase"] > 50
     assert topk["recently_interacted"]["click"]["hit_rate_at_10"] > 0.2  # views repeat
+    for task in TASKS:  # the list's items are candidates: a hit is among them
+        candidates = topk["candidates"][task]
+        assert candidates["recall"] >= topk["mtl"][task]["hit_rate_at_10"]
+        assert "best_expected_at_10" not in candidates
 
 
 def test_evaluation_events_are_sampled_to_about_the_cap_over_the_whole_second_half():

@@ -48,6 +48,13 @@ Decay: half-life :data:`HALF_LIFE_S` of event time by source: the simulator
 1 day (9 days of a few users' daily visits), a recording 1 h. A user keeps
 their :data:`USER_ITEMS` latest items.
 
+Where the ``mtl`` list loses, ``candidates`` tells whether its candidate
+pool or its ranking is to blame: per task, ``recall`` (the share of events
+whose item was among the user's candidates; ``mtl`` cannot hit more) and on
+the simulator ``best_expected_at_10`` (the expected count of the task that
+the 10 truly best of the user's candidates bring: ``mtl`` cannot earn
+more; the ``oracle`` picks from the whole catalog).
+
 Every list is built from the same history: the catalog records and events
 before the micro-batch holding the event (the worker ranks after a batch
 with what it learned from it), at the time of the last event before it. No
@@ -403,6 +410,7 @@ class TopKEvaluation:
             name: [] for name in LISTS if name != "mtl"
         }
         self.mtl: dict[int, tuple[float, float, float]] = {}
+        self.candidates: dict[int, tuple[float, float]] = {}  # recall, best expected
         self.seconds = 0.0
         self.done = False
 
@@ -513,11 +521,13 @@ class TopKEvaluation:
             user, task = self.users[number], self.tasks[number]
             items = served_items.get(user, [])
             hit, ndcg = hit_and_ndcg(items, self.items[number])
-            expected = math.nan
+            row = {block.item_ids[i]: n for n, i in enumerate(block.pair_item[begin:end])}
+            expected = best = math.nan
             if truth is not None:
-                row = {block.item_ids[i]: n for n, i in enumerate(block.pair_item[begin:end])}
                 expected = float(sum(truth[row[i], task] for i in items))
+                best = float(np.sort(truth[:, task])[::-1][:K].sum())
             self.mtl[number] = (hit, ndcg, expected)
+            self.candidates[number] = (float(self.items[number] in row), best)
         self.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------ the report
@@ -569,8 +579,26 @@ class TopKEvaluation:
                         pair[f"{metric}_difference_se"] = float(dse[m])
         if comparisons:
             out["comparisons"] = comparisons
+        if "mtl" in arrays:
+            out["candidates"] = self._candidates_report(tasks, users)
         self.seconds += time.perf_counter() - start
         out["seconds"] = self.seconds
+        return out
+
+    def _candidates_report(self, tasks: np.ndarray, users: np.ndarray) -> dict[str, Any]:
+        """Per task: ``recall`` and, on the simulator, ``best_expected_at_10``, with SEs."""
+        values = np.array([self.candidates[n] for n in range(len(self.tasks))])
+        names = ("recall", "best_expected_at_10")[: 2 if self.shop is not None else 1]
+        out: dict[str, Any] = {}
+        for t, task in enumerate(TASKS):
+            mask = tasks == t
+            part = values[mask][:, : len(names)]
+            means = part.mean(axis=0) if len(part) else np.full(len(names), np.nan)
+            se = bootstrap_se(part, users[mask], seed=self.seed + t)
+            out[task] = {}
+            for m, name in enumerate(names):
+                out[task][name] = float(means[m])
+                out[task][f"{name}_se"] = float(se[m])
         return out
 
 
@@ -597,6 +625,20 @@ def print_summary(topk: dict[str, Any], write: Any = print) -> None:
                 value, se = entry.get(metric), entry.get(f"{metric}_se")
                 cells.append(_cell(value, se))
         write(f"  {name:<20}" + "".join(f"{cell:>18}" for cell in cells))
+    if "candidates" in topk:
+        parts = []
+        for task in ("click", "purchase"):
+            entry = topk["candidates"][task]
+            best = entry.get("best_expected_at_10")
+            parts.append(
+                f"{task} item among them {_cell(entry['recall'], entry['recall_se'])}"
+                + (
+                    f", their best 10 expect {_cell(best, entry['best_expected_at_10_se'])}"
+                    if best is not None
+                    else ""
+                )
+            )
+        write("  mtl's candidates: " + "; ".join(parts))
 
 
 def _cell(value: float | None, se: float | None) -> str:

@@ -119,7 +119,8 @@ class ValueStats:
         """Orders of ``users`` in departments ``tops`` with these log quantities: a user
         keeps its extra units and those its departments' means expected at the time."""
         extra = np.expm1(log_quantities)  # units beyond the first
-        expected = self._mean_extra(tops)
+        departments, each = np.unique(tops, return_inverse=True)
+        expected = self._mean_extra(departments)[each]
         self.users.add(users, np.stack([np.ones_like(extra), extra, expected], axis=1))
         moments = np.zeros((len(log_quantities), _COLUMNS))
         moments[:, 0], moments[:, 1] = 1.0, extra
@@ -134,8 +135,9 @@ class ValueStats:
         parts: the department's median log quantity against the shop's, the log of the
         user's volume (smoothed towards 1 by :data:`PRIOR_ORDERS` orders' worth), and
         ``log1p`` of the user's orders."""
-        shop, top = self._smoothed(tops)
-        shop_median, top_median = _medians(shop[None, :])[0], _medians(top)
+        departments, each = np.unique(tops, return_inverse=True)  # a batch holds a few
+        shop, top = self._smoothed(departments)
+        shop_median, top_median = _medians(shop[None, :])[0], _medians(top)[each]
         user = self.users.get(users)
         prior = PRIOR_ORDERS * max(shop[1] / shop[0], MIN_MEAN_EXTRA)
         ratio = (user[:, 1] + prior) / (user[:, 2] + prior)

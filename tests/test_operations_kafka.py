@@ -129,8 +129,18 @@ def test_rollback_serves_the_chosen_version_and_frozen_nothing_is_learned_or_app
     directory = str(worker.checkpoint_dir)
     try:
         worker.start()
-        publish(broker, topics, first)
-        worker.wait_for(lambda m: applied(m) >= len(first), 60, "the first part applied")
+        # Labels are held until event time passes the first click wait after the first
+        # batch: a first fetch that brought one partition's part whole would put that past
+        # every event of the others. In two halves, the second carries event time past it.
+        half = len(first) // 2
+        publish(broker, topics, first[:half])
+        worker.wait_for(lambda m: applied(m) >= half, 60, "the first half applied")
+        publish(broker, topics, first[half:])
+        worker.wait_for(
+            lambda m: applied(m) >= len(first) and m.get("recstream_model_version", 0) > 0,
+            60,
+            "the first part applied and learned from",
+        )
         worker.signal(signal.SIGTERM)  # a checkpoint: the model to go back to
         worker.start()
         publish(broker, topics, second)

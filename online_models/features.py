@@ -35,7 +35,7 @@ Features of one sample:
 
 Prediction looks ids up without inserting them (an unseen item is row 0, so
 scored from content alone); learning inserts them, and :meth:`FeatureEncoder.record`
-then counts the interactions and appends clicked items to the users' histories.
+then counts the interactions and appends the items of positive labels to the users' histories.
 
 Point-in-time features: a sample carrying a ``key`` (the label resolver's
 ``TrackedSample``) is learned with the history and counts it was *scored*
@@ -553,8 +553,11 @@ class FeatureEncoder:
 
         A sample with a known click label (or any positive) counts as one
         sample of its user and its item, and each positive label (click, cart,
-        purchase) as one interaction; a click appends the item to the user's
-        history;
+        purchase) as one interaction; each positive label appends the item to
+        the user's history (a cart or a purchase again, so the item is the
+        user's latest and weighs more in its history: a click alone could not
+        tell a carted item from a glanced one, and on the bundled REES46 log
+        the user's own carted items are what they buy);
         every label updates the label statistics of the item, user, brand and
         category. An unknown earlier stage means "1" (the label resolver
         emits a stage's label only after its predecessor was 1).
@@ -590,8 +593,8 @@ class FeatureEncoder:
         seen = known[:, 0] | (interactions > 0)
         self.tables["user"].count(users[seen], interactions[seen])
         self.tables["item"].count(items[seen], interactions[seen])
-        clicked = positive[:, 0]
-        self.history.append(users[clicked], batch.entry[clicked], self.tables["user"].now_ms)
+        reached = positive.any(axis=1)
+        self.history.append(users[reached], batch.entry[reached], self.tables["user"].now_ms)
         if values is not None:
             ordered = ~np.isnan(values) & (batch.entry[:, ENTRY["price"]] > 1)  # a known price
             quantities = np.expm1(values[ordered]) / np.expm1(log_prices[ordered])

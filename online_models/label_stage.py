@@ -131,11 +131,12 @@ class LabelStage:
             self._batch_partitions.update((s.key, partition) for s in out.new + out.resolved)
         return out
 
-    def close_batch(self) -> list[TrackedSample]:
+    def close_batch(self, final: bool = False) -> list[TrackedSample]:
         """Without impressions, the batch's clicks and their in-batch negatives, new samples
-        with their labels (:meth:`LabelResolver.close_batch`): score and learn them with the
-        batch's other samples. Call it after the batch's last event."""
-        return self.resolver.close_batch()
+        with their labels (:meth:`LabelResolver.close_batch`; ``final`` at the end of a
+        finite stream): score and learn them with the batch's other samples. Call it after
+        the batch's last event."""
+        return self.resolver.close_batch(final)
 
     def labels(self, new: Sequence[TrackedSample], resolved: Sequence[TrackedSample]) -> LabelBatch:
         """The labels to learn now, once ``new`` samples were scored and ``resolved`` came.

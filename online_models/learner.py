@@ -8,6 +8,13 @@ plain tensors, numbers, strings, lists and dicts. Embedding tables learn
 with Adagrad on the rows a batch touches only
 (:class:`~online_models.net.EmbeddingTable`); the dense layers use Adam,
 the dense features' wide weights at the tables' (larger) learning rate.
+Adam's step has the same size whatever its gradient's, so a step on fewer
+than :data:`~online_models.net.LOSS_SAMPLES` samples takes that share of the
+learning rates (the linear scaling rule, Goyal et al. 2017): a worker at a
+trickle, learning a few samples every batch wait, would otherwise take a
+full step per few samples (``bench quality`` cut into 10-s micro-batches:
+seed 7 AUC 0.748 / 0.847 / 0.885 with full steps, 0.751 / 0.858 / 0.900 with
+scaled ones).
 
 Baselines on the same net and protocol: :func:`single_task` (one net per task,
 no sharing) and :func:`id_only` (no content towers).
@@ -87,6 +94,7 @@ class MultiTaskLearner(Learner):
             {"params": demand, "lr": DEMAND_LR},
         ]
         self.optimiser = torch.optim.Adam(groups, lr=config.dense_lr, fused=True)
+        self._rates = (config.dense_lr, config.sparse_lr)  # of the groups a funnel step scales
 
     # -- the protocol -------------------------------------------------------------
 
@@ -171,6 +179,9 @@ class MultiTaskLearner(Learner):
         total.backward()
         for table in self.net.tables:
             table.step()
+        share = min(1.0, len(samples) / LOSS_SAMPLES)  # of the step a full batch takes
+        for group, rate in zip(self.optimiser.param_groups, self._rates, strict=False):
+            group["lr"] = rate * share
         self.optimiser.step()
         self.encoder.record(batch, label_rows, values)
         self.model_version += 1

@@ -193,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--plot", type=Path, help="write a PNG of rolling AUC per task here")
     quality.add_argument("--batch-size", type=int, default=2048, help="samples per micro-batch")
     quality.add_argument(
+        "--batch-span",
+        dest="batch_span_s",
+        type=float,
+        metavar="S",
+        help="a micro-batch ends before an event S seconds of event time after its first "
+        "(default: see docs/cli.md; a worker's micro-batch spans at most its batch wait)",
+    )
+    quality.add_argument(
         "--demand-horizon",
         dest="demand_horizon_s",
         type=float,

@@ -85,6 +85,20 @@ def test_a_click_enters_the_history_only_for_samples_after_it():
     assert clicked_row in history[1, 0].tolist()
 
 
+def test_a_cart_makes_its_item_the_users_latest_again_and_weigh_more():
+    encoder = FeatureEncoder(SMALL)
+    first = Sample("u1", "carted", ts=100, category="toys.games", price=5.0, click=1.0)
+    other = replace(first, item_id="glanced", ts=101)
+    for sample in (first, other, replace(first, ts=102, click=None, cart=1.0)):
+        encoder.record(encoder.encode([sample], learning=True), label_matrix([sample]))
+    ask = [replace(first, ts=200, click=None), replace(other, ts=200, click=None)]
+    batch = encoder.encode(ask, learning=False)
+    carted, glanced = dense(batch, "history_last_item").tolist()
+    assert carted == 1.0 and glanced < carted  # 1 / (1 + entries since)
+    shares = dense(batch, "history_same_item").tolist()
+    assert shares[0] > shares[1] > 0
+
+
 def test_a_delayed_label_is_learned_with_the_features_it_was_scored_with():
     encoder = FeatureEncoder(SMALL)
     shown = TrackedSample("u1", "i9", ts=100, category="toys.games", price=5.0, key=7)

@@ -68,6 +68,6 @@ def test_a_fresh_stage_holds_its_first_clicks_until_their_negatives_are_due():
 
 
 def test_without_impressions_nothing_is_held():
-    stage = stage_of(impressions=False)
+    stage = stage_of(impressions=False, negative_window_items=1)  # the resolver holds none
     clicked = step(stage, (Event("e1", 1_000, "click", "u1", "i1"), 0))
     assert clicked.reasons() and set(clicked.reasons()) == {"resolved"}

@@ -248,6 +248,52 @@ def test_items_new_to_the_stream_are_as_common_among_negatives_as_among_positive
     assert positives > 0.4 and abs(negatives - positives) < 0.05
 
 
+def test_at_a_trickle_clicks_wait_for_a_window_whose_new_items_are_drawn_alike():
+    """One click per micro-batch: drawing each batch's negatives from earlier clicks made
+    every negative an item seen before, and 'never seen' meant 'positive'."""
+    r = resolver(impressions=False, negatives_per_click=4, seed=5, negative_window_items=8)
+    seen: set[str] = set()
+    new_share = {0.0: [], 1.0: []}
+    windows = 0
+    for n in range(2_000):
+        item = f"new{n}" if n % 2 else f"old{n % 10}"
+        r.observe(event(n, 1_000 * n, "click", user=f"u{n % 7}", item_id=item))
+        made = r.close_batch()
+        windows += bool(made)
+        for sample in made:
+            new_share[sample.click].append(sample.item_id not in seen)
+        if not r.clicks_in_batch:  # the window's items count as seen from the next window on
+            seen |= {f"new{k}" if k % 2 else f"old{k % 10}" for k in range(n + 1)}
+    positives, negatives = np.mean(new_share[1.0]), np.mean(new_share[0.0])
+    assert positives > 0.4 and abs(negatives - positives) < 0.05
+    assert 100 < windows < 1_000  # windows of several clicks, not one
+
+
+def test_a_waiting_click_keeps_its_labels_and_an_old_window_is_drawn_however_small():
+    r = resolver(impressions=False, negative_window_items=16, negative_window_ms=MINUTE, seed=1)
+    r.observe(event(1, 1_000, "click", "u1", "a"))
+    cart = r.observe(event(2, 2_000, "cart", "u1", "a"))
+    assert cart.resolved == [] and r.close_batch() == []  # the cart waits with its click
+    r.observe(event(3, 3_000, "click", "u2", "b"))
+    assert r.close_batch() == [] and r.clicks_in_batch == 2
+    r.observe(event(4, 1_000 + MINUTE, "click", "u3", "c"))  # the first click is a minute old
+    made = r.close_batch()
+    positives = [(s.item_id, s.labels()) for s in made if s.click == 1.0]
+    clicked = (1.0, None, None)
+    assert positives == [("a", (1.0, 1.0, None)), ("b", clicked), ("c", clicked)]
+    assert all(s.item_id in "abc" for s in made) and r.clicks_in_batch == 0
+    purchase = r.observe(event(5, 2_000 + MINUTE, "purchase", "u1", "a"))
+    assert labels(purchase.resolved) == [(made[0].key, (None, None, 1.0))]  # after its positive
+
+
+def test_the_end_of_a_stream_draws_the_clicks_still_waiting():
+    r = resolver(impressions=False, negative_window_items=16)
+    r.observe(event(1, 1_000, "click", "u1", "a"))
+    r.observe(event(2, 1_500, "click", "u2", "b"))
+    assert r.close_batch() == []
+    assert sorted(s.item_id for s in r.close_batch(final=True) if s.click) == ["a", "b"]
+
+
 def test_open_samples_are_bounded_and_the_earliest_deadline_closes_first():
     r = resolver(max_pending=2)
     r.observe(event(1, 0, "impression", item_id="a"))

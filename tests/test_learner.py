@@ -16,6 +16,7 @@ from online_models.learner import (
     mtl,
     single_task,
 )
+from online_models.net import LOSS_SAMPLES
 from online_models.synthetic import ToyShop
 from streams.bench.learner import benchmark
 
@@ -316,3 +317,32 @@ def test_a_learner_that_never_predicted_learns_as_one_that_did(factory):
         for learner in (scoring, silent):
             learner.learn(stream[start : start + 300])
     assert equal_states(scoring.state_dict(), silent.state_dict())
+
+
+def test_a_step_on_few_samples_moves_the_dense_weights_by_its_share_of_a_full_step():
+    """Adam's first step moves every weight with a gradient by about its learning rate,
+    however small the batch: a step on 8 samples takes 8/1024 of it."""
+    config = MultiTaskConfig().with_capacity(4096)
+    moved = {}
+    for size in (8, 2048):
+        learner = MultiTaskLearner(config)
+        before = [p.detach().clone() for p in learner.optimiser.param_groups[0]["params"]]
+        samples = [
+            Sample(
+                f"u{n % 50}",
+                f"i{n % 300}",
+                ts=n,
+                category="a.b",
+                price=5.0 + n % 7,
+                click=float(n % 3 == 0),
+                cart=0.0,
+                purchase=0.0,
+            )
+            for n in range(size)
+        ]
+        learner.learn(samples)
+        after = learner.optimiser.param_groups[0]["params"]
+        steps = [(a.detach() - b).abs().max() for a, b in zip(after, before, strict=True)]
+        moved[size] = float(max(steps))
+    assert moved[2048] > 0.5 * config.dense_lr
+    assert 0 < moved[8] < 1.1 * config.dense_lr * 8 / LOSS_SAMPLES

@@ -388,7 +388,7 @@ def corrupt_checkpoint(run: Run) -> dict[str, Any]:
 def disk_full(run: Run) -> dict[str, Any]:
     """The second checkpoint fails with ENOSPC; the worker keeps going."""
     run.start("disk_full_checkpoint@2")
-    feeder = run.feed()
+    feeder = run.feed(events=10**8)  # a worker checkpoints between batches: feed until done
     marker = run.worker.checkpoint_dir / "faults-fired" / "disk_full_checkpoint@2"
     _wait(marker.exists, HANG_S, "the failed checkpoint")
     written = run.worker.metrics().get("recstream_checkpoints_total", 0)

@@ -136,11 +136,11 @@ from streams.settings import Settings
 
 MODEL_NAMES: tuple[str, ...] = ("mtl", "river_lr", "vw", "single_task", "id_only", "popularity")
 DRIFT_AT = 0.6
+"""The simulated taste shift happens after this share of the events."""
 BATCH_SPAN_S = 5.0
 """Event time a micro-batch spans at most, seconds (see the module docstring): a worker's
 spans at most its batch wait (0.1 s); 5 s keeps a replay of the simulator's 200,000
 events (16 a second with impressions) to a few minutes."""
-"""The simulated taste shift happens after this share of the events."""
 MINUTE_MS = 60_000
 CALIBRATION_LABELS = 5_000
 """Labels per task over which the report's calibration (mtl's) is taken."""

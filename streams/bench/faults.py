@@ -360,7 +360,7 @@ def _across_a_restart(run: Run, broker: EmbeddedBroker, options: FaultOptions) -
 def corrupt_checkpoint(run: Run) -> dict[str, Any]:
     """Kill; break the newest checkpoint's state; the restart falls back to the older one."""
     run.start()
-    feeder = run.feed()
+    feeder = run.feed(events=10**8)  # a worker checkpoints between batches: feed until done
     run.worker.wait_for(
         lambda m: m.get("recstream_checkpoints_total", 0) >= 3, HANG_S, "three checkpoints"
     )

@@ -306,6 +306,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 if not group.alone(events.partition_count()):  # alone: with each checkpoint
                     await send_update()
 
+    @app.timer(settings.checkpoint_interval_s)
+    async def checkpoint_when_quiet() -> None:
+        """A due checkpoint is written after a batch; a worker gone quiet writes the one it
+        still owes here (the events it applied since its last, or a failed one's)."""
+        if service.unsaved():
+            await checkpoint_if_due()
+
     @app.timer(1.0)
     async def refresh_metrics() -> None:
         service.observe_lag(events.lag())

@@ -104,6 +104,7 @@ class WorkerService:
         self._last_snapshot = -math.inf  # the first checkpoint is published at once
         self.initialised_from: str | None = None
         self._saved_offsets: dict[int, int] = {}
+        self._offsets_on_disk: dict[int, int] = {}  # of the newest checkpoint written
         self._saved_lock = threading.Lock()
         self.metrics.last_checkpoint.set(time.time())  # the restored one's time, if any
         self._restore()
@@ -196,6 +197,7 @@ class WorkerService:
     def _restored(self, found: Checkpoint, outbox: list[Letter]) -> None:
         self.dead_letters = DeadLetterOutbox(outbox)
         self.restored_from = found.path.name
+        self._offsets_on_disk = dict(found.offsets)
         self.metrics.last_checkpoint.set(found.created_unix)
         if "counters" in found.state:  # counters continue from what the restored state saw
             self.metrics.continue_counters(found.state["counters"])
@@ -534,6 +536,10 @@ class WorkerService:
     def checkpoint_due(self) -> bool:
         return time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
 
+    def unsaved(self) -> bool:
+        """Whether events were applied beyond the newest checkpoint written (or it failed)."""
+        return dict(self.pipeline.offsets) != self._offsets_on_disk
+
     def checkpoint(self, background: bool) -> None:
         """Save everything with the offsets it covers; from a forked child if ``background``.
 
@@ -586,6 +592,7 @@ class WorkerService:
     def _saved(self, path: Path, offsets: dict[int, int]) -> None:
         with self._saved_lock:
             self._saved_offsets = offsets
+            self._offsets_on_disk = offsets
         self.metrics.checkpoints.inc()
         self.metrics.last_checkpoint.set(time.time())
         log.info("checkpoint %s at offsets %s", path.name, offsets)

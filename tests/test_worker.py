@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 
 from producers.client import EventPublisher
 from producers.contract import CatalogItem, Event, ItemContent, encode_event
+from streams.checkpoint import read_checkpoint
 from tests.kafka_readers import read_all
 from tests.worker_harness import WorkerProcess, worker_env
 
@@ -157,9 +158,16 @@ def test_sigkill_at_three_points_still_applies_every_event_exactly_once(worker, 
     assert worker.tail(10**7).count("restored checkpoint-") == 3  # resumed, not replayed whole
 
 
-def test_sigterm_exits_cleanly_with_a_checkpoint_and_the_next_start_resumes(worker, broker, topics):
+def test_a_quiet_worker_saves_all_it_applied_and_sigterm_exits_cleanly_with_a_checkpoint(
+    worker, broker, topics
+):
     worker.start()
     count = _publish_and_apply(worker, broker, topics, _sim_events(3_000, seed=5))
+    # no batch comes after the last one: the checkpoint it owes is written all the same
+    deadline = time.monotonic() + 120  # a hang guard
+    while _newest_checkpoint_covers(worker.checkpoint_dir) < count:
+        assert time.monotonic() < deadline, "the events applied were never checkpointed"
+        time.sleep(0.25)
     before = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
     assert worker.signal(signal.SIGTERM) == 0
     after = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
@@ -170,6 +178,12 @@ def test_sigterm_exits_cleanly_with_a_checkpoint_and_the_next_start_resumes(work
     assert sum(v for k, v in metrics.items() if k.startswith("recstream_events_total{")) == count
     assert "restored checkpoint-" in worker.tail()
     assert "\x1b" not in worker.tail(10**7), "terminal escape codes in the log file"
+
+
+def _newest_checkpoint_covers(directory) -> int:
+    """How many messages of ``events`` the newest checkpoint in ``directory`` covers."""
+    paths = sorted(directory.glob("checkpoint-*.pt"))
+    return sum(read_checkpoint(paths[-1]).offsets.values()) if paths else 0
 
 
 def test_a_shutdown_checkpoint_that_fails_is_an_error_exit_not_a_silent_one(

@@ -229,6 +229,29 @@ def test_in_batch_negatives_follow_the_click_shares_and_carry_the_correction():
     assert all(s.logit_offset > 2.0 for s in rare)  # -log(1 * 1/100) for an item clicked once
 
 
+def test_q_is_an_items_share_of_the_recent_clicks_not_of_its_small_window():
+    """In a window of eight clicks every item has one click in eight: Q taken there could
+    not tell an item of one click in twenty from one of one in a thousand."""
+    r = resolver(
+        impressions=False,
+        negatives_per_click=1,
+        negative_window_items=8,
+        negative_pool_items=1_000,
+        seed=2,
+    )
+    offsets: dict[str, list[float]] = {"warm": [], "niche": []}
+    for n in range(4_000):
+        item = f"warm{n // 2 % 10}" if n % 2 == 0 else f"niche{n}"  # warm: 1 click in 20 each
+        r.observe(event(n, 1_000 * n, "click", user=f"u{n}", item_id=item))
+        for sample in r.close_batch():
+            if sample.click == 1.0 and n >= 1_000:  # once the recent clicks are a full span
+                family = "warm" if sample.item_id.startswith("warm") else "niche"
+                offsets[family].append(sample.logit_offset)
+    assert len(offsets["warm"]) > 1_000 and len(offsets["niche"]) > 1_000
+    assert np.mean(offsets["warm"]) == pytest.approx(math.log(20), abs=0.1)
+    assert offsets["niche"] == pytest.approx([math.log(1_000)] * len(offsets["niche"]))
+
+
 def test_items_new_to_the_stream_are_as_common_among_negatives_as_among_positives():
     """Drawing from items seen *before* a click made 'never seen' mean 'positive'."""
     r = resolver(impressions=False, negatives_per_click=4, seed=5)

@@ -20,7 +20,9 @@ demo: $(STAMP)
 test: $(STAMP) promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(ARGS)
+	# tests of Kafka behaviour mostly wait on brokers and workers: two at a time (pytest-xdist),
+	# a module's tests together (its fixtures are built once)
+	$(BIN)/python -m pytest -n 2 --dist loadscope $(ARGS)
 
 # The metrics tests check the worker's /metrics and deploy/'s rules with promtool
 # (Debian's prometheus package): installed here when we may, otherwise a clear stop.

@@ -18,6 +18,13 @@ DATA = Path(__file__).parent / "data"
 RECSTREAM = str(Path(sys.executable).with_name("recstream"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a slow test run first (in their own order): with ``-n``, each worker
+    then starts on the long ones, and none is left running one alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """One embedded broker for the whole session; tests isolate themselves by topic prefix."""

@@ -174,6 +174,7 @@ def demo_run() -> list[dict]:
     return summaries
 
 
+@pytest.mark.slow
 def test_the_settings_waits_keep_a_fresh_learner_calibrated_on_the_demo_shop(demo_run):
     """Negatives learned soon after the usual click delay, not when the click window closes.
 

@@ -174,6 +174,7 @@ def test_cpu_seconds_come_from_utime_and_stime_of_a_proc_stat_line():
     assert stat_cpu_s(own, os.sysconf("SC_CLK_TCK")) > 0
 
 
+@pytest.mark.slow
 def test_bench_scale_runs_one_worker_on_the_embedded_broker_and_reports(tmp_path):
     report_path = tmp_path / "scale.json"
     command = [

@@ -13,6 +13,8 @@ import signal
 import time
 from collections import Counter
 
+import pytest
+
 from streams.bench.fault_kit import Feeder, WorkerProcess, fault_records, read_topic, settle
 from streams.ledger import ApplyLedger
 from streams.sync import replay
@@ -28,6 +30,7 @@ def _owned(worker: WorkerProcess) -> float:
     return worker.metrics().get("recstream_assigned_partitions", 0)
 
 
+@pytest.mark.slow
 def test_a_sigkilled_workers_partitions_move_and_every_event_is_in_the_model_once(
     tmp_path, broker, topics
 ):
@@ -90,6 +93,7 @@ def test_a_sigkilled_workers_partitions_move_and_every_event_is_in_the_model_onc
         seqs[record["user_id"]] = record["seq"]
 
 
+@pytest.mark.slow
 def test_a_worker_that_joins_starts_from_the_groups_model(tmp_path, broker, topics):
     records = list(fault_records(8_000, seed=9, **CLEAN))
     first = WorkerProcess(

@@ -71,6 +71,7 @@ def sim_topk() -> dict:
     return run(QualityOptions(events=20_000, models=("mtl",), progress=False))["topk"]
 
 
+@pytest.mark.slow
 def test_the_report_has_every_list_task_metric_and_its_standard_error(sim_topk):
     for name in LISTS:
         for task in TASKS:
@@ -104,6 +105,7 @@ def test_the_oracle_list_is_the_ceiling_of_expected_clicks_and_purchases(sim_top
     assert margin > 4 * max(oracle["click"]["expected_at_10_se"], popular["expected_at_10_se"])
 
 
+@pytest.mark.slow
 def test_a_real_log_is_judged_by_hits_without_an_oracle():
     options = QualityOptions(
         source="tests/data/rees46-2019-oct-head.csv", events=None, models=("mtl",), progress=False
@@ -125,6 +127,7 @@ def test_a_real_log_is_judged_by_hits_without_an_oracle():
         assert "best_expected_at_10" not in candidates
 
 
+@pytest.mark.slow
 def test_evaluation_events_are_sampled_to_about_the_cap_over_the_whole_second_half():
     stream = build_stream(QualityOptions(events=6_000, impressions=False, progress=False))
     full = stream.topk.report()["events"]

@@ -538,7 +538,7 @@ class WorkerService:
 
     def unsaved(self) -> bool:
         """Whether events were applied beyond the newest checkpoint written (or it failed)."""
-        return dict(self.pipeline.offsets) != self._offsets_on_disk
+        return self.pipeline.offsets != self._offsets_on_disk
 
     def checkpoint(self, background: bool) -> None:
         """Save everything with the offsets it covers; from a forked child if ``background``.

@@ -360,7 +360,7 @@ def _across_a_restart(run: Run, broker: EmbeddedBroker, options: FaultOptions) -
 def corrupt_checkpoint(run: Run) -> dict[str, Any]:
     """Kill; break the newest checkpoint's state; the restart falls back to the older one."""
     run.start()
-    feeder = run.feed(events=10**8)  # a worker checkpoints between batches: feed until done
+    feeder = run.feed(events=10**8)  # each checkpoint waited for needs new events: feed until done
     run.worker.wait_for(
         lambda m: m.get("recstream_checkpoints_total", 0) >= 3, HANG_S, "three checkpoints"
     )
@@ -388,7 +388,7 @@ def corrupt_checkpoint(run: Run) -> dict[str, Any]:
 def disk_full(run: Run) -> dict[str, Any]:
     """The second checkpoint fails with ENOSPC; the worker keeps going."""
     run.start("disk_full_checkpoint@2")
-    feeder = run.feed(events=10**8)  # a worker checkpoints between batches: feed until done
+    feeder = run.feed(events=10**8)  # each checkpoint waited for needs new events: feed until done
     marker = run.worker.checkpoint_dir / "faults-fired" / "disk_full_checkpoint@2"
     _wait(marker.exists, HANG_S, "the failed checkpoint")
     written = run.worker.metrics().get("recstream_checkpoints_total", 0)

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -148,6 +149,16 @@ class ChildSave:
 
     pid: int
     reader: int
+    stopped: bool = False
+
+    def stop(self) -> None:
+        """Kill the child: a newer checkpoint supersedes this one. :meth:`wait` then raises.
+
+        It may leave a ``.tmp`` file, which the next save of the same number overwrites.
+        """
+        self.stopped = True
+        with contextlib.suppress(ProcessLookupError):  # reaped already
+            os.kill(self.pid, signal.SIGKILL)
 
     def wait(self, timeout_s: float | None = None) -> Path:
         """Block until the child is done; the checkpoint's path, or :class:`CheckpointError`.

@@ -97,7 +97,8 @@ class WorkerService:
         self._checkpoints_started = 0
         self._freezer = GcFreezer()
         self._last_checkpoint = time.monotonic()
-        self._saving: threading.Thread | None = None
+        self._saving: threading.Thread | None = None  # waits for the writer below
+        self._writing: ChildSave | None = None
         self._model_version = 0
         self.restored_from: str | None = None
         self._sync_state: SyncState | None = None
@@ -528,9 +529,12 @@ class WorkerService:
 
     # ------------------------------------------------------------ checkpoints
 
-    def wait_for_checkpoint(self) -> None:
-        """Block until the background checkpoint being written, if any, is on disk."""
-        if self._saving is not None:
+    def stop_background_checkpoint(self) -> None:
+        """Stop the background checkpoint still being written, if any: the caller writes a
+        newer one. Its writer runs on idle CPU only, so on a saturated machine waiting for
+        it could hold a shutdown up for minutes (a CI run's SIGTERM waited 300 s)."""
+        if self._writing is not None and self._saving is not None and self._saving.is_alive():
+            self._writing.stop()
             self._saving.join()
 
     def checkpoint_due(self) -> bool:
@@ -551,7 +555,7 @@ class WorkerService:
         if self._saving is not None and self._saving.is_alive():
             if background:
                 return  # the previous one is still being written
-            self._saving.join()
+            self.stop_background_checkpoint()
         offsets = dict(self.pipeline.offsets)
         self._checkpoints_started += 1
         store = self.store
@@ -560,7 +564,7 @@ class WorkerService:
         if not background:
             self._saved(store.save(self._state(), offsets), offsets)
             return
-        child = save_in_child(store, self._state, offsets)
+        child = self._writing = save_in_child(store, self._state, offsets)
         self._saving = threading.Thread(
             target=self._await_child, args=(child, offsets), name="checkpoint", daemon=True
         )
@@ -585,7 +589,10 @@ class WorkerService:
         try:
             path = child.wait(CHECKPOINT_TIMEOUT_S)
         except CheckpointError as err:
-            log.error("background checkpoint failed: %s", err)
+            if child.stopped:
+                log.info("background checkpoint stopped: a newer one supersedes it")
+            else:
+                log.error("background checkpoint failed: %s", err)
             return
         self._saved(path, offsets)
 

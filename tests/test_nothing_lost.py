@@ -119,6 +119,7 @@ def test_falling_back_to_an_older_checkpoint_resumes_from_its_offsets_not_the_gr
             older = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
             publisher.publish(rest)  # over 1.5 s: checkpoints of the second half, committed
         worker.wait_for(lambda m: _applied(m) >= len(events), 120, "everything applied")
+        worker.wait_for_checkpoint(len(events))  # the second half's, however slow the writer
         worker.signal(signal.SIGKILL)
         newer = set(worker.checkpoint_dir.glob("checkpoint-*.pt")) - older
         assert older and newer

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -223,3 +226,27 @@ def test_a_control_record_that_cannot_be_read_is_refused_and_counted(service):
     value = service.metrics.registry.get_sample_value
     assert value("recstream_control_commands_total", {"command": "unknown", "result": "refused"})
     assert service.next_control_offset(0) == 1
+
+
+def test_a_shutdown_does_not_wait_for_a_starved_background_writer_but_supersedes_it(
+    service, monkeypatch
+):
+    stream = Stream(sim_events(400))
+    for batch in stream.batches(0, 400):
+        service.events_batch(batch)
+    worker_pid, state = os.getpid(), service._state
+
+    def starved_writer() -> dict[str, Any]:  # idle CPU that never comes, in the forked child
+        if os.getpid() != worker_pid:
+            time.sleep(600)
+        return state()
+
+    monkeypatch.setattr(service, "_state", starved_writer)
+    service.checkpoint(background=True)
+    shutdown = threading.Thread(target=service.checkpoint, kwargs={"background": False})
+    shutdown.start()
+    shutdown.join(timeout=120)  # a hang guard: without the fix it waits 600 s
+    assert not shutdown.is_alive(), "the shutdown waited for the starved writer"
+    found, refused = service.store.load_latest()
+    assert refused == [] and found.offsets == {0: 400}
+    assert [p.name for p in service.store.directory.glob("checkpoint-*.pt")] == [found.path.name]

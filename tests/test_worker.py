@@ -14,7 +14,6 @@ from kafka import KafkaProducer
 
 from producers.client import EventPublisher
 from producers.contract import CatalogItem, Event, ItemContent, encode_event
-from streams.checkpoint import read_checkpoint
 from tests.kafka_readers import read_all
 from tests.worker_harness import WorkerProcess, worker_env
 
@@ -164,10 +163,7 @@ def test_a_quiet_worker_saves_all_it_applied_and_sigterm_exits_cleanly_with_a_ch
     worker.start()
     count = _publish_and_apply(worker, broker, topics, _sim_events(3_000, seed=5))
     # no batch comes after the last one: the checkpoint it owes is written all the same
-    deadline = time.monotonic() + 120  # a hang guard
-    while _newest_checkpoint_covers(worker.checkpoint_dir) < count:
-        assert time.monotonic() < deadline, "the events applied were never checkpointed"
-        time.sleep(0.25)
+    worker.wait_for_checkpoint(count)
     before = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
     assert worker.signal(signal.SIGTERM) == 0
     after = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
@@ -178,12 +174,6 @@ def test_a_quiet_worker_saves_all_it_applied_and_sigterm_exits_cleanly_with_a_ch
     assert sum(v for k, v in metrics.items() if k.startswith("recstream_events_total{")) == count
     assert "restored checkpoint-" in worker.tail()
     assert "\x1b" not in worker.tail(10**7), "terminal escape codes in the log file"
-
-
-def _newest_checkpoint_covers(directory) -> int:
-    """How many messages of ``events`` the newest checkpoint in ``directory`` covers."""
-    paths = sorted(directory.glob("checkpoint-*.pt"))
-    return sum(read_checkpoint(paths[-1]).offsets.values()) if paths else 0
 
 
 def test_a_shutdown_checkpoint_that_fails_is_an_error_exit_not_a_silent_one(

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from streams.broker import free_port
+from streams.checkpoint import read_checkpoint
 from streams.demo import scrape
 from tests.conftest import RECSTREAM
 
@@ -78,6 +79,19 @@ class WorkerProcess:
             f"partitions {metrics.get('recstream_assigned_partitions')}); "
             f"log: {self.tail()}"
         )
+
+    def checkpoint_covers(self) -> int:
+        """How many input messages the newest checkpoint covers (0 when there is none)."""
+        paths = sorted(self.checkpoint_dir.glob("checkpoint-*.pt"))
+        return sum(read_checkpoint(paths[-1]).offsets.values()) if paths else 0
+
+    def wait_for_checkpoint(self, count: int, timeout_s: float = 120.0) -> None:
+        """Wait until the newest checkpoint covers ``count`` messages, at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.checkpoint_covers() < count:
+            assert self.process.poll() is None, f"worker died: {self.tail()}"
+            assert time.monotonic() < deadline, f"no checkpoint covers {count}; log: {self.tail()}"
+            time.sleep(0.25)
 
     def signal(self, sig: int, timeout_s: float = 120.0) -> int:
         """Send a signal and wait for the exit (``timeout_s`` guards a hang); return its code."""

@@ -130,6 +130,7 @@ DEFAULT_CATEGORIES: tuple[str, ...] = tuple(
     f"{department}.{sub}" for department, subs in DEPARTMENTS.items() for sub in subs
 )
 DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
+_DEVICE_CODES = {device: code for code, device in enumerate(DEVICES)}
 DRIFT_KINDS: tuple[str, ...] = ("taste_shift", "category_surge")
 
 _BRAND_STEMS = ("nor", "vel", "kai", "zen", "lum", "ori", "tak", "bri", "mon", "sol", "fen", "ari")
@@ -368,6 +369,8 @@ class Shop:
         self._build_schedule(rng)
         self._catalog: dict[str, CatalogItem] = {}
         self._available = cfg.initial_items
+        self._user_numbers: dict[str, int] = {}  # id -> index, parsed once (see _parsed)
+        self._item_numbers: dict[str, int] = {}
         self._calibrate(rng)
         self._build_quantities(np.random.default_rng([cfg.seed, 4]))  # apart: the rest unchanged
         self._drift_points: list[int] = []
@@ -489,7 +492,7 @@ class Shop:
 
         An order's expected value is the item's price times this.
         """
-        users = np.fromiter((self._user_index(u) for u in user_ids), np.int64, len(user_ids))
+        users = self._user_indices(user_ids)
         items = self._item_indices(item_ids)
         return (
             1.0 + self._user_volume[users] * self._department_volume[self._item_department[items]]
@@ -544,12 +547,15 @@ class Shop:
         """
         if len(user_ids) != len(item_ids):
             raise ValueError("user_ids and item_ids must pair up")
-        users = np.fromiter((self._user_index(u) for u in user_ids), np.int64, len(user_ids))
+        users = self._user_indices(user_ids)
         items = self._item_indices(item_ids)
         if devices is not None:
             if len(devices) != len(users):
                 raise ValueError("devices must pair up with user_ids")
-            codes = np.fromiter((DEVICES.index(d) for d in devices), np.int64, len(devices))
+            try:
+                codes = np.fromiter(map(_DEVICE_CODES.__getitem__, devices), np.int64, len(devices))
+            except KeyError as err:
+                raise ValueError(f"unknown device {err.args[0]!r}: one of {DEVICES}") from None
             return _sigmoid(self._logits(users, items, codes))
         # Unknown device: expectations over the mix of the joint funnel probabilities.
         joint = np.zeros((len(users), 3))
@@ -825,20 +831,15 @@ class Shop:
         mean = self._user_volume[user] * self._department_volume[self._item_department[item]]
         return min(1 + int(self._quantity_rng.poisson(mean)), 10_000)
 
-    def _user_index(self, user_id: str) -> int:
-        index = _parse_id(user_id, self._id_prefix("u"))
-        if not 0 <= index < self.config.users:
-            raise KeyError(f"no user {user_id!r}")
-        return index
+    def _user_indices(self, user_ids: Sequence[str]) -> np.ndarray:
+        indices = _parsed(user_ids, self._id_prefix("u"), self._user_numbers)
+        _check_below(indices, self.config.users, user_ids, "user")
+        return indices
 
     def _item_indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        return np.fromiter((self._item_index(i) for i in item_ids), np.int64, len(item_ids))
-
-    def _item_index(self, item_id: str) -> int:
-        index = _parse_id(item_id, self._id_prefix("i"))
-        if not 0 <= index < self._available:
-            raise KeyError(f"no published item {item_id!r}")
-        return index
+        indices = _parsed(item_ids, self._id_prefix("i"), self._item_numbers)
+        _check_below(indices, self._available, item_ids, "published item")
+        return indices
 
     # ------------------------------------------------------------ sessions
 
@@ -995,6 +996,24 @@ def _solve_shift(logits: np.ndarray, weights: np.ndarray, target: float) -> floa
         else:
             high = mid
     return (low + high) / 2
+
+
+def _parsed(ids: Sequence[str], prefix: str, numbers: dict[str, int]) -> np.ndarray:
+    """The numbers in ``ids`` (``u17`` -> 17), each parsed once into ``numbers``: the oracle
+    asks about the whole catalog for every user it ranks for."""
+    try:
+        return np.fromiter(map(numbers.__getitem__, ids), np.int64, len(ids))
+    except KeyError:
+        for value in ids:
+            if value not in numbers:
+                numbers[value] = _parse_id(value, prefix)
+        return np.fromiter(map(numbers.__getitem__, ids), np.int64, len(ids))
+
+
+def _check_below(indices: np.ndarray, limit: int, ids: Sequence[str], kind: str) -> None:
+    outside = (indices < 0) | (indices >= limit)
+    if outside.any():
+        raise KeyError(f"no {kind} {ids[int(np.argmax(outside))]!r}")
 
 
 def _parse_id(value: str, prefix: str) -> int:

@@ -91,10 +91,10 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     demand = app.topic(names.demand, key_serializer="raw", value_serializer="raw")
     sync = app.topic(names.sync, key_serializer="raw", value_serializer="raw")
     group = service.group
-    event_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
-    catalog_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
-    control_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
-    sync_batches = app.channel(maxsize=BATCHES_IN_FLIGHT)
+    event_batches = BatchChannel(app, maxsize=BATCHES_IN_FLIGHT)
+    catalog_batches = BatchChannel(app, maxsize=BATCHES_IN_FLIGHT)
+    control_batches = BatchChannel(app, maxsize=BATCHES_IN_FLIGHT)
+    sync_batches = BatchChannel(app, maxsize=BATCHES_IN_FLIGHT)
     # a batch is applied and published under this lock: an erased user's tombstone is never
     # followed by a score computed before the erasure
     publishing = asyncio.Lock()
@@ -349,6 +349,24 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             await reader.stop()
 
     return app
+
+
+class BatchChannel(faust.Channel):
+    """An in-memory channel of batches that a rebalance of Faust's own group leaves alone.
+
+    Faust empties its channels' queues when a rebalance of its consumer
+    group ends (``flow_control.resume``). That group only holds Faust's
+    leader topic here, and it rebalances whenever its coordinator moves or
+    its session lapses (a broker restart, a starved heartbeat thread): the
+    batches read but not yet applied would be dropped, with the reader
+    already past them. This channel's queue waits out a rebalance instead.
+    """
+
+    @property
+    def queue(self) -> Any:
+        if self._queue is None:  # made on first use, after the clone that iterates
+            self._queue = self.app.FlowControlQueue(maxsize=self.maxsize, clear_on_resume=False)
+        return self._queue
 
 
 def _or_stop(apply: Callable[[list[RawMessage]], T], batch: list[RawMessage]) -> T:

@@ -478,9 +478,22 @@ class DemandForecaster:
         ts_ms: int | None = None,
     ) -> None:
         """An item's content (a catalog record): it is forecast from the next point on."""
-        at = self.clock_ms if ts_ms is None else max(int(ts_ms), 0)
-        row = self._rows([item_id], at)[0]
-        self._describe(np.array([row]), [category], [brand], [price])
+        self.observe_catalog_batch([item_id], [category], [brand], [price], [ts_ms])
+
+    def observe_catalog_batch(
+        self,
+        item_ids: Sequence[str],
+        categories: Sequence[str | None],
+        brands: Sequence[str | None],
+        prices: Sequence[float | None],
+        ts_ms: Sequence[int | None],
+    ) -> None:
+        """:meth:`observe_catalog` for a batch of records, in order, at once (item by item,
+        its numpy calls cost 130 µs a record: 0.65 s for a 5,000-item catalog)."""
+        if not item_ids:
+            return
+        times = np.array([self.clock_ms if t is None else max(int(t), 0) for t in ts_ms])
+        self._describe(self._rows(item_ids, times), categories, brands, prices)
 
     def observe(self, events: Sequence[Event]) -> DemandRound:
         """Count ``events``; make and resolve the points their event time passes.

@@ -56,6 +56,7 @@ from online_models.learner import MultiTaskLearner
 from online_models.live_quality import LiveQuality
 from online_models.order_value import order_samples
 from producers.contract import (
+    CatalogItem,
     CatalogRemoval,
     Event,
     InvalidRecord,
@@ -168,6 +169,7 @@ class Pipeline:
         """Catalog records update item content and availability, tombstones remove items;
         bad ones become dead letters."""
         out = CatalogResult()
+        described: list[CatalogItem] = []
         for message in messages:
             try:
                 record = decode_catalog_record(message.key, message.value, now_ms)
@@ -179,10 +181,15 @@ class Pipeline:
                 out.removed += 1
             else:
                 self.pool.observe_catalog(record)
-                if self.demand is not None:
-                    self.demand.observe_catalog(
-                        record.item_id, record.category, record.brand, record.price, record.ts
-                    )
+                described.append(record)
+        if self.demand is not None:
+            self.demand.observe_catalog_batch(
+                [r.item_id for r in described],
+                [r.category for r in described],
+                [r.brand for r in described],
+                [r.price for r in described],
+                [r.ts for r in described],
+            )
         return out
 
     # ---------------------------------------------------------------- events

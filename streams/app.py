@@ -248,7 +248,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 outgoing = _or_stop(service.control_batch, batch)
                 await publish(outgoing)
             if outgoing.tombstones:  # users erased: the next checkpoint is written without them
-                await asyncio.to_thread(service.stop_background_checkpoint)  # one with them
+                await asyncio.to_thread(service.wait_for_checkpoint)  # one forked before
                 await send_update(checkpoint=True)
 
     @app.agent(event_batches, name="learn")

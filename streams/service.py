@@ -529,6 +529,15 @@ class WorkerService:
 
     # ------------------------------------------------------------ checkpoints
 
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background checkpoint being written, if any, is on disk (or failed).
+
+        An erasure waits so: stopping the writer instead would let a run of
+        erasures, each arriving before the last checkpoint is done, stop every one.
+        """
+        if self._saving is not None:
+            self._saving.join()
+
     def stop_background_checkpoint(self) -> None:
         """Stop the background checkpoint still being written, if any: the caller writes a
         newer one. Its writer runs on idle CPU only, so on a saturated machine waiting for

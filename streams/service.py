@@ -542,8 +542,8 @@ class WorkerService:
         """Stop the background checkpoint still being written, if any: the caller writes a
         newer one. Its writer runs on idle CPU only, so on a saturated machine waiting for
         it could hold a shutdown up for minutes (a CI run's SIGTERM waited 300 s)."""
-        if self._writing is not None and self._saving is not None and self._saving.is_alive():
-            self._writing.stop()
+        if self._saving is not None and self._saving.is_alive():
+            self._writing.stop()  # set with _saving
             self._saving.join()
 
     def checkpoint_due(self) -> bool:
@@ -561,10 +561,9 @@ class WorkerService:
         the offsets over for committing (:meth:`take_saved_offsets`).
         """
         self._last_checkpoint = time.monotonic()
-        if self._saving is not None and self._saving.is_alive():
-            if background:
-                return  # the previous one is still being written
-            self.stop_background_checkpoint()
+        if background and self._saving is not None and self._saving.is_alive():
+            return  # the previous one is still being written
+        self.stop_background_checkpoint()  # a foreground one supersedes it
         offsets = dict(self.pipeline.offsets)
         self._checkpoints_started += 1
         store = self.store

@@ -540,8 +540,8 @@ class WorkerService:
 
     def stop_background_checkpoint(self) -> None:
         """Stop the background checkpoint still being written, if any: the caller writes a
-        newer one. Its writer runs on idle CPU only, so on a saturated machine waiting for
-        it could hold a shutdown up for minutes (a CI run's SIGTERM waited 300 s)."""
+        newer one. Its writer runs at low priority, so on a saturated machine waiting for it
+        could hold a shutdown up (a CI run's SIGTERM waited 300 s for an idle-priority one)."""
         if self._saving is not None and self._saving.is_alive():
             self._writing.stop()  # set with _saving
             self._saving.join()

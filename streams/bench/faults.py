@@ -94,8 +94,7 @@ MALFORMED_DEDUPE = 200_000
 """The ``malformed`` run's deduplication window: longer than its stream (see ``malformed``)."""
 MOMENTS = ("batch", "checkpoint", "publish", "delay")
 HANG_S = 300.0
-"""Hang guard of every wait. A loaded machine is slow here mostly because checkpoint
-writers run only on idle CPU (``SCHED_IDLE``): on a saturated one they wait."""
+"""Hang guard of every wait."""
 LEAD_S = 20.0
 """A batch or publish kill is armed this many seconds of the feed beyond where it stands when
 the worker starts: past the restart and the catch-up, once checkpoints are being written."""

@@ -27,12 +27,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 from aiokafka.errors import ConsumerStoppedError, KafkaError
+from faust.tables import TableManager
 
 from streams.outbox import Letter
 from streams.pipeline import RawMessage
@@ -74,7 +75,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     settings = service.settings
     datadir = Path(settings.checkpoint_dir) / "faust"  # Faust's own files, not in the cwd
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = WorkerApp(
         f"recstream-{settings.topic_prefix}app",
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],
         broker_credentials=service.credentials(),
@@ -89,6 +90,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         broker_request_timeout=30.0,
         producer_linger=0.002,
         loghandlers=[],
+        TableManager=NoTableManager,
     )
     names = settings.topics
     scores = app.topic(names.scores, key_serializer="raw", value_serializer="raw")
@@ -149,8 +151,10 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 )
 
     async def revoked(partitions: list[int]) -> None:
-        """The group takes ``partitions`` away: hand them over in one last update."""
-        await send_update(leaving=partitions)
+        """The group takes ``partitions`` away: hand them over in one last update. (None at
+        the first join, which may come before Faust's producer has started.)"""
+        if partitions:
+            await send_update(leaving=partitions)
 
     async def caught_up() -> None:
         """Apply every update on ``sync`` so far, before taking partitions on; stop waiting
@@ -205,6 +209,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         next_offset=service.next_sync_offset,
         on_reset=service.sync_reset,
     )
+    app.start_first = events.start  # its group join overlaps Faust's
 
     async def deliver(letters: dict[int, Letter]) -> None:
         """Send dead letters and wait for the broker; the unacknowledged stay in the outbox."""
@@ -268,7 +273,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
                 await events.commit(saved)
 
     async def forward(reader: EventReader | WholeTopicReader, channel: faust.ChannelT) -> None:
-        await reader.start()
+        """Send the started ``reader``'s batches on ``channel`` until it stops."""
         try:
             while True:
                 batch = await reader.next_batch()
@@ -279,14 +284,16 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
 
     @app.task
     async def read_events() -> None:
-        await forward(events, event_batches)
+        await forward(events, event_batches)  # started with the app
 
     @app.task
     async def read_catalog() -> None:
+        await catalog.start()
         await forward(catalog, catalog_batches)
 
     @app.task
     async def read_control() -> None:
+        await control.start()
         await forward(control, control_batches)
 
     if group is not None:
@@ -299,6 +306,7 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
 
         @app.task
         async def read_sync() -> None:
+            await sync_reader.start()
             await forward(sync_reader, sync_batches)
 
         @app.task
@@ -354,6 +362,38 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             await reader.stop()
 
     return app
+
+
+class WorkerApp(faust.App):
+    """Faust's app, which calls ``start_first`` before it starts its own consumer.
+
+    Both consumer groups then join at once: the worker's on ``events``
+    (:class:`~streams.reader.EventReader`) and Faust's own. A first join
+    takes half the session timeout on the embedded broker (3 s), and Faust
+    starts its tasks only once its group is joined, so a worker that joined
+    its group from a task started 3 s later than it does now.
+    """
+
+    start_first: Callable[[], Awaitable[None]] | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.start_first is not None:
+            await self.start_first()
+
+
+class NoTableManager(TableManager):
+    """Faust's table manager without the second it waits for tables to be declared.
+
+    The worker declares no tables (its state is in its checkpoints), so the
+    wait (``TableManager.on_start``, faust-streaming 0.15.3) only delayed
+    every start.
+    """
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class BatchChannel(faust.Channel):

@@ -93,8 +93,26 @@ class MultiTaskLearner(Learner):
             {"params": wide, "lr": config.sparse_lr},
             {"params": demand, "lr": DEMAND_LR},
         ]
-        self.optimiser = torch.optim.Adam(groups, lr=config.dense_lr, fused=True)
+        self._groups = groups
+        self._optimiser: torch.optim.Adam | None = None
+        self._optimiser_state: dict[str, Any] | None = None  # restored, for when it is made
         self._rates = (config.dense_lr, config.sparse_lr)  # of the groups a funnel step scales
+
+    @property
+    def optimiser(self) -> torch.optim.Adam:
+        """The dense parameters' Adam, made on first use.
+
+        A process's first optimiser imports ``torch._dynamo`` (2-3 s): a
+        starting worker does that in the background while it joins its
+        consumer group (:mod:`streams.preload`), so it is made only when it
+        is needed, by then at no cost.
+        """
+        if self._optimiser is None:
+            self._optimiser = torch.optim.Adam(self._groups, lr=self.config.dense_lr, fused=True)
+            if self._optimiser_state is not None:
+                self._optimiser.load_state_dict(self._optimiser_state)
+                self._optimiser_state = None
+        return self._optimiser
 
     # -- the protocol -------------------------------------------------------------
 
@@ -221,7 +239,10 @@ class MultiTaskLearner(Learner):
         if config != self.config:
             self._build(config)
         self.net.load_state_dict(state["net"])
-        self.optimiser.load_state_dict(state["optimizer"])
+        if self._optimiser is None:
+            self._optimiser_state = state["optimizer"]
+        else:
+            self._optimiser.load_state_dict(state["optimizer"])
         self.encoder.load_state_dict(state["encoder"])
         self.generator.set_state(state["generator"])
         self.model_version = int(state["model_version"])

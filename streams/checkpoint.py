@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from streams.lifetime import die_with_parent
+from streams.preload import settle as settle_preloads
 
 _NDARRAY = "__ndarray__"
 _ROWS = "__rows__"
@@ -205,6 +206,7 @@ def save_in_child(
     >>> save_in_child(store, lambda: {"applied": 5}, {0: 5}).wait().name
     'checkpoint-events-000000001.pt'
     """
+    settle_preloads()  # no import lock held by another thread may pass into the child
     reader, writer = os.pipe()
     gc.freeze()  # the collector then touches no shared page in either process (CPython docs)
     pid = os.fork()

@@ -17,6 +17,7 @@ from prometheus_client import disable_created_metrics, start_http_server
 from streams.app import build_app
 from streams.broker import wait_until_ready
 from streams.metrics import Metrics
+from streams.preload import preload
 from streams.service import WorkerService
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -41,6 +42,7 @@ def run_worker(settings: Settings, loglevel: str = "WARNING") -> int:
         start_http_server(
             settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
         )
+    preload("torch._dynamo")  # the optimiser's, imported while the groups are joined
     service = WorkerService(settings, metrics)
     app = build_app(service, settings.broker)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -192,6 +192,18 @@ def test_a_restored_learner_scores_and_keeps_learning_exactly_alike(factory, tmp
     assert restored.model_version == original.model_version
 
 
+def test_a_restored_optimiser_state_is_kept_until_the_optimiser_is_made(tmp_path):
+    stream = evicting_stream(seed=6)[:600]
+    original = mtl(SMALL.with_capacity(256))
+    original.learn(stream)
+    restored = mtl(SMALL.with_capacity(256))
+    restored.load_state_dict(original.state_dict())
+    assert restored._optimiser is None  # made on first use (its first import is slow)
+    saved, expected = (x.state_dict()["optimizer"]["state"] for x in (restored, original))
+    assert saved.keys() == expected.keys() and len(saved) > 0
+    assert all(torch.equal(saved[k]["exp_avg_sq"], expected[k]["exp_avg_sq"]) for k in saved)
+
+
 def test_single_task_nets_each_learn_only_their_own_task():
     learner = single_task(SMALL)
     samples, _ = ToyShop(seed=7).stream(512)

@@ -338,9 +338,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             await demand.send(key=key, value=value)
         service.demand_published(len(records))
 
-    @app.timer(RETRY_DEAD_LETTERS_S)
+    @app.task
     async def retry_dead_letters() -> None:
-        await deliver(service.dead_letters.retry())  # restored from a checkpoint, or failed
+        """Send the dead letters not yet acknowledged (restored from a checkpoint, or whose
+        send failed): at once when the app is ready, then every few seconds."""
+        while True:
+            await deliver(service.dead_letters.retry())
+            await asyncio.sleep(RETRY_DEAD_LETTERS_S)
 
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(app: faust.App, **_: Any) -> None:

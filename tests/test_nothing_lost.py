@@ -80,7 +80,7 @@ def test_dead_letters_restored_from_a_checkpoint_are_sent_without_waiting_for_a_
     worker = WorkerProcess(worker_env(cli_env), checkpoints)
     try:
         worker.start()
-        letters = read_all(broker.bootstrap, topics.dlq, expected=1, timeout_s=60)
+        letters = read_all(broker.bootstrap, topics.dlq, expected=1, idle_s=60, timeout_s=60)
         assert worker.process.poll() is None  # sent by a running worker, not at its exit
     finally:
         worker.stop()

@@ -195,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument(
         "--batch-span",
         dest="batch_span_s",
-        type=float,
+        type=_positive_seconds,
         metavar="S",
         help="a micro-batch ends before an event S seconds of event time after its first "
-        "(default: see docs/cli.md; a worker's micro-batch spans at most its batch wait)",
+        "(default: see docs/cli.md; 'inf': by size only; a worker's micro-batch spans at "
+        "most its batch wait)",
     )
     quality.add_argument(
         "--demand-horizon",
@@ -636,6 +637,16 @@ def _task_weights(text: str) -> tuple[float, float, float]:
         return parse_task_weights(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"seconds above 0 (or 'inf'), not {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

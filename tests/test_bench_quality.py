@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from online_models.labels import LabelConfig
 from producers.recording import recorded
 from producers.simulator import Shop, ShopConfig
 from streams.bench.quality import (
+    BATCH_SPAN_S,
     MODEL_NAMES,
     QualityOptions,
     build_stream,
@@ -186,6 +188,19 @@ def test_command_line_flags_become_options():
     )
     with pytest.raises(ValueError, match="unknown models"):
         options_from_args(parser.parse_args(["bench", "quality", "--models", "mtl,nope"]))
+
+
+def test_the_batch_span_is_the_default_unless_given_and_must_be_above_zero(capsys):
+    def span(*flags):
+        return options_from_args(build_parser().parse_args(["bench", "quality", *flags]))
+
+    assert span().batch_span_s == BATCH_SPAN_S
+    assert span("--batch-span", "0.5").batch_span_s == 0.5
+    assert span("--batch-span", "inf").batch_span_s == math.inf  # by size only
+    for bad in ("0", "-1", "nan", "soon"):  # 0 was the default; it would be one event a batch
+        with pytest.raises(SystemExit):
+            span("--batch-span", bad)
+        assert "seconds above 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- recordings and windows

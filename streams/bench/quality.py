@@ -200,6 +200,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {MODEL_NAMES}")
     events = args.events if args.events is not None or args.source != "sim" else 200_000
+    span = getattr(args, "batch_span_s", None)  # None: the default; inf: by size only
     return QualityOptions(
         source=args.source,
         format=args.format,
@@ -214,7 +215,7 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
         report=args.report,
         plot=args.plot,
         batch_size=args.batch_size,
-        batch_span_s=getattr(args, "batch_span_s", None) or BATCH_SPAN_S,
+        batch_span_s=BATCH_SPAN_S if span is None else span,
         models=models,
         demand_horizon_s=getattr(args, "demand_horizon_s", DemandConfig.horizon_s),
     )

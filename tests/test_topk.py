@@ -99,6 +99,8 @@ def test_the_oracle_list_is_the_ceiling_of_expected_clicks_and_purchases(sim_top
             assert oracle[task]["expected_at_10"] >= other["expected_at_10"], (name, task)
         best = sim_topk["candidates"][task]["best_expected_at_10"]
         assert sim_topk["mtl"][task]["expected_at_10"] <= best <= oracle[task]["expected_at_10"]
+        one_list = sim_topk["candidates"][task]["objective_expected_at_10"]  # every task's
+        assert 0 < one_list <= best + 1e-9  # the same items may be summed in another order
         assert 0 < sim_topk["candidates"][task]["recall"] <= 1
     popular = sim_topk["popular_now"]["click"]
     margin = oracle["click"]["expected_at_10"] - popular["expected_at_10"]

@@ -53,7 +53,10 @@ pool or its ranking is to blame: per task, ``recall`` (the share of events
 whose item was among the user's candidates; ``mtl`` cannot hit more) and on
 the simulator ``best_expected_at_10`` (the expected count of the task that
 the 10 truly best of the user's candidates bring: ``mtl`` cannot earn
-more; the ``oracle`` picks from the whole catalog).
+more; the ``oracle`` picks from the whole catalog) and
+``objective_expected_at_10`` (what the 10 candidates best by the ranker's
+objective under the true probabilities bring: one list for every task, as
+``mtl``'s, ranked perfectly).
 
 Every list is built from the same history: the catalog records and events
 before the micro-batch holding the event (the worker ranks after a batch
@@ -410,7 +413,7 @@ class TopKEvaluation:
             name: [] for name in LISTS if name != "mtl"
         }
         self.mtl: dict[int, tuple[float, float, float]] = {}
-        self.candidates: dict[int, tuple[float, float]] = {}  # recall, best expected
+        self.candidates: dict[int, tuple[float, float, float]] = {}  # recall, best, objective
         self.seconds = 0.0
         self.done = False
 
@@ -513,6 +516,7 @@ class TopKEvaluation:
             return
         start = time.perf_counter()
         records = self.ranker.rank_block(model, served.block, served.now)
+        weights = np.asarray(self.ranker.config.weights)  # the objective (value weight 0)
         served_items = {r["user_id"]: [e["item_id"] for e in r["items"][:K]] for r in records}
         block = served.block
         for number, (begin, end), truth in zip(
@@ -522,12 +526,14 @@ class TopKEvaluation:
             items = served_items.get(user, [])
             hit, ndcg = hit_and_ndcg(items, self.items[number])
             row = {block.item_ids[i]: n for n, i in enumerate(block.pair_item[begin:end])}
-            expected = best = math.nan
+            expected = best = objective = math.nan
             if truth is not None:
                 expected = float(sum(truth[row[i], task] for i in items))
                 best = float(np.sort(truth[:, task])[::-1][:K].sum())
+                ranked = np.argsort(-(truth @ weights), kind="stable")[:K]
+                objective = float(truth[ranked, task].sum())
             self.mtl[number] = (hit, ndcg, expected)
-            self.candidates[number] = (float(self.items[number] in row), best)
+            self.candidates[number] = (float(self.items[number] in row), best, objective)
         self.seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------ the report
@@ -586,9 +592,11 @@ class TopKEvaluation:
         return out
 
     def _candidates_report(self, tasks: np.ndarray, users: np.ndarray) -> dict[str, Any]:
-        """Per task: ``recall`` and, on the simulator, ``best_expected_at_10``, with SEs."""
+        """Per task: ``recall`` and, on the simulator, ``best_expected_at_10`` and
+        ``objective_expected_at_10``, with SEs."""
         values = np.array([self.candidates[n] for n in range(len(self.tasks))])
-        names = ("recall", "best_expected_at_10")[: 2 if self.shop is not None else 1]
+        names = ("recall", "best_expected_at_10", "objective_expected_at_10")
+        names = names if self.shop is not None else names[:1]
         out: dict[str, Any] = {}
         for t, task in enumerate(TASKS):
             mask = tasks == t
@@ -629,14 +637,15 @@ def print_summary(topk: dict[str, Any], write: Any = print) -> None:
         parts = []
         for task in ("click", "purchase"):
             entry = topk["candidates"][task]
-            best = entry.get("best_expected_at_10")
-            parts.append(
-                f"{task} item among them {_cell(entry['recall'], entry['recall_se'])}"
-                + (
+            best, one_list = entry.get("best_expected_at_10"), entry.get("objective_expected_at_10")
+            ceilings = ""
+            if best is not None:
+                ceilings = (
                     f", their best 10 expect {_cell(best, entry['best_expected_at_10_se'])}"
-                    if best is not None
-                    else ""
+                    f" (by the objective: {_cell(one_list, entry['objective_expected_at_10_se'])})"
                 )
+            parts.append(
+                f"{task} item among them {_cell(entry['recall'], entry['recall_se'])}{ceilings}"
             )
         write("  mtl's candidates: " + "; ".join(parts))
 

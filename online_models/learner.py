@@ -239,10 +239,7 @@ class MultiTaskLearner(Learner):
         if config != self.config:
             self._build(config)
         self.net.load_state_dict(state["net"])
-        if self._optimiser is None:
-            self._optimiser_state = state["optimizer"]
-        else:
-            self._optimiser.load_state_dict(state["optimizer"])
+        self._optimiser, self._optimiser_state = None, state["optimizer"]  # loaded when made
         self.encoder.load_state_dict(state["encoder"])
         self.generator.set_state(state["generator"])
         self.model_version = int(state["model_version"])

@@ -97,7 +97,7 @@ from online_models.base import TASKS, CandidateBlock, Learner
 from online_models.catalog import Catalog
 from producers.contract import CatalogItem, Event
 from streams.candidates import CandidateConfig, CandidatePool
-from streams.ranking import Ranker, RankingConfig
+from streams.ranking import Ranker, RankingConfig, order_values
 
 K = 10
 """List length judged."""
@@ -516,7 +516,7 @@ class TopKEvaluation:
             return
         start = time.perf_counter()
         records = self.ranker.rank_block(model, served.block, served.now)
-        weights = np.asarray(self.ranker.config.weights)  # the objective (value weight 0)
+        values = order_values(served.block, None)  # a perfect ranking knows no predicted value
         served_items = {r["user_id"]: [e["item_id"] for e in r["items"][:K]] for r in records}
         block = served.block
         for number, (begin, end), truth in zip(
@@ -530,7 +530,8 @@ class TopKEvaluation:
             if truth is not None:
                 expected = float(sum(truth[row[i], task] for i in items))
                 best = float(np.sort(truth[:, task])[::-1][:K].sum())
-                ranked = np.argsort(-(truth @ weights), kind="stable")[:K]
+                joint = self.ranker.joint(truth, block, values[begin:end])
+                ranked = np.argsort(-joint, kind="stable")[:K]
                 objective = float(truth[ranked, task].sum())
             self.mtl[number] = (hit, ndcg, expected)
             self.candidates[number] = (float(self.items[number] in row), best, objective)

@@ -32,6 +32,7 @@ Example
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -139,11 +140,18 @@ class EventReader(_PartitionReader):
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._before_assigned = before_assigned
+        self._listener: _SeekOnAssign | None = None
 
     async def start(self) -> None:
         """Connect and join the group."""
         consumer = await self._connect()
-        consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
+        self._listener = _SeekOnAssign(self)
+        consumer.subscribe([self.topic], listener=self._listener)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        await super().stop()
 
     async def next_batch(self) -> list[RawMessage]:
         """Up to ``batch_size`` messages: what has arrived, waiting ``batch_wait_ms`` for one."""
@@ -174,26 +182,67 @@ class EventReader(_PartitionReader):
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):
+    """Hands partitions over when they are revoked; takes them on after the callback returns.
+
+    aiokafka sends no heartbeat while ``on_partitions_assigned`` runs (it
+    starts the heartbeat task once the join completes), so a catch-up inside
+    it that outlasted the 6-s session got the member expired: a joining
+    worker reading a long ``sync`` backlog was dropped, rejoined and dropped
+    again, and the group never settled. The callback only parks the new
+    partitions (positioned, paused); a task catches up, takes them on and
+    resumes them while the member heartbeats.
+    """
+
     def __init__(self, reader: EventReader) -> None:
         self.reader = reader
+        self._taking_on: asyncio.Task[None] | None = None
+        self._taken: set[int] = set()  # partitions told to on_assigned, not yet revoked
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        """Hand the partitions over (the group waits for this before assigning them)."""
+        """Hand over the partitions taken on (the group waits for this before assigning them);
+        a take-on still catching up is cancelled: its partitions were never this worker's."""
+        await self._cancel_taking_on()
         if self.reader._on_revoked is not None:
-            await self.reader._on_revoked(sorted(tp.partition for tp in revoked))
+            partitions = sorted(tp.partition for tp in revoked if tp.partition in self._taken)
+            await self.reader._on_revoked(partitions)
+        self._taken.difference_update(tp.partition for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Park the partitions at the state's offsets, and take them on in a task."""
+        assigned = list(assigned)
+        consumer = self.reader.consumer
+        for tp in assigned:  # a position, and no fetch, while the state catches up
+            consumer.seek(tp, self.reader._next_offset(tp.partition))
+        consumer.pause(*assigned)
+        self._taking_on = asyncio.create_task(self._take_on(assigned))
+        self._taking_on.add_done_callback(_log_failure)
+
+    async def _take_on(self, assigned: list[TopicPartition]) -> None:
         """Catch up with the group's state, take the partitions on from it, then seek."""
-        partitions = sorted(tp.partition for tp in assigned)
         if self.reader._before_assigned is not None:
-            consumer = self.reader.consumer
-            for tp in assigned:  # a position, and no fetch, while the state catches up
-                consumer.seek(tp, self.reader._next_offset(tp.partition))
-            consumer.pause(*assigned)
             await self.reader._before_assigned()
+        partitions = sorted(tp.partition for tp in assigned)
         self.reader._on_assigned(partitions)
+        self._taken = set(partitions)
         await self.reader._position(assigned)
         log.info("assigned %s partitions %s", self.reader.topic, partitions)
+
+    async def _cancel_taking_on(self) -> None:
+        task, self._taking_on = self._taking_on, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop(self) -> None:
+        """Stop a take-on still catching up (the consumer is stopping)."""
+        await self._cancel_taking_on()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A take-on that raised leaves its partitions paused: say so (a cancelled one is fine)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("taking partitions on failed: they stay paused", exc_info=task.exception())
 
 
 class WholeTopicReader(_PartitionReader):

@@ -38,7 +38,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterator, Set
 from typing import Any
 
 from producers.contract import CatalogItem, ItemContent
@@ -62,6 +62,10 @@ class Catalog:
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._items
+
+    def item_ids(self) -> Iterator[str]:
+        """Known item ids, least recently updated first."""
+        return iter(self._items)
 
     def get(self, item_id: str) -> ItemContent | None:
         """The item's content, if known."""

@@ -105,6 +105,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 import math
@@ -141,6 +142,14 @@ _SESSION_OWN_DEVICE = 0.8
 _POPULARITY_DECAY = 0.97  # per block of sessions
 _CALIBRATION_PAIRS = 20_000
 _PRIOR_CLICKS = 3.0  # bestseller prior of the initial catalog, scaled by exp(appeal)
+_DRIFTING = (
+    "_user_department",
+    "_user_category",
+    "_user_brand",
+    "_user_beta",
+    "_category_surge",
+    "_task_offsets",
+)  # the truth's arrays a drift changes (in place, or by replacing them)
 PRIOR_VOLUME_DRAWS = 4_000
 """Draws of a buyer's volume that :meth:`Shop.predicted_quantities` weighs by its orders."""
 
@@ -486,6 +495,17 @@ class Shop:
         """
         row = self.truth_many([user_id], [item_id], None if device is None else [device])[0]
         return (float(row[0]), float(row[1]), float(row[2]))
+
+    def snapshot(self, base: Shop | None = None) -> Shop:
+        """A copy whose :meth:`truth_many` stays the shop's truth as it is now (the shop's
+        drifts change it), for the items published so far: to judge later what would have
+        been served now. ``base``, an earlier snapshot with no drift since, lends its copies."""
+        frozen = copy.copy(self)
+        for name in _DRIFTING:
+            setattr(
+                frozen, name, getattr(self, name).copy() if base is None else getattr(base, name)
+            )
+        return frozen
 
     def expected_quantity(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """The mean quantity of a purchase of each item by its user, ``1 + a_user * b_department``.

@@ -1,8 +1,10 @@
 """Where a user's candidate items come from before the model ranks them.
 
-Four sources, merged without repeats: items popular overall, items popular in
-the categories the user touched recently, the user's own recent items, and the
-newest catalog items (so cold items get exposure before anyone clicks them).
+Five sources, merged without repeats: items popular overall, items popular in
+the categories the user touched recently, the user's own recent items, the
+items the model rates best across the whole catalog (:attr:`CandidatePool.rated`,
+kept by :mod:`streams.rated`), and the newest catalog items (so cold items get
+exposure before anyone clicks them).
 Popularity is a count that decays by half every ``half_life_events`` funnel
 events. Every structure is capped, so memory stays bounded.
 
@@ -51,6 +53,7 @@ class CandidateConfig:
     recent_categories: int = 3
     recent_items: int = 15
     new_items: int = 25
+    rated: int = 30
     half_life_events: int = 20_000
     refresh_every: int = 500
     max_users: int = 500_000
@@ -204,6 +207,7 @@ class CandidatePool:
         self._user_items: OrderedDict[str, deque[str]] = OrderedDict()
         self._changed: set[str] = set()  # users whose recent items changed since the last take
         self._top: list[str] = []
+        self.rated: list[str] = []  # the model's best for anyone (streams.rated), set by its owner
         self._top_by_category: dict[str, list[str]] = {}
         self._since_refresh = 0
 
@@ -319,10 +323,10 @@ class CandidatePool:
         """The users' candidates as one block, each user scored at its ``event_ts``.
 
         Per user, in order and without repeats: its recent items, its recent
-        categories' best, the overall best, the newest (items the catalog does
-        not offer left out); users left without candidates are left out. The
-        overall best and the newest, most of every user's list, are looked
-        up once for all users.
+        categories' best, the overall best, the model's best (:attr:`rated`),
+        the newest (items the catalog does not offer left out); users left
+        without candidates are left out. The overall best, the rated and the
+        newest, most of every user's list, are looked up once for all users.
 
         >>> from producers.contract import CatalogItem, Event
         >>> pool = CandidatePool(CandidateConfig(popular=1, new_items=1))
@@ -337,7 +341,7 @@ class CandidatePool:
         content, withdrawn = self.catalog, self.catalog.withdrawn
         shared = [
             item
-            for item in dict.fromkeys([*self._top, *self._newest])
+            for item in dict.fromkeys([*self._top, *self.rated, *self._newest])
             if item in content and item not in withdrawn
         ]
         row = dict(zip(shared, range(len(shared)), strict=True))  # item -> its place in the block

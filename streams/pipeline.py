@@ -12,7 +12,8 @@ returns what must be sent: dead letters and score records. Per batch:
    :class:`~online_models.labels.EventClock`);
 3. have the model remember and score the new samples as it was *before*
    this batch (prequential), then learn the label stream of the batch;
-4. update quality, drift and candidate state;
+4. update quality, drift and candidate state (the next slice of the
+   catalog is scored for the items the model rates best, :mod:`streams.rated`);
 5. rank the top-K for every user with a funnel event in the batch (one
    refresh per user per batch: the debounce) and return the score records;
 6. count the batch's events for item demand (:mod:`online_models.demand`),
@@ -66,6 +67,7 @@ from producers.contract import (
 from streams.candidates import CandidateConfig, CandidatePool
 from streams.erasure import Erasures
 from streams.ranking import Ranker, RankingConfig
+from streams.rated import RatedItems
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class Pipeline:
         self.features = FeatureDriftMonitor()
         self.pool = CandidatePool(candidates, self.catalog)
         self.ranker = Ranker(ranking)
+        self.rated = RatedItems(self.pool.config.rated, self.pool.config.refresh_every)
         self.offsets: dict[int, int] = {}
         self.erasures = Erasures()
         self.frozen = False  # scoring and labels go on, nothing is learned
@@ -253,6 +256,7 @@ class Pipeline:
                 self.features.rebase()
         self.features.observe(out.events)
         self.pool.observe(out.events)
+        self._rate_catalog(out.events)
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
         for record in out.scores:  # newer records of a user carry a higher seq
@@ -260,6 +264,13 @@ class Pipeline:
         if self.demand is not None:
             self.demand.observe(out.events)
         return out
+
+    def _rate_catalog(self, events: Sequence[Event]) -> None:
+        """Score the next slice of the catalog for the rated source (:mod:`streams.rated`)."""
+        funnel = sum(event.type != "impression" for event in events)
+        if funnel:
+            self.rated.advance(funnel, self.learner, self.ranker, self.catalog, events[-1].ts)
+            self.pool.rated = self.rated.best
 
     def erase_user(self, user_id: str, requested_ms: int) -> None:
         """Remove everything held about ``user_id``; skip their events sent until ``requested_ms``.
@@ -280,6 +291,8 @@ class Pipeline:
         for user_id in self.erasures.erased(list(learner.users())):
             learner.forget_user(user_id)
         self.learner = learner
+        self.rated.forget()  # the items it rates best are found again as the scan goes on
+        self.pool.rated = []
         if self.demand is not None:  # its head is the net's: it learns with the model served
             self.demand.learner = learner
 
@@ -325,6 +338,7 @@ class Pipeline:
             "quality": self.quality.state_dict(),
             "features": self.features.state_dict(),
             "pool": self.pool.state_dict(),
+            "rated": self.rated.state_dict(),
             "applied": dict(self.applied),
             "applied_in": [[p, n] for p, n in self.applied_in.items()],
             "rejected": dict(self.rejected),
@@ -342,6 +356,9 @@ class Pipeline:
         self.quality.load_state_dict(state["quality"])
         self.features.load_state_dict(state["features"])
         self.pool.load_state_dict(state["pool"])
+        if "rated" in state:  # older checkpoints: the scan starts afresh
+            self.rated.load_state_dict(state["rated"])
+        self.pool.rated = self.rated.best
         self.applied = Counter(state["applied"])
         self.applied_in = Counter({int(p): int(n) for p, n in state.get("applied_in", [])})
         self.rejected = Counter(state["rejected"])

@@ -98,7 +98,7 @@ class PolicyLists:
 
     def before_step(self, model: Learner, step: Step) -> None:
         """The mtl run's hook: rank and measure before ``step`` is learned."""
-        served = self.topk._served.get(step.position)
+        served = self.topk.served_for(model, step)
         if served is None:
             return
         start = time.perf_counter()

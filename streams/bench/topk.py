@@ -84,6 +84,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import OrderedDict
@@ -98,6 +99,7 @@ from online_models.catalog import Catalog
 from producers.contract import CatalogItem, Event
 from streams.candidates import CandidateConfig, CandidatePool
 from streams.ranking import Ranker, RankingConfig, order_values
+from streams.rated import RatedItems
 
 K = 10
 """List length judged."""
@@ -307,6 +309,52 @@ def _fill(k: int, *sources: Sequence[str]) -> list[str]:
     return list(out)
 
 
+def _with_items(
+    block: CandidateBlock, spans: list[tuple[int, int]], items: list[str], catalog: Catalog
+) -> tuple[CandidateBlock, list[tuple[int, int]], list[list[str]]]:
+    """``block`` with ``items`` (the pool's rated source) added to each user's candidates that
+    lack them; each span of ``spans`` (an evaluation event's user's pairs) in the new block; the
+    items each span gained, in pair order (after the user's own pairs: the worker's block puts
+    them among the shared items, an order that only breaks ties)."""
+    if not items:
+        return block, spans, [[] for _ in spans]
+    index = {item: n for n, item in enumerate(block.item_ids)}
+    added_items = [item for item in items if item not in index]
+    contents = [catalog.get(item) for item in added_items]
+    index.update({item: len(block.item_ids) + n for n, item in enumerate(added_items)})
+    rows = [index[item] for item in items]
+    bounds = np.searchsorted(block.pair_user, np.arange(len(block.user_ids) + 1))
+    pairs, gained = [], []
+    for user in range(len(block.user_ids)):
+        own = block.pair_item[bounds[user] : bounds[user + 1]]
+        new = [r for r in rows if r not in set(own.tolist())]
+        pairs.append(np.concatenate([own, np.array(new, dtype=np.int64)]))
+        gained.append(new)
+    sizes = [len(p) for p in pairs]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    extended = CandidateBlock(
+        user_ids=block.user_ids,
+        times=block.times,
+        item_ids=[*block.item_ids, *added_items],
+        categories=[*block.categories, *(c.category for c in contents)],
+        brands=[*block.brands, *(c.brand for c in contents)],
+        prices=[*block.prices, *(c.price for c in contents)],
+        pair_user=np.repeat(np.arange(len(block.user_ids)), sizes),
+        pair_item=np.concatenate(pairs) if pairs else block.pair_item,
+    )
+    item_ids = extended.item_ids
+    new_spans, extra = [], []
+    for begin, end in spans:
+        if begin == end:
+            new_spans.append((0, 0))
+            extra.append([])
+            continue
+        user = int(block.pair_user[begin])
+        new_spans.append((int(starts[user]), int(starts[user + 1])))
+        extra.append([item_ids[r] for r in gained[user]])
+    return extended, new_spans, extra
+
+
 # ------------------------------------------------------------------ the oracle
 
 
@@ -368,6 +416,8 @@ class _Served:
     pairs: list[tuple[int, int]]  # (start, stop) of the event's user's pairs in the block
     truth: list[np.ndarray | None]
     now: int
+    devices: list[str | None]  # per evaluation event
+    shop: Any  # the simulated shop's truth as of the step (a snapshot), or None
 
 
 class TopKEvaluation:
@@ -396,8 +446,15 @@ class TopKEvaluation:
         self.half_life_s = half_life_s
         self.seed = seed
         self.max_events = max_events
-        self.pool = CandidatePool(CandidateConfig(), Catalog(catalog_items))
+        config = CandidateConfig()
+        self.pool = CandidatePool(config, Catalog(catalog_items))
         self.ranker = Ranker(RankingConfig())
+        # the pool's rated source needs the model: kept here in serving order, as the worker's
+        self.rated = RatedItems(config.rated, config.refresh_every)
+        self._rated_catalog = Catalog(catalog_items)
+        self._funnel_events = 0  # of the last step served
+        self._prepared = -1  # the last step position served_for prepared
+        self._snapshots: dict[int, Any] = {}  # the shop as of each number of drifts applied
         self.history = History(half_life_s * 1000)
         self.oracle = _Oracle(shop) if shop is not None else None
         self.shop = shop
@@ -459,7 +516,7 @@ class TopKEvaluation:
         block = self.pool.block(dict.fromkeys(users, now))
         bounds = np.searchsorted(block.pair_user, np.arange(len(block.user_ids) + 1))
         place = {user: n for n, user in enumerate(block.user_ids)}
-        numbers, pairs, truths = [], [], []
+        numbers, pairs, truths, devices = [], [], [], []
         for event in judged:
             number = len(self.tasks)
             task = TASKS.index(event.type)
@@ -476,6 +533,7 @@ class TopKEvaluation:
                 "category_popular": self.history.category_popular(event.user_id),
             }
             device = (event.context or {}).get("device")
+            devices.append(device)
             oracle = self.oracle.lists(event.user_id, device) if self.oracle else None
             if oracle is not None:
                 lists["oracle"], oracle_expected = oracle[task][0], oracle[task][1][:, task].sum()
@@ -496,7 +554,18 @@ class TopKEvaluation:
                 else:
                     expected = math.nan
                 self.values[name].append((hit, ndcg, expected))
-        self._served[position] = _Served(block, numbers, pairs, truths, now)
+        self._served[position] = _Served(
+            block, numbers, pairs, truths, now, devices, self._snapshot()
+        )
+
+    def _snapshot(self) -> Any:
+        """The shop's truth as it is now (its arrays copied once per state: a state changes
+        only at a drift)."""
+        if self.shop is None:
+            return None
+        drifts = len(self.shop.drift_points)
+        self._snapshots[drifts] = self.shop.snapshot(self._snapshots.get(drifts))
+        return self._snapshots[drifts]
 
     def _truth(self, user_id: str, device: str | None, items: list[str]) -> np.ndarray:
         if not items:
@@ -511,14 +580,14 @@ class TopKEvaluation:
 
     def serve(self, model: Learner, step: Any) -> None:
         """The mtl hook (before ``step`` is learned): rank the step's users' candidates."""
-        served = self._served.get(step.position)
+        served = self.served_for(model, step)
         if served is None:
             return
         start = time.perf_counter()
-        records = self.ranker.rank_block(model, served.block, served.now)
-        values = order_values(served.block, None)  # a perfect ranking knows no predicted value
-        served_items = {r["user_id"]: [e["item_id"] for e in r["items"][:K]] for r in records}
         block = served.block
+        records = self.ranker.rank_block(model, block, served.now)
+        values = order_values(block, None)  # a perfect ranking knows no predicted value
+        served_items = {r["user_id"]: [e["item_id"] for e in r["items"][:K]] for r in records}
         for number, (begin, end), truth in zip(
             served.events, served.pairs, served.truth, strict=True
         ):
@@ -536,6 +605,52 @@ class TopKEvaluation:
             self.mtl[number] = (hit, ndcg, expected)
             self.candidates[number] = (float(self.items[number] in row), best, objective)
         self.seconds += time.perf_counter() - start
+
+    def served_for(self, model: Learner, step: Any) -> _Served | None:
+        """What the lists of ``step`` are ranked from: the candidate block built before it, with
+        the items the model rated best (the pool's rated source, :mod:`streams.rated`, which
+        needs the model: it is scanned here, in serving order, as the worker's is); ``None`` if
+        no event of the step is judged. The first call per step (before the step is learned)
+        advances the scan; hooks of the same step share its result."""
+        if step.position == self._prepared:
+            return self._served.get(step.position)
+        self._prepared = step.position
+        start = time.perf_counter()
+        if step.events:  # the worker scans a slice after each batch: as of the previous one
+            now = step.events[0].ts
+            self.rated.advance(self._funnel_events, model, self.ranker, self._rated_catalog, now)
+        served = self._served.get(step.position)
+        if served is not None:
+            served = self._served[step.position] = self._with_rated(served)
+        self._observe_for_rating(step)
+        self.seconds += time.perf_counter() - start
+        return served
+
+    def _observe_for_rating(self, step: Any) -> None:
+        """The step's catalog records and event contents, as the worker's catalog takes them."""
+        for item in step.catalog:
+            self._rated_catalog.describe(item)
+        for event in step.events:
+            if event.item is not None and event.item_id not in self._rated_catalog:
+                self._rated_catalog.remember(event.item_id, event.item)
+        self._funnel_events = sum(event.type != "impression" for event in step.events)
+
+    def _with_rated(self, served: _Served) -> _Served:
+        """``served`` with the rated items each user lacks, and their truth as of the step."""
+        block, pairs, gained = _with_items(
+            served.block, served.pairs, self.rated.best, self._rated_catalog
+        )
+        truths = []
+        for number, truth, device, added in zip(
+            served.events, served.truth, served.devices, gained, strict=True
+        ):
+            if truth is not None and added:
+                user = self.users[number]
+                devices = None if device is None else [device] * len(added)
+                rows = served.shop.truth_many([user] * len(added), added, devices)
+                truth = np.vstack([truth, np.cumprod(rows, axis=1)])
+            truths.append(truth)
+        return dataclasses.replace(served, block=block, pairs=pairs, truth=truths)
 
     # ------------------------------------------------------------ the report
 

@@ -138,7 +138,7 @@ class ValueEvaluation:
                 self.errors[name] += np.abs(median - actual).tolist()
 
     def _judge_lists(self, model: Learner, step: Any) -> None:
-        served = self.topk._served.get(step.position)
+        served = self.topk.served_for(model, step)
         if served is None:
             return
         block = served.block

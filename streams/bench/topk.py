@@ -20,7 +20,9 @@ The lists (:data:`LISTS`), K = :data:`K`:
 ``mtl``
     The worker's list: the candidate pool (:class:`~streams.candidates.CandidatePool`,
     the worker's configuration, fed the same catalog records and events a
-    worker's is) and the ranker (:class:`~streams.ranking.Ranker`, the
+    worker's is; its rated source, :mod:`streams.rated`, needs the model, so
+    it is scanned as the lists are served, and the items it adds are judged
+    by the shop's truth as of the step) and the ranker (:class:`~streams.ranking.Ranker`, the
     worker's configuration: top 20 with 2 places kept for cold items), the
     multi-task model as it was before the micro-batch holding the event was
     learned. The first 10 of the served 20 (they come best first) are

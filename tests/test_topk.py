@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from online_models.catalog import Catalog
 from online_models.learner import mtl
 from producers.contract import CatalogItem, Event
 from streams.bench.quality import QualityOptions, build_stream, run, run_model
@@ -18,7 +19,9 @@ from streams.bench.topk import (
     bootstrap_se,
     hit_and_ndcg,
     print_summary,
+    with_items,
 )
+from streams.ranking import candidate_block
 
 TASKS = ("click", "cart", "purchase")
 
@@ -152,3 +155,22 @@ def test_the_mtl_hook_serves_before_learning_and_changes_nothing_the_model_does(
     served = run_model(mtl(), stream, before_step=stream.topk.serve)
     assert np.array_equal(plain.scores, served.scores, equal_nan=True)
     assert len(stream.topk.mtl) == sum(stream.topk.report()["events"].values()) > 0
+
+
+def test_the_rated_items_join_each_user_s_candidates_that_lack_them():
+    lamp = CatalogItem("r1", 0, category="home.lamp", price=5.0)
+    catalog = Catalog()
+    for item_id in ("r1", "i1"):
+        catalog.describe(CatalogItem(item_id, 0, category="home.lamp", price=5.0))
+    offers = {"u1": [("i1", lamp.content)], "u2": [("i2", lamp.content), ("i1", lamp.content)]}
+    block = candidate_block(["u1", "u2"], offers, {"u1": 1, "u2": 2})
+    spans = [(1, 3), (0, 1), (1, 3)]  # evaluation events of u2, u1, u2
+    extended, new_spans, gained = with_items(block, spans, ["r1", "i1"], catalog)
+    pairs = [
+        (extended.user_ids[u], extended.item_ids[i])
+        for u, i in zip(extended.pair_user.tolist(), extended.pair_item.tolist(), strict=True)
+    ]
+    assert pairs == [("u1", "i1"), ("u1", "r1"), ("u2", "i2"), ("u2", "i1"), ("u2", "r1")]
+    assert new_spans == [(2, 5), (0, 2), (2, 5)] and gained == [["r1"], ["r1"], ["r1"]]
+    assert extended.prices[extended.item_ids.index("r1")] == 5.0
+    assert with_items(block, spans, [], catalog) == (block, spans, [[], [], []])

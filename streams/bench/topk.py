@@ -311,7 +311,7 @@ def _fill(k: int, *sources: Sequence[str]) -> list[str]:
     return list(out)
 
 
-def _with_items(
+def with_items(
     block: CandidateBlock, spans: list[tuple[int, int]], items: list[str], catalog: Catalog
 ) -> tuple[CandidateBlock, list[tuple[int, int]], list[list[str]]]:
     """``block`` with ``items`` (the pool's rated source) added to each user's candidates that
@@ -329,7 +329,8 @@ def _with_items(
     pairs, gained = [], []
     for user in range(len(block.user_ids)):
         own = block.pair_item[bounds[user] : bounds[user + 1]]
-        new = [r for r in rows if r not in set(own.tolist())]
+        held = set(own.tolist())
+        new = [r for r in rows if r not in held]
         pairs.append(np.concatenate([own, np.array(new, dtype=np.int64)]))
         gained.append(new)
     sizes = [len(p) for p in pairs]
@@ -639,7 +640,7 @@ class TopKEvaluation:
 
     def _with_rated(self, served: _Served) -> _Served:
         """``served`` with the rated items each user lacks, and their truth as of the step."""
-        block, pairs, gained = _with_items(
+        block, pairs, gained = with_items(
             served.block, served.pairs, self.rated.best, self._rated_catalog
         )
         truths = []

@@ -12,10 +12,11 @@ returns what must be sent: dead letters and score records. Per batch:
    :class:`~online_models.labels.EventClock`);
 3. have the model remember and score the new samples as it was *before*
    this batch (prequential), then learn the label stream of the batch;
-4. update quality, drift and candidate state (the next slice of the
-   catalog is scored for the items the model rates best, :mod:`streams.rated`);
+4. update quality, drift and candidate state;
 5. rank the top-K for every user with a funnel event in the batch (one
    refresh per user per batch: the debounce) and return the score records;
+   then score the next slice of the catalog for the items the model rates
+   best (:mod:`streams.rated`), for the next batches' candidates;
 6. count the batch's events for item demand (:mod:`online_models.demand`),
    resolve and learn the demand points its event time closes, and queue
    the forecasts of the points it opens that changed (:meth:`Pipeline.take_demand`;
@@ -256,11 +257,11 @@ class Pipeline:
                 self.features.rebase()
         self.features.observe(out.events)
         self.pool.observe(out.events)
-        self._rate_catalog(out.events)
         out.update_seconds = time.perf_counter() - started
         out.scores = self.refresh_scores(triggers)
         for record in out.scores:  # newer records of a user carry a higher seq
             record["seq"] = sequence[record["user_id"]]
+        self._rate_catalog(out.events)  # after the scores: off the way from event to score
         if self.demand is not None:
             self.demand.observe(out.events)
         return out

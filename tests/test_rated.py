@@ -39,7 +39,7 @@ def priced(count: int) -> Catalog:
 
 def test_the_whole_catalog_is_scored_once_per_cycle_of_funnel_events_spread_over_batches():
     shop, learner = priced(100), ByPrice()
-    rated = RatedItems(size=3, cycle_events=10)
+    rated = RatedItems(size=3, cycle_events=10, min_scan=1)
     rated.advance(5, learner, Ranker(), shop, NOW)  # half a cycle: half the catalog
     assert [b.user_ids for b in learner.asked] == [[ANONYMOUS]]
     assert learner.asked[0].item_ids == [f"i{n}" for n in range(50)]
@@ -53,11 +53,24 @@ def test_the_whole_catalog_is_scored_once_per_cycle_of_funnel_events_spread_over
 
 def test_a_batch_scores_at_most_max_scan_items_and_owes_at_most_that_many():
     shop, learner = priced(100), ByPrice()
-    rated = RatedItems(size=3, cycle_events=1, max_scan=8)
+    rated = RatedItems(size=3, cycle_events=1, min_scan=1, max_scan=8)
     rated.advance(50, learner, Ranker(), shop, NOW)  # 5,000 items due: 8 scored
     rated.advance(0, learner, Ranker(), shop, NOW)  # 8 more owed at most
     rated.advance(0, learner, Ranker(), shop, NOW)
     assert [len(b.item_ids) for b in learner.asked] == [8, 8]
+
+
+def test_a_slice_waits_until_min_scan_items_are_due_or_the_whole_catalog():
+    shop, learner = priced(100), ByPrice()
+    rated = RatedItems(size=3, cycle_events=100, min_scan=40)
+    for _ in range(39):
+        rated.advance(1, learner, Ranker(), shop, NOW)  # one item due each time
+    assert learner.asked == []
+    rated.advance(1, learner, Ranker(), shop, NOW)
+    assert len(learner.asked[0].item_ids) == 40
+    small = RatedItems(size=3, cycle_events=100, min_scan=40)
+    small.advance(100, learner, Ranker(), priced(10), NOW)  # the whole catalog is fewer
+    assert len(learner.asked[1].item_ids) == 10
 
 
 def test_an_item_no_longer_offered_leaves_the_best_and_a_rescored_one_keeps_its_new_score():
@@ -75,9 +88,9 @@ def test_an_item_no_longer_offered_leaves_the_best_and_a_rescored_one_keeps_its_
 
 def test_the_scan_state_survives_a_round_trip():
     shop, learner = priced(20), ByPrice()
-    rated = RatedItems(size=2, cycle_events=4)
+    rated = RatedItems(size=2, cycle_events=4, min_scan=1)
     rated.advance(1, learner, Ranker(), shop, NOW)
-    again = RatedItems(size=2, cycle_events=4)
+    again = RatedItems(size=2, cycle_events=4, min_scan=1)
     again.load_state_dict(rated.state_dict())
     assert again.best == rated.best == ["i4", "i3"]
     again.advance(1, learner, Ranker(), shop, NOW)
@@ -99,8 +112,8 @@ def test_the_worker_rates_its_catalog_as_batches_come_and_checkpoints_what_it_fo
     pipe = pipeline()
     catalog(pipe)
     views = [Event(f"e{n}", NOW + n, "click", "u1", f"i{n % 30}") for n in range(500)]
-    pipe.process_events(messages(views[:50]), now_ms=NOW)  # a tenth of a cycle: 3 of 30 items
-    assert len(pipe.pool.rated) == 3
+    pipe.process_events(messages(views[:50]), now_ms=NOW)  # 3 of 30 items due: they wait
+    assert pipe.pool.rated == []
     pipe.process_events(messages(views[50:], start=50), now_ms=NOW)
     assert sorted(pipe.pool.rated) == sorted(pipe.catalog.item_ids())  # all 30 scored
     assert set(pipe.pool.rated) <= {item for item, _ in pipe.pool.candidates("u9")}

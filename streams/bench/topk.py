@@ -311,6 +311,14 @@ def _fill(k: int, *sources: Sequence[str]) -> list[str]:
     return list(out)
 
 
+def _true_rows(shop: Any, user_id: str, device: str | None, items: list[str]) -> np.ndarray:
+    """``(len(items), 3)`` entire-space true probabilities of the user's items on ``device``."""
+    if not items:
+        return np.zeros((0, 3))
+    devices = None if device is None else [device] * len(items)
+    return np.cumprod(shop.truth_many([user_id] * len(items), items, devices), axis=1)
+
+
 def with_items(
     block: CandidateBlock, spans: list[tuple[int, int]], items: list[str], catalog: Catalog
 ) -> tuple[CandidateBlock, list[tuple[int, int]], list[list[str]]]:
@@ -543,7 +551,7 @@ class TopKEvaluation:
             if self.shop is not None:
                 block_items = [block.item_ids[i] for i in block.pair_item[span[0] : span[1]]]
                 simple = [item for name in SIMPLE_LISTS for item in lists[name]]
-                truth = self._truth(event.user_id, device, [*block_items, *simple])
+                truth = _true_rows(self.shop, event.user_id, device, [*block_items, *simple])
                 truths.append(truth[: len(block_items)])
                 of = dict(zip(simple, truth[len(block_items) :].tolist(), strict=True))
             else:
@@ -569,12 +577,6 @@ class TopKEvaluation:
         drifts = len(self.shop.drift_points)
         self._snapshots[drifts] = self.shop.snapshot(self._snapshots.get(drifts))
         return self._snapshots[drifts]
-
-    def _truth(self, user_id: str, device: str | None, items: list[str]) -> np.ndarray:
-        if not items:
-            return np.zeros((0, 3))
-        devices = None if device is None else [device] * len(items)
-        return np.cumprod(self.shop.truth_many([user_id] * len(items), items, devices), axis=1)
 
     def finish(self) -> None:
         """The stream is built: later catalog records are not for any list."""
@@ -648,10 +650,8 @@ class TopKEvaluation:
             served.events, served.truth, served.devices, gained, strict=True
         ):
             if truth is not None and added:
-                user = self.users[number]
-                devices = None if device is None else [device] * len(added)
-                rows = served.shop.truth_many([user] * len(added), added, devices)
-                truth = np.vstack([truth, np.cumprod(rows, axis=1)])
+                rows = _true_rows(served.shop, self.users[number], device, added)
+                truth = np.vstack([truth, rows])
             truths.append(truth)
         return dataclasses.replace(served, block=block, pairs=pairs, truth=truths)
 

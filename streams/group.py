@@ -88,6 +88,7 @@ class GroupMember:
         self._seq = self.state.vector.get(self.worker, 0)
         self._sent_offsets: dict[int, int] = {}
         self._position_at_take = pipeline.position
+        self._position_at_restore = pipeline.position
         if pipeline.demand is not None:  # its own counts go out in its updates
             pipeline.demand.sharing = True
 
@@ -189,9 +190,30 @@ class GroupMember:
             update = self._assembler.add(message.value or b"")
             if update is None or self.state.holds(update):
                 continue  # a chunk, or this worker's own, or applied before a restore
+            if update.worker == self.worker and self._reapplying():
+                self._pass_over(update)
+                continue
             self._apply(update)
             applied += 1
         return applied
+
+    def _reapplying(self) -> bool:
+        """Whether this worker has applied events since its restore: from the restored
+        checkpoint's offsets, so again the ones its previous self's later updates hold."""
+        return self.pipeline.position != self._position_at_restore
+
+    def _pass_over(self, update: Update) -> None:
+        """An update of this worker's previous self read only after this run applied events
+        (catching up on ``sync`` gave up): its model changes are of events this run is
+        applying again, so it is held as read, never applied (no event learned twice)."""
+        log.error(
+            "update %d of this worker's previous run read after events were applied again "
+            "from the checkpoint: passed over (a peer that took its partitions over keeps "
+            "what it learned; this worker's model does not)",
+            update.seq,
+        )
+        self.state.vector[update.worker] = max(update.seq, self.state.vector.get(update.worker, 0))
+        self._seq = max(self._seq, update.seq)
 
     def _apply(self, update: Update) -> None:
         self.replica.apply(ModelDelta.from_bytes(update.model))

@@ -27,11 +27,15 @@ def _partitioned(messages: list[RawMessage]) -> list[RawMessage]:
     return out
 
 
-def _send(sender: WorkerService, receiver: WorkerService, log: list[RawMessage]) -> None:
+def _publish(sender: WorkerService, log: list[RawMessage]) -> None:
     pending = sender.group.take_update()
     if pending is not None:
         for chunk in pending.chunks():
             log.append(RawMessage(0, len(log), None, chunk))
+
+
+def _send(sender: WorkerService, receiver: WorkerService, log: list[RawMessage]) -> None:
+    _publish(sender, log)
     receiver.sync_batch(log)
 
 
@@ -85,3 +89,35 @@ def test_an_update_is_due_after_sync_events_applied_since_the_last_was_taken(tmp
     assert not group.update_due(1)  # counted from the take
     service.events_batch(stream[600:])
     assert group.update_due(sum(m.partition in (0, 1) for m in stream[600:]))
+
+
+def test_a_restart_learns_its_previous_runs_updates_once_however_late_it_reads_them(tmp_path):
+    catalog, stream = demo_stream(9_000, seed=3)
+    stream = _partitioned(stream)
+    first = _service(tmp_path, "a")
+    first.catalog_batch(catalog)
+    first.assigned([0, 1, 2, 3])
+    log: list[RawMessage] = []
+    first.events_batch(stream[:3000])
+    _publish(first, log)
+    first.checkpoint(background=False)  # right after its update, as the worker does
+    first.events_batch(stream[3000:6000])
+    _publish(first, log)  # ...and then it dies
+    learned = first.pipeline.learner.model_version
+    assert learned > 0
+
+    caught_up = _service(tmp_path, "a")  # reads sync before any event
+    caught_up.sync_batch(log)
+    caught_up.assigned([0, 1, 2, 3])
+    assert caught_up.pipeline.learner.model_version == learned
+    assert caught_up.pipeline.offsets == first.pipeline.offsets  # taken on after the update
+
+    late = _service(tmp_path, "a")  # gave up catching up: applies from its checkpoint
+    late.assigned([0, 1, 2, 3])
+    late.events_batch(stream[3000:6000])
+    assert late.pipeline.learner.model_version == learned
+    late.sync_batch(log)  # the previous run's update arrives now
+    assert late.pipeline.learner.model_version == learned  # not learned a second time
+    assert late.pipeline.offsets == first.pipeline.offsets
+    late.events_batch(stream[6000:])
+    assert late.group.take_update().update.seq == 3  # numbered after the one passed over

@@ -12,9 +12,12 @@ from kafka import KafkaProducer
 
 from producers.client import EventPublisher
 from producers.contract import Event, ItemContent
+from streams.bench.fault_kit import read_topic
 from streams.broker import EmbeddedBroker, free_port
+from streams.ledger import ApplyLedger
 from streams.service import WorkerService
 from streams.settings import Settings, TopicNames
+from streams.sync import replay
 from streams.topics import ensure_topics
 from tests.kafka_readers import read_all
 from tests.test_worker import MALFORMED, _sim_events
@@ -100,14 +103,15 @@ def test_a_checkpoint_whose_state_does_not_load_is_refused_for_the_next_older(tm
     assert "its state does not load" in caplog.text
 
 
-def test_falling_back_to_an_older_checkpoint_resumes_from_its_offsets_not_the_groups(
+def test_falling_back_to_an_older_checkpoint_still_applies_every_event_once(
     tmp_path, broker, topics, cli_env
 ):
     records = _sim_events(2_400, seed=13)
     events = [r for r in records if isinstance(r, Event)]
     first, rest = records[: len(records) // 2], records[len(records) // 2 :]
 
-    worker = WorkerProcess(worker_env(cli_env), tmp_path / "checkpoints", checkpoint_interval_s=1)
+    env = {**worker_env(cli_env), "RECSTREAM_LEDGER": "1"}
+    worker = WorkerProcess(env, tmp_path / "checkpoints", checkpoint_interval_s=1)
     try:
         worker.start()
         with EventPublisher(broker.bootstrap, topics.events, topics.items, rate=800) as publisher:
@@ -116,24 +120,39 @@ def test_falling_back_to_an_older_checkpoint_resumes_from_its_offsets_not_the_gr
                 lambda m: m.get("recstream_checkpoints_total", 0) >= 1, 60, "a first checkpoint"
             )
             time.sleep(1.0)  # idle: no batch, no further checkpoint
-            older = set(worker.checkpoint_dir.glob("checkpoint-*.pt"))
+            older = {path: path.read_bytes() for path in worker.checkpoint_dir.glob("*.pt")}
             publisher.publish(rest)  # over 1.5 s: checkpoints of the second half, committed
         worker.wait_for(lambda m: _applied(m) >= len(events), 120, "everything applied")
         worker.wait_for_checkpoint(len(events))  # the second half's, however slow the writer
         worker.signal(signal.SIGKILL)
-        newer = set(worker.checkpoint_dir.glob("checkpoint-*.pt")) - older
+        newer = set(worker.checkpoint_dir.glob("*.pt")) - set(older)
         assert older and newer
         for path in newer:
-            path.write_bytes(b"corrupt")  # only the first half's checkpoints remain usable
+            path.write_bytes(b"corrupt")
+        for path, saved in older.items():  # pruned or not: only the first half's remain usable
+            path.write_bytes(saved)
 
+        # from its offsets, and its previous run's updates on sync: in the model once, either way
         worker.start()
-        worker.wait_for(lambda m: _applied(m) >= len(events), 120, "everything applied again")
-        time.sleep(2.0)
+        worker.wait_for(lambda m: _applied(m) >= len(events), 120, "everything in the model")
+        time.sleep(2.0)  # a double application would show now
         metrics = worker.metrics()
+        assert worker.signal(signal.SIGTERM) == 0  # with a last update
     finally:
         worker.stop()
+    log = worker.tail(10**6)
+    assert "refused checkpoint" in log and f"restored {max(older).name}:" in log
     assert _applied_by_type(metrics) == Counter(e.type for e in events)
-    assert "refused checkpoint" in worker.tail(10**6)
+    # its last update handed every partition over: offsets and ledgers as the model holds them
+    state, _ = replay(m.value for m in read_topic(broker.bootstrap, topics.sync))
+    ends = {p: record["offset"] for p, record in state.partitions.items()}
+    assert sum(ends.values()) == len(events)
+    for partition, end in ends.items():
+        ledger = ApplyLedger()
+        ledger.load(partition, state.partitions[partition]["ledger"])
+        counts = ledger.counts(partition)
+        assert set(counts.values()) == {1}, f"partition {partition}: an event applied twice"
+        assert sorted(counts) == list(range(end)), f"partition {partition}: an event lost"
 
 
 def test_a_restart_reads_the_catalog_on_from_its_checkpoint_not_again_from_the_start(

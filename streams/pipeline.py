@@ -269,8 +269,9 @@ class Pipeline:
     def _rate_catalog(self, events: Sequence[Event]) -> None:
         """Score the next slice of the catalog for the rated source (:mod:`streams.rated`)."""
         funnel = sum(event.type != "impression" for event in events)
-        if funnel:
-            self.rated.advance(funnel, self.learner, self.ranker, self.catalog, events[-1].ts)
+        if funnel and self.rated.advance(
+            funnel, self.learner, self.ranker, self.catalog, events[-1].ts
+        ):
             self.pool.rated = self.rated.best
 
     def erase_user(self, user_id: str, requested_ms: int) -> None:

@@ -82,14 +82,15 @@ class RatedItems:
 
     def advance(
         self, funnel_events: int, learner: Learner, ranker: Ranker, catalog: Catalog, now_ms: int
-    ) -> None:
-        """Score the next slice of the catalog after a batch of ``funnel_events``."""
+    ) -> bool:
+        """Score the next slice of the catalog after a batch of ``funnel_events``; whether a
+        slice was due (else :attr:`best` is as it was)."""
         if not self.size or not len(catalog):
-            return
+            return False
         self._owed += funnel_events * len(catalog) / self.cycle_events
         count = min(int(self._owed), self.max_scan, len(catalog))
         if count == 0 or count < min(self.min_scan, len(catalog)):
-            return
+            return False
         self._owed = min(self._owed - count, float(self.max_scan))
         items = self._next_slice(catalog, count)
         known = [catalog.get(item) for item in items]
@@ -108,6 +109,7 @@ class RatedItems:
         merged = {item: score for item, score in self._scores.items() if catalog.offered(item)}
         merged.update(zip(items, scores.tolist(), strict=True))
         self._scores = dict(heapq.nlargest(self.size, merged.items(), key=lambda kv: kv[1]))
+        return True
 
     def _next_slice(self, catalog: Catalog, count: int) -> list[str]:
         """``count`` offered items from the cursor on, wrapping round the catalog."""

@@ -54,9 +54,9 @@ def test_the_whole_catalog_is_scored_once_per_cycle_of_funnel_events_spread_over
 def test_a_batch_scores_at_most_max_scan_items_and_owes_at_most_that_many():
     shop, learner = priced(100), ByPrice()
     rated = RatedItems(size=3, cycle_events=1, min_scan=1, max_scan=8)
-    rated.advance(50, learner, Ranker(), shop, NOW)  # 5,000 items due: 8 scored
-    rated.advance(0, learner, Ranker(), shop, NOW)  # 8 more owed at most
-    rated.advance(0, learner, Ranker(), shop, NOW)
+    assert rated.advance(50, learner, Ranker(), shop, NOW)  # 5,000 items due: 8 scored
+    assert rated.advance(0, learner, Ranker(), shop, NOW)  # 8 more owed at most
+    assert not rated.advance(0, learner, Ranker(), shop, NOW)
     assert [len(b.item_ids) for b in learner.asked] == [8, 8]
 
 

@@ -119,9 +119,9 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from online_models.base import Sample
 from online_models.catalog import Catalog
@@ -133,7 +133,6 @@ SHOWN, CLICKED, CARTED, PURCHASED = 0, 1, 2, 3
 
 STAGE_OF_EVENT: dict[str, int] = {"click": CLICKED, "cart": CARTED, "purchase": PURCHASED}
 _NO_LABELS = (None, None, None)
-T = TypeVar("T")
 UNKNOWN_PARTITION = -1
 """The partition of samples restored from checkpoints that did not record it."""
 
@@ -448,9 +447,7 @@ class LabelResolver:
         self._recent_clicks = ClickShares(
             self.config.negative_pool_items, self.config.negative_pool_ms
         )
-        self._batch_clicks: list[TrackedSample] = []  # positives made when the batch closes
-        self._batch_partitions: list[int] = []  # each batch click's partition
-        self._batch_index: dict[int, int] = {}  # a batch click's place by key (when whole)
+        self._batch = _BatchClicks()  # positives made when the batch closes
         self._changes: dict[int, _Changes] = {}  # of partitions whose changes are asked for
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -516,7 +513,7 @@ class LabelResolver:
     def clicks_in_batch(self) -> int:
         """Clicks waiting for :meth:`close_batch` (each becomes ``1 + negatives_per_click``
         samples there)."""
-        return len(self._batch_clicks)
+        return len(self._batch)
 
     def close_batch(self, final: bool = False) -> list[TrackedSample]:
         """The batch's clicks as positives, each followed by its in-batch negatives, all new.
@@ -528,13 +525,13 @@ class LabelResolver:
         them is ``negative_window_ms`` old in event time or ``final`` (the
         end of a finite stream) says to draw now.
         """
-        clicks = self._batch_clicks
+        clicks = self._batch.samples()
         if not clicks:
             return []
         drawn = [s.item_id for s in clicks]  # one entry per click: drawn with its share
         if not final and not self._window_full(clicks, drawn):
             return []
-        self._batch_clicks, self._batch_partitions, self._batch_index = [], [], {}
+        self._batch = _BatchClicks()
         recent = self._recent_clicks
         recent.extend(drawn, self._clock.now)
         if len(set(drawn)) < 2:
@@ -592,10 +589,7 @@ class LabelResolver:
         keys = [key for key, entry in self._open.items() if entry.sample.user_id == user_id]
         for key in keys:
             self._forget(key)  # its deadline stays queued, and is skipped when due
-        kept = [s.user_id != user_id for s in self._batch_clicks]
-        self._batch_clicks = _kept(self._batch_clicks, kept)
-        self._batch_partitions = _kept(self._batch_partitions, kept)
-        self._batch_index = {}
+        self._batch.drop(lambda sample, _: sample.user_id == user_id)
         return keys
 
     def partition_of(self, key: int) -> int | None:
@@ -603,15 +597,12 @@ class LabelResolver:
         entry = self._open.get(key)
         if entry is not None:
             return entry.partition
-        for sample, partition in zip(self._batch_clicks, self._batch_partitions, strict=True):
-            if sample.key == key:
-                return partition
-        return None
+        return self._batch.partition_of(key)
 
     def partition_keys(self, partition: int) -> list[int]:
         """The keys of the partition's open samples and batch clicks."""
         keys = {key for key, entry in self._open.items() if entry.partition == partition}
-        keys.update(s.key for s, p in self._batch_items() if p == partition)
+        keys.update(s.key for s, p in self._batch if p == partition)
         return sorted(keys)
 
     def new_key(self) -> int:
@@ -641,7 +632,7 @@ class LabelResolver:
             "open": [_open_to_row(e) for e in self._open.values() if e.partition == partition],
             "seen_ids": self._newest_ids(partition, HANDOVER_IDS),
             "clock": self._clock.export_partition(partition),
-            "batch_clicks": [sample_to_row(s) for s, p in self._batch_items() if p == partition],
+            "batch_clicks": [sample_to_row(s) for s, p in self._batch if p == partition],
         }
 
     def partition_changes(self, partition: int) -> dict[str, Any]:
@@ -690,7 +681,7 @@ class LabelResolver:
             "seen_ids": changes.ids,
             "forgotten_ids": changes.forgotten_ids,
             "clock": self._clock.export_partition(partition),
-            "batch_clicks": [sample_to_row(s) for s, p in self._batch_items() if p == partition],
+            "batch_clicks": [sample_to_row(s) for s, p in self._batch if p == partition],
         }
 
     def mark_changed(self, keys: Iterable[int]) -> None:
@@ -740,9 +731,7 @@ class LabelResolver:
         self._clock.import_partition(partition, state["clock"])
         for row in state["batch_clicks"]:
             sample = sample_from_row(row)
-            self._batch_clicks.append(replace(sample, key=keys[sample.key]))
-            self._batch_partitions.append(partition)
-        self._batch_index = {}
+            self._batch.add(replace(sample, key=keys[sample.key]), partition)
 
     def drop_partition(self, partition: int) -> list[int]:
         """Forget ``partition`` (it moved to another worker): its open samples (never to be
@@ -753,10 +742,7 @@ class LabelResolver:
                 self._forget(key)
         self._changes.pop(partition, None)  # the next changes of it are whole
         self._deadlines.pop(partition, None)
-        kept = [p != partition for p in self._batch_partitions]
-        self._batch_clicks = _kept(self._batch_clicks, kept)
-        self._batch_partitions = _kept(self._batch_partitions, kept)
-        self._batch_index = {}
+        self._batch.drop(lambda _, of: of == partition)
         if partition in self._seen_ids.values():
             self._seen_ids = {i: p for i, p in self._seen_ids.items() if p != partition}
             self._seen_order = deque(i for i in self._seen_order if i in self._seen_ids)
@@ -780,8 +766,8 @@ class LabelResolver:
             "seen_ids": list(self._seen_order),
             "recent_clicks": self._recent_clicks.state_dict(),
             "seen_partitions": [self._seen_ids[event_id] for event_id in self._seen_order],
-            "batch_clicks": [sample_to_row(s) for s in self._batch_clicks],
-            "batch_partitions": self._batch_partitions,
+            "batch_clicks": [sample_to_row(s) for s in self._batch.samples()],
+            "batch_partitions": [partition for _, partition in self._batch],
             "rng": _rng_state_to_plain(self._rng.getstate()),
             "counts": dict(self.counts),
         }
@@ -809,17 +795,13 @@ class LabelResolver:
         for item_id, content in state.get("catalog", {}).items():  # older checkpoints held it
             self.catalog.remember(item_id, ItemContent(*content))
         self._recent_clicks.load_state_dict(state.get("recent_clicks", state.get("pool", [])))
-        self._batch_clicks = [sample_from_row(row) for row in state.get("batch_clicks", [])]
-        self._batch_index = {}
-        self._batch_partitions = state.get(
-            "batch_partitions", [UNKNOWN_PARTITION] * len(self._batch_clicks)
-        )
+        clicks = [sample_from_row(row) for row in state.get("batch_clicks", [])]
+        partitions = state.get("batch_partitions", [UNKNOWN_PARTITION] * len(clicks))
+        self._batch = _BatchClicks()
+        for sample, partition in zip(clicks, partitions, strict=True):
+            self._batch.add(sample, partition)
         self._rng.setstate(_rng_state_from_plain(state["rng"]))
         self.counts.update({k: int(v) for k, v in state["counts"].items()})
-
-    def _batch_items(self) -> Iterator[tuple[TrackedSample, int]]:
-        """Each batch click with its partition."""
-        return zip(self._batch_clicks, self._batch_partitions, strict=True)
 
     # ------------------------------------------------------------ events
 
@@ -855,9 +837,7 @@ class LabelResolver:
             if self.config.impressions:
                 out.new.append(sample)
             else:
-                self._batch_index[sample.key] = len(self._batch_clicks)
-                self._batch_clicks.append(sample)  # with its negatives at close_batch
-                self._batch_partitions.append(partition)
+                self._batch.add(sample, partition)  # with its negatives at close_batch
             if stage < PURCHASED:
                 deadline = event.ts + self.config.conversion_window_ms
                 self._keep_open(sample, stage, deadline, partition, out)
@@ -936,17 +916,8 @@ class LabelResolver:
     def _resolve(self, update: TrackedSample, out: list[TrackedSample]) -> None:
         """Emit a label update, or write it into its click if that still waits for
         :meth:`close_batch` (its positive is then made with the labels it already has)."""
-        if self._batch_clicks:
-            if len(self._batch_index) != len(self._batch_clicks):
-                self._batch_index = {s.key: n for n, s in enumerate(self._batch_clicks)}
-            n = self._batch_index.get(update.key)
-            if n is not None:
-                click = self._batch_clicks[n]
-                pairs = zip(update.labels(), click.labels(), strict=True)
-                known = (new if new is not None else old for new, old in pairs)
-                self._batch_clicks[n] = labelled(click, *known)
-                return
-        out.append(update)
+        if not self._batch.label(update):
+            out.append(update)
 
     def _forget(self, key: int) -> None:
         entry = self._open.pop(key)
@@ -984,9 +955,64 @@ class LabelResolver:
                 changes.forgotten_ids.append(oldest)
 
 
-def _kept(items: list[T], keep: list[bool]) -> list[T]:
-    """The ``items`` whose ``keep`` is True."""
-    return [item for item, kept in zip(items, keep, strict=True) if kept]
+class _BatchClicks:
+    """Clicks waiting for :meth:`LabelResolver.close_batch`, each with its partition, found
+    by sample key (a cart or purchase resolved before the batch closes labels its click).
+
+    >>> sample = TrackedSample("u1", "i1", ts=1, click=1.0, key=7)
+    >>> clicks = _BatchClicks()
+    >>> clicks.add(sample, partition=2)
+    >>> clicks.label(TrackedSample("u1", "i1", ts=1, cart=1.0, key=7)), clicks.partition_of(7)
+    (True, 2)
+    >>> [(s.click, s.cart) for s in clicks.samples()]
+    [(1.0, 1.0)]
+    >>> clicks.drop(lambda sample, partition: partition == 2)
+    >>> len(clicks), clicks.label(TrackedSample("u1", "i1", ts=1, cart=1.0, key=7))
+    (0, False)
+    """
+
+    def __init__(self) -> None:
+        self._samples: list[TrackedSample] = []
+        self._partitions: list[int] = []
+        self._index: dict[int, int] = {}  # key -> place
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __iter__(self) -> Iterator[tuple[TrackedSample, int]]:
+        return zip(self._samples, self._partitions, strict=True)
+
+    def samples(self) -> list[TrackedSample]:
+        """The clicks, in the order they came."""
+        return list(self._samples)
+
+    def add(self, sample: TrackedSample, partition: int) -> None:
+        """A click of ``partition`` waits for the batch to close."""
+        self._index[sample.key] = len(self._samples)
+        self._samples.append(sample)
+        self._partitions.append(partition)
+
+    def drop(self, which: Callable[[TrackedSample, int], bool]) -> None:
+        """Forget the clicks for which ``which(sample, partition)`` is true."""
+        kept = [(s, p) for s, p in self if not which(s, p)]
+        self._samples = [s for s, _ in kept]
+        self._partitions = [p for _, p in kept]
+        self._index = {s.key: n for n, s in enumerate(self._samples)}
+
+    def partition_of(self, key: int) -> int | None:
+        """The partition of the click ``key`` (None if it does not wait here)."""
+        n = self._index.get(key)
+        return None if n is None else self._partitions[n]
+
+    def label(self, update: TrackedSample) -> bool:
+        """Write ``update``'s known labels into its click; whether it waits here."""
+        n = self._index.get(update.key)
+        if n is None:
+            return False
+        click = self._samples[n]
+        pairs = zip(update.labels(), click.labels(), strict=True)
+        self._samples[n] = labelled(click, *(new if new is not None else old for new, old in pairs))
+        return True
 
 
 def _bare(sample: TrackedSample) -> TrackedSample:

@@ -55,7 +55,7 @@ events/s: p50 370 and 194 ms with four, 190 and 130 ms with one)."""
 RETRY_DEAD_LETTERS_S = 5.0
 """How often dead letters not yet acknowledged (restored, or whose send failed) are sent again."""
 DEMAND_ROUND_S = 1.0
-"""How often item demand forecasts that changed are sent, a bounded round at a time."""
+"""The pause between rounds of item demand forecasts that changed (each round bounded)."""
 RETRY_UPDATE_S = 1.0
 """How long a model update that the broker refused waits before it is sent again."""
 CATCH_UP_IDLE_S = 3.0
@@ -240,7 +240,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.agent(catalog_batches, name="catalog")
     async def apply_catalog(stream: faust.StreamT) -> None:
         async for batch in stream:
-            await publish(_or_stop(service.catalog_batch, batch))
+            async with publishing:  # as every batch: applied and sent before the next is taken
+                await publish(_or_stop(service.catalog_batch, batch))
 
     async def checkpoint_if_due() -> None:
         if service.checkpoint_due():
@@ -331,12 +332,16 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
         service.observe_lag(events.lag())
         service.refresh_slow_metrics()
 
-    @app.timer(DEMAND_ROUND_S)
+    @app.task
     async def publish_demand() -> None:
-        records = service.demand_round()  # the forecasts that changed, a bounded round
-        for key, value in records:
-            await demand.send(key=key, value=value)
-        service.demand_published(len(records))
+        """A round of the forecasts that changed, bounded, then a pause: sends wait behind
+        batches in the event loop, so a fixed timer would overlap itself on a busy worker."""
+        while True:
+            await asyncio.sleep(DEMAND_ROUND_S)
+            records = service.demand_round()
+            for key, value in records:
+                await demand.send(key=key, value=value)
+            service.demand_published(len(records))
 
     @app.task
     async def retry_dead_letters() -> None:

@@ -209,6 +209,7 @@ def save_in_child(
     settle_preloads()  # no import lock held by another thread may pass into the child
     reader, writer = os.pipe()
     gc.freeze()  # the collector then touches no shared page in either process (CPython docs)
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         os.close(writer)
@@ -216,9 +217,12 @@ def save_in_child(
     code = 1
     try:  # the child: from here on, only os._exit leaves
         gc.disable()  # a collection would walk (and copy) every object: the child is brief
-        _yield_to_the_worker()
+        # before its priority drops (a starved child must not hold the worker's sockets)
         _close_inherited_descriptors(keep=writer)
         die_with_parent(signal.SIGKILL)
+        if os.getppid() != parent:  # the worker died before the request took
+            raise ChildProcessError("the worker died before its checkpoint writer started")
+        _yield_to_the_worker()
         signal.set_wakeup_fd(-1)  # the worker's event loop must not hear the child's signals
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)

@@ -36,7 +36,8 @@ Example
 >>> for n, price in enumerate([10.0, 50.0, 30.0]):
 ...     _ = catalog.describe(CatalogItem(f"i{n}", 0, category="a.b", price=price))
 >>> rated = RatedItems(size=2, cycle_events=3)
->>> rated.advance(3, ByPrice(), Ranker(), catalog, now_ms=0)
+>>> rated.advance(3, ByPrice(), Ranker(), catalog, now_ms=0)  # a slice was due: scored
+True
 >>> rated.best
 ['i1', 'i2']
 """

@@ -260,6 +260,8 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
     @app.agent(event_batches, name="learn")
     async def learn(stream: faust.StreamT) -> None:
         async for batch in stream:
+            if not events.current(batch):  # read before a revoke: read again from the state
+                continue
             async with publishing:
                 await publish(_or_stop(service.events_batch, batch))
             if (

@@ -1,9 +1,11 @@
 """The events reader on the real broker: a catch-up longer than the session before taking
-partitions on leaves the group settled."""
+partitions on leaves the group settled; a batch read before a revoke is stale after it."""
 
 from __future__ import annotations
 
 import asyncio
+
+from kafka import KafkaProducer
 
 from streams.reader import EventReader
 from streams.settings import Settings
@@ -73,3 +75,38 @@ def test_a_catch_up_longer_than_the_session_leaves_the_group_settled(settings: S
         ("revoked", [0, 1, 2, 3]),
         ("assigned", sorted({0, 1, 2, 3} - set(joiner.assigned()[0]))),
     ]
+
+
+def test_a_batch_read_before_a_revoke_is_not_current_after_it(settings: Settings):
+    """A batch waiting to be applied while the group rebalanced holds messages of partitions
+    that are taken on again from the state's offsets: applied after that, it moved them past
+    the messages in between (1,000 events of a SIGKILL takeover never applied)."""
+    producer = KafkaProducer(bootstrap_servers=settings.broker)
+    for n in range(40):
+        producer.send(settings.topics.events, key=f"u{n}".encode(), value=b"{}")
+    producer.flush()
+    producer.close()
+    first, joiner = Member(settings, 0.0), Member(settings, 0.0)
+
+    async def run() -> tuple[bool, bool, bool]:
+        await first.reader.start()
+        before = await first.reader.next_batch()
+        while not before:
+            before = await first.reader.next_batch()
+        current_then = first.reader.current(before)
+        await joiner.reader.start()
+        done = asyncio.Event()
+        polls = [asyncio.create_task(m.poll_until(done)) for m in (first, joiner)]
+        try:
+            while not joiner.assigned():
+                await asyncio.sleep(0.1)
+        finally:
+            done.set()
+            await asyncio.gather(*polls)
+        after = await first.reader.next_batch()
+        result = current_then, first.reader.current(before), first.reader.current(after)
+        await joiner.reader.stop()
+        await first.reader.stop()
+        return result
+
+    assert asyncio.run(run()) == (True, False, True)

@@ -275,13 +275,13 @@ def build_app(service: WorkerService, bootstrap: str) -> faust.App:
             if saved:
                 await events.commit(saved)
 
-    async def forward(reader: EventReader | WholeTopicReader, channel: faust.ChannelT) -> None:
-        """Send the started ``reader``'s batches on ``channel`` until it stops."""
+    async def forward(reader: EventReader | WholeTopicReader, channel: BatchChannel) -> None:
+        """Hand the started ``reader``'s batches to ``channel`` until it stops."""
         try:
             while True:
                 batch = await reader.next_batch()
                 if batch:
-                    await channel.send(value=batch)
+                    await channel.hand(batch)
         except ConsumerStoppedError:
             return  # stopped at shutdown, after the last checkpoint
 
@@ -411,7 +411,8 @@ class BatchChannel(faust.Channel):
     """An in-memory channel of batches that a rebalance of Faust's own group leaves alone.
 
     Faust empties its channels' queues when a rebalance of its consumer
-    group ends (``flow_control.resume``). That group only holds Faust's
+    group ends (``flow_control.resume``), and its streams skip the events
+    sent before it (:meth:`hand` queues plain values instead). That group only holds Faust's
     leader topic here, and it rebalances whenever its coordinator moves or
     its session lapses (a broker restart, a starved heartbeat thread): the
     batches read but not yet applied would be dropped, with the reader
@@ -423,6 +424,13 @@ class BatchChannel(faust.Channel):
         if self._queue is None:  # made on first use, after the clone that iterates
             self._queue = self.app.FlowControlQueue(maxsize=self.maxsize, clear_on_resume=False)
         return self._queue
+
+    async def hand(self, batch: list[RawMessage]) -> None:
+        """Queue ``batch`` for the agent as a plain value, not as ``send`` would, in a Faust
+        event: a stream skips an event made before its app's group last rebalanced (its
+        ``generation_id``), and one read batch was lost that way at a worker's takeover of a
+        SIGKILLed peer's partitions (1,000 events never applied, their offsets passed)."""
+        await self.put(batch)
 
 
 def _or_stop(apply: Callable[[list[RawMessage]], T], batch: list[RawMessage]) -> T:

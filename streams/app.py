@@ -412,11 +412,12 @@ class BatchChannel(faust.Channel):
 
     Faust empties its channels' queues when a rebalance of its consumer
     group ends (``flow_control.resume``), and its streams skip the events
-    sent before it (:meth:`hand` queues plain values instead). That group only holds Faust's
-    leader topic here, and it rebalances whenever its coordinator moves or
-    its session lapses (a broker restart, a starved heartbeat thread): the
-    batches read but not yet applied would be dropped, with the reader
-    already past them. This channel's queue waits out a rebalance instead.
+    sent before it (:meth:`hand` queues plain values instead). That group
+    only holds Faust's leader topic here, and it rebalances whenever its
+    coordinator moves, its session lapses (a broker restart, a starved
+    heartbeat thread) or a peer worker dies: the batches read but not yet
+    applied would be dropped, with the reader already past them. This
+    channel's queue waits out a rebalance instead.
     """
 
     @property

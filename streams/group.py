@@ -212,7 +212,7 @@ class GroupMember:
             "what it learned; this worker's model does not)",
             update.seq,
         )
-        self.state.vector[update.worker] = max(update.seq, self.state.vector.get(update.worker, 0))
+        self.state.hold(update.worker, update.seq)
         self._seq = max(self._seq, update.seq)
 
     def _apply(self, update: Update) -> None:

@@ -179,7 +179,7 @@ class EventReader(_PartitionReader):
         """Whether ``batch`` was read since the last revoke. One read before it (waiting to be
         applied while the group rebalanced) must not be applied: its partitions were taken on
         again from the state's offsets, and its messages would move them past the ones in
-        between (measured: 1,000 events of a SIGKILL takeover never applied)."""
+        between."""
         return batch.generation == self.generation
 
     async def commit(self, offsets: Mapping[int, int]) -> None:

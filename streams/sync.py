@@ -187,9 +187,13 @@ class SyncState:
         """Whether ``worker``'s update number ``seq`` is in the state already."""
         return seq <= self.vector.get(worker, 0)
 
+    def hold(self, worker: str, seq: int) -> None:
+        """``worker``'s updates up to number ``seq`` count as held (never applied again)."""
+        self.vector[worker] = max(seq, self.vector.get(worker, 0))
+
     def record(self, update: Update, labels: bool = True) -> None:
         """``update`` is now in the state (its label changes too, unless not ``labels``)."""
-        self.vector[update.worker] = max(update.seq, self.vector.get(update.worker, 0))
+        self.hold(update.worker, update.seq)
         for partition, record in update.partitions.items():
             record = dict(record)
             changes = record.pop("labels", None)

@@ -80,7 +80,7 @@ def test_a_catch_up_longer_than_the_session_leaves_the_group_settled(settings: S
 def test_a_batch_read_before_a_revoke_is_not_current_after_it(settings: Settings):
     """A batch waiting to be applied while the group rebalanced holds messages of partitions
     that are taken on again from the state's offsets: applied after that, it moved them past
-    the messages in between (1,000 events of a SIGKILL takeover never applied)."""
+    the messages in between."""
     producer = KafkaProducer(bootstrap_servers=settings.broker)
     for n in range(40):
         producer.send(settings.topics.events, key=f"u{n}".encode(), value=b"{}")

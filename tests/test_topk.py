@@ -90,8 +90,21 @@ def test_the_report_has_every_list_task_metric_and_its_standard_error(sim_topk):
     assert set(sim_topk["comparisons"]) == {f"mtl-{name}" for name in LISTS if name != "mtl"}
     lines: list[str] = []
     print_summary(sim_topk, lines.append)
-    assert len(lines) == 3 + len(LISTS) and lines[2].split()[0] == "mtl"
-    assert lines[-1].startswith("  mtl's candidates: click item among them")
+    assert len(lines) == 4 + len(LISTS) and lines[2].split()[0] == "mtl"
+    assert lines[-2].startswith("  mtl's candidates: click item among them")
+    assert lines[-1].startswith("  mtl's lists, predicted over true counts: click ")
+
+
+def test_the_served_lists_predictions_are_set_against_the_truth_of_the_same_items(sim_topk):
+    calibration = sim_topk["calibration"]
+    assert calibration["lists"] == sum(sim_topk["events"].values())  # every judged list
+    expected = [calibration[task]["expected_at_10"] for task in TASKS]
+    assert expected[0] > expected[1] > expected[2] > 0  # entire-space: a funnel narrows
+    assert calibration["click"]["expected_at_10"] >= sim_topk["mtl"]["click"]["expected_at_10"] / 2
+    for task in TASKS:
+        entry = calibration[task]
+        assert entry["predicted_at_10"] > 0 and entry["ratio_se"] > 0
+        assert entry["ratio"] == pytest.approx(entry["predicted_at_10"] / entry["expected_at_10"])
 
 
 def test_the_oracle_list_is_the_ceiling_of_expected_clicks_and_purchases(sim_topk):
@@ -130,6 +143,7 @@ def test_a_real_log_is_judged_by_hits_without_an_oracle():
         candidates = topk["candidates"][task]
         assert candidates["recall"] >= topk["mtl"][task]["hit_rate_at_10"]
         assert "best_expected_at_10" not in candidates
+    assert "calibration" not in topk  # no truth to set the predictions against
 
 
 @pytest.mark.slow

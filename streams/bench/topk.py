@@ -60,6 +60,14 @@ more; the ``oracle`` picks from the whole catalog) and
 objective under the true probabilities bring: one list for every task, as
 ``mtl``'s, ranked perfectly).
 
+``calibration`` (the simulator only) sets the model's predictions for the
+10 items of each judged ``mtl`` list against the shop's truth for the same
+items: per task, the mean predicted and true counts per list and their
+ratio. The ranker adds the tasks' probabilities up by its weights, so
+predictions too high for one task on the ranked candidates (items the model
+learned little about, unlike the impressions it is calibrated on) tilt
+every list towards that task.
+
 Every list is built from the same history: the catalog records and events
 before the micro-batch holding the event (the worker ranks after a batch
 with what it learned from it), at the time of the last event before it. No
@@ -142,11 +150,28 @@ def bootstrap_se(
     True
     """
     values = np.asarray(values, dtype=np.float64)
+    means = resampled_means(values, users, resamples, seed)
+    if means is None:
+        return np.full(1 if values.ndim == 1 else values.shape[1], np.nan)
+    return means.std(axis=0, ddof=1)
+
+
+def resampled_means(
+    values: np.ndarray, users: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> np.ndarray | None:
+    """The column means of ``values`` (events x columns) in each of ``resamples`` resamples
+    of users (``resamples x columns``), as :func:`bootstrap_se` draws them; ``None`` with
+    fewer than two users.
+
+    >>> resampled_means(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0, 1]), 5).shape
+    (5, 2)
+    """
+    values = np.asarray(values, dtype=np.float64)
     values = values[:, None] if values.ndim == 1 else values
     _, codes = np.unique(users, return_inverse=True)
     n_users = int(codes.max()) + 1 if len(codes) else 0
     if n_users < 2:
-        return np.full(values.shape[1], np.nan)
+        return None
     sums = np.zeros((n_users, values.shape[1]))
     np.add.at(sums, codes, values)
     counts = np.bincount(codes, minlength=n_users).astype(np.float64)
@@ -154,8 +179,7 @@ def bootstrap_se(
     picked = np.bincount(
         (draws + n_users * np.arange(resamples)[:, None]).ravel(), minlength=resamples * n_users
     ).reshape(resamples, n_users)
-    means = (picked @ sums) / (picked @ counts)[:, None]
-    return means.std(axis=0, ddof=1)
+    return (picked @ sums) / (picked @ counts)[:, None]
 
 
 # ------------------------------------------------------------------ simple lists
@@ -482,6 +506,7 @@ class TopKEvaluation:
         }
         self.mtl: dict[int, tuple[float, float, float]] = {}
         self.candidates: dict[int, tuple[float, float, float]] = {}  # recall, best, objective
+        self.calibration: dict[int, np.ndarray] = {}  # the served 10's predicted, true sums
         self.seconds = 0.0
         self.done = False
 
@@ -593,6 +618,12 @@ class TopKEvaluation:
         records = self.ranker.rank_block(model, block, served.now)
         values = order_values(block, None)  # a perfect ranking knows no predicted value
         served_items = {r["user_id"]: [e["item_id"] for e in r["items"][:K]] for r in records}
+        predicted = {
+            r["user_id"]: np.array(
+                [[e["p_click"], e["p_cart"], e["p_purchase"]] for e in r["items"][:K]]
+            )
+            for r in records
+        }
         for number, (begin, end), truth in zip(
             served.events, served.pairs, served.truth, strict=True
         ):
@@ -607,6 +638,9 @@ class TopKEvaluation:
                 joint = self.ranker.joint(truth, block, values[begin:end])
                 ranked = np.argsort(-joint, kind="stable")[:K]
                 objective = float(truth[ranked, task].sum())
+                if items:
+                    served_truth = truth[[row[i] for i in items]].sum(axis=0)
+                    self.calibration[number] = np.r_[predicted[user].sum(axis=0), served_truth]
             self.mtl[number] = (hit, ndcg, expected)
             self.candidates[number] = (float(self.items[number] in row), best, objective)
         self.seconds += time.perf_counter() - start
@@ -706,6 +740,8 @@ class TopKEvaluation:
             out["comparisons"] = comparisons
         if "mtl" in arrays:
             out["candidates"] = self._candidates_report(tasks, users)
+        if self.calibration:
+            out["calibration"] = self._calibration_report(users)
         self.seconds += time.perf_counter() - start
         out["seconds"] = self.seconds
         return out
@@ -726,6 +762,27 @@ class TopKEvaluation:
             for m, name in enumerate(names):
                 out[task][name] = float(means[m])
                 out[task][f"{name}_se"] = float(se[m])
+        return out
+
+    def _calibration_report(self, users: np.ndarray) -> dict[str, Any]:
+        """Per task, over every judged ``mtl`` list: the model's predicted and the shop's true
+        count of the task its 10 items bring, their ratio and the ratio's bootstrap SE."""
+        numbers = sorted(self.calibration)
+        sums = np.array([self.calibration[n] for n in numbers])
+        means = sums.mean(axis=0)
+        resampled = resampled_means(sums, users[numbers], seed=self.seed)
+        out: dict[str, Any] = {"lists": len(numbers)}
+        for t, task in enumerate(TASKS):
+            true = t + len(TASKS)
+            se = math.nan
+            if resampled is not None:
+                se = float((resampled[:, t] / resampled[:, true]).std(ddof=1))
+            out[task] = {
+                "predicted_at_10": float(means[t]),
+                "expected_at_10": float(means[true]),
+                "ratio": float(means[t] / means[true]),
+                "ratio_se": se,
+            }
         return out
 
 
@@ -767,6 +824,13 @@ def print_summary(topk: dict[str, Any], write: Any = print) -> None:
                 f"{task} item among them {_cell(entry['recall'], entry['recall_se'])}{ceilings}"
             )
         write("  mtl's candidates: " + "; ".join(parts))
+    if "calibration" in topk:
+        calibration = topk["calibration"]
+        ratios = ", ".join(
+            f"{task} {_cell(calibration[task]['ratio'], calibration[task]['ratio_se'])}"
+            for task in TASKS
+        )
+        write(f"  mtl's lists, predicted over true counts: {ratios}")
 
 
 def _cell(value: float | None, se: float | None) -> str:

@@ -617,30 +617,26 @@ class TopKEvaluation:
         block = served.block
         records = self.ranker.rank_block(model, block, served.now)
         values = order_values(block, None)  # a perfect ranking knows no predicted value
-        served_items = {r["user_id"]: [e["item_id"] for e in r["items"][:K]] for r in records}
-        predicted = {
-            r["user_id"]: np.array(
-                [[e["p_click"], e["p_cart"], e["p_purchase"]] for e in r["items"][:K]]
-            )
-            for r in records
-        }
+        served_lists = {r["user_id"]: r["items"][:K] for r in records}
         for number, (begin, end), truth in zip(
             served.events, served.pairs, served.truth, strict=True
         ):
             user, task = self.users[number], self.tasks[number]
-            items = served_items.get(user, [])
+            entries = served_lists.get(user, [])
+            items = [entry["item_id"] for entry in entries]
             hit, ndcg = hit_and_ndcg(items, self.items[number])
             row = {block.item_ids[i]: n for n, i in enumerate(block.pair_item[begin:end])}
             expected = best = objective = math.nan
             if truth is not None:
-                expected = float(sum(truth[row[i], task] for i in items))
+                brought = truth[[row[i] for i in items]].sum(axis=0)  # per task, the list's
+                expected = float(brought[task])
                 best = float(np.sort(truth[:, task])[::-1][:K].sum())
                 joint = self.ranker.joint(truth, block, values[begin:end])
                 ranked = np.argsort(-joint, kind="stable")[:K]
                 objective = float(truth[ranked, task].sum())
-                if items:
-                    served_truth = truth[[row[i] for i in items]].sum(axis=0)
-                    self.calibration[number] = np.r_[predicted[user].sum(axis=0), served_truth]
+                if entries:
+                    predicted = [[e["p_click"], e["p_cart"], e["p_purchase"]] for e in entries]
+                    self.calibration[number] = np.r_[np.sum(predicted, axis=0), brought]
             self.mtl[number] = (hit, ndcg, expected)
             self.candidates[number] = (float(self.items[number] in row), best, objective)
         self.seconds += time.perf_counter() - start
